@@ -1,0 +1,88 @@
+"""Frozen hyper-parameter sets, one per model; ``tag()`` names a run as the design note does."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from arcmil.errors import ConfigError
+
+POS_ENCODINGS = ("sin", "learned", "none")
+POOLS = ("attention", "topk")
+
+
+def _short(p: float) -> str:
+    """0.1 -> '01', 0.25 -> '025', 0.0 -> '0' (the note's ``drop01``)."""
+    return f"{p:g}".replace(".", "")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class AttentionMILConfig:
+    """ABMIL baseline (Ilse et al. 2018): per-window MLP, attention pooling, linear classifier."""
+
+    input_dim: int = 256
+    hidden_dim: int = 128
+    dropout_p: float = 0.1
+    gated: bool = False
+
+    def __post_init__(self):
+        _check(self.input_dim > 0 and self.hidden_dim > 0, "input_dim and hidden_dim must be positive")
+        _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
+
+    def tag(self) -> str:
+        return f"abmil{'_gated' if self.gated else ''}_h{self.hidden_dim}_drop{_short(self.dropout_p)}"
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Shared by both Transformer models. ``max_len`` bounds only the ``learned`` position table."""
+
+    input_dim: int = 256
+    d_model: int = 128
+    nhead: int = 4
+    num_layers: int = 2
+    dim_feedforward: int = 256
+    dropout_p: float = 0.1
+    pos_enc: str = "sin"
+    max_len: int = 512
+    pooler_hidden: int = 128
+
+    def __post_init__(self):
+        _check(self.pos_enc in POS_ENCODINGS, f"pos_enc must be one of {', '.join(POS_ENCODINGS)}, got {self.pos_enc!r}")
+        _check(self.d_model % self.nhead == 0, f"d_model {self.d_model} must be divisible by nhead {self.nhead}")
+        _check(self.num_layers >= 1, "num_layers must be at least 1")
+        _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
+
+    def body_tag(self) -> str:
+        return (f"d{self.d_model}_h{self.nhead}_L{self.num_layers}_ff{self.dim_feedforward}"
+                f"_drop{_short(self.dropout_p)}_{self.pos_enc}")
+
+
+@dataclass(frozen=True)
+class TransformerMILConfig(TransformerConfig):
+    """``pool='topk'``: the bag logit is the mean of the k highest window scores (the note's variant)."""
+
+    pool: str = "attention"
+    k: int = 2
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.pool in POOLS, f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        _check(self.k >= 1, f"k must be at least 1, got {self.k}")
+
+    def tag(self) -> str:
+        pool = f"topk{self.k}_" if self.pool == "topk" else ""
+        return f"tmil_{pool}{self.body_tag()}"
+
+
+@dataclass(frozen=True)
+class TransMILConfig(TransformerConfig):
+    """``dual=True``: CLS output concatenated with an attention-pooled bag vector (DSMIL-like)."""
+
+    dual: bool = False
+
+    def tag(self) -> str:
+        return f"transmil_{'dual' if self.dual else 'cls'}_{self.body_tag()}"

@@ -1,0 +1,137 @@
+"""Blocks shared by the models: masked softmax, positional encodings, poolers, a CLS-attention layer.
+
+Shapes: B bags, N windows (padded), D input features, d model width, H heads, T = N + 1 tokens.
+Masks are bool with True = real window.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def full_mask(x: torch.Tensor) -> torch.Tensor:
+    """All-True mask (B, N) for an unpadded batch x (B, N, ...)."""
+    return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis where padding gets exactly 0. scores, mask: (B, N)."""
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def sinusoidal_table(n: int, d: int, device=None) -> torch.Tensor:
+    """(n, d) sin/cos table of Vaswani et al. 2017, computed for any length n."""
+    position = torch.arange(n, dtype=torch.float32, device=device).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / d))
+    table = torch.zeros(n, d, device=device)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: d // 2])
+    return table
+
+
+class PositionalEncoding(nn.Module):
+    """Adds window-order information: 'sin' (any length), 'learned' (up to max_len), or 'none'."""
+
+    def __init__(self, kind: str, d_model: int, max_len: int, dropout_p: float):
+        super().__init__()
+        self.kind, self.max_len = kind, max_len
+        self.table = nn.Embedding(max_len, d_model) if kind == "learned" else None
+        if self.table is not None:
+            nn.init.normal_(self.table.weight, std=0.02)
+        self.dropout = nn.Dropout(dropout_p)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # h: (B, N, d)
+        n = h.shape[1]
+        if self.kind == "sin":
+            h = h + sinusoidal_table(n, h.shape[2], h.device).to(h.dtype)
+        elif self.kind == "learned":
+            if n > self.max_len:
+                raise ValueError(f"a bag of {n} windows exceeds the learned positional table (max_len="
+                                 f"{self.max_len}); train with a larger max_len or pos_enc='sin'")
+            h = h + self.table.weight[:n]
+        return self.dropout(h)
+
+
+class AttentionPooler(nn.Module):
+    """ABMIL attention pooling (Ilse et al. 2018, eq. 8; gated: eq. 9).
+
+    forward(h (B, N, d), mask (B, N)) -> (z (B, d), weights (B, N)); weights sum to 1 over real
+    windows and are exactly 0 on padding.
+    """
+
+    def __init__(self, d_model: int, hidden: int = 128, dropout_p: float = 0.0, gated: bool = False):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout_p)
+        self.V = nn.Linear(d_model, hidden)
+        self.U = nn.Linear(d_model, hidden) if gated else None
+        self.w = nn.Linear(hidden, 1)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.tanh(self.V(self.dropout(h)))
+        if self.U is not None:
+            a = a * torch.sigmoid(self.U(self.dropout(h)))
+        weights = masked_softmax(self.w(a).squeeze(-1), mask)
+        # where() rather than multiply so that non-finite padding values cannot leak into z
+        z = torch.where(mask.unsqueeze(-1), weights.unsqueeze(-1) * h, 0.0).sum(dim=1)
+        return z, weights
+
+
+class TopKPooler(nn.Module):
+    """Bag logit = mean of the k highest window scores (k clipped to the bag's length).
+
+    forward(h (B, N, d), mask (B, N)) -> (logits (B,), weights (B, N)); weights are 1/k on the
+    selected windows and 0 elsewhere.
+    """
+
+    def __init__(self, d_model: int, k: int):
+        super().__init__()
+        self.k = k
+        self.score = nn.Linear(d_model, 1)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))  # (B, N)
+        k = min(self.k, h.shape[1])
+        top, index = scores.topk(k, dim=1)  # (B, k), descending
+        k_bag = mask.sum(dim=1).clamp(max=k)  # (B,) windows actually averaged per bag
+        chosen = torch.arange(k, device=h.device).unsqueeze(0) < k_bag.unsqueeze(1)  # (B, k)
+        logits = torch.where(chosen, top, 0.0).sum(dim=1) / k_bag
+        share = chosen.to(h.dtype) / k_bag.unsqueeze(1).to(h.dtype)
+        weights = torch.zeros_like(scores).scatter(1, index, share)
+        return logits, weights
+
+
+class CLSAttentionLayer(nn.Module):
+    """Pre-norm Transformer encoder layer that can also return its CLS attention row.
+
+    The layer itself runs fused scaled-dot-product attention; only when asked does it compute the
+    extra (B, H, T) CLS row (query 0), so no layer materialises a (T, T) map.
+    """
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout_p: float):
+        super().__init__()
+        self.nhead, self.dropout_p = nhead, dropout_p
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, dim_feedforward), nn.GELU(), nn.Dropout(dropout_p),
+                                nn.Linear(dim_feedforward, d_model))
+        self.dropout = nn.Dropout(dropout_p)
+
+    def forward(self, h: torch.Tensor, key_mask: torch.Tensor, return_cls_attention: bool = False):
+        """h: (B, T, d); key_mask: (B, T). Returns (h (B, T, d), cls_attention (B, T) or None),
+        cls_attention being the softmax row of query 0, averaged over heads."""
+        b, t, d = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(b, t, 3, self.nhead, d // self.nhead).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :],
+                                              dropout_p=self.dropout_p if self.training else 0.0)
+        h = h + self.dropout(self.out(attn.transpose(1, 2).reshape(b, t, d)))
+        h = h + self.dropout(self.ff(self.norm2(h)))
+        cls_attention = None
+        if return_cls_attention:
+            scores = (q[:, :, :1] @ k.transpose(-2, -1)).squeeze(2) / math.sqrt(d // self.nhead)  # (B, H, T)
+            cls_attention = masked_softmax(scores, key_mask.unsqueeze(1)).mean(dim=1)  # (B, T)
+        return h, cls_attention

@@ -1,0 +1,43 @@
+"""TransformerMIL: windows interact through self-attention, then an attention (or top-k) pool."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from arcmil.models.config import TransformerMILConfig
+from arcmil.models.layers import AttentionPooler, PositionalEncoding, TopKPooler, full_mask
+from arcmil.models.registry import register
+
+
+@register("transformer_mil", TransformerMILConfig)
+@register("transformer_mil_topk", TransformerMILConfig, pool="topk")
+class TransformerMIL(nn.Module):
+    """Linear(D->d) + positions -> pre-norm TransformerEncoder -> attention pooler -> Linear(d->1).
+
+    ``weights`` are the pooler's attention (pool='attention') or 1/k on the top-k windows.
+    """
+
+    def __init__(self, config: TransformerMILConfig = TransformerMILConfig()):
+        super().__init__()
+        self.config = c = config
+        self.proj = nn.Linear(c.input_dim, c.d_model)
+        self.pos = PositionalEncoding(c.pos_enc, c.d_model, c.max_len, c.dropout_p)
+        layer = nn.TransformerEncoderLayer(c.d_model, c.nhead, c.dim_feedforward, c.dropout_p,
+                                           batch_first=True, norm_first=True)
+        # pre-norm layers leave the residual stream unnormalised: close with a LayerNorm
+        self.encoder = nn.TransformerEncoder(layer, c.num_layers, norm=nn.LayerNorm(c.d_model),
+                                             enable_nested_tensor=False)
+        if c.pool == "topk":
+            self.topk = TopKPooler(c.d_model, c.k)
+        else:
+            self.pooler = AttentionPooler(c.d_model, hidden=c.pooler_hidden, dropout_p=c.dropout_p)
+            self.classifier = nn.Linear(c.d_model, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""
+        mask = full_mask(x) if mask is None else mask
+        h = self.encoder(self.pos(self.proj(x)), src_key_padding_mask=~mask)  # (B, N, d)
+        if self.config.pool == "topk":
+            return self.topk(h, mask)
+        z, weights = self.pooler(h, mask)
+        return self.classifier(z).squeeze(-1), weights
