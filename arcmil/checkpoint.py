@@ -1,0 +1,62 @@
+"""Self-describing checkpoints: model name, config, threshold and normalisation beside the weights.
+
+Saved with ``torch.save`` as a dict of tensors and plain data, so loading needs no unpickling of
+code (``torch.load(weights_only=True)``) and rebuilds the model with no flags.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from arcmil import __version__
+from arcmil.data.prepare import Normalizer
+from arcmil.errors import ArcmilError
+from arcmil.models import build_model
+
+FORMAT = "arcmil-checkpoint-1"
+REQUIRED = ("format", "model_name", "model_config", "state_dict", "threshold", "normalization")
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str, *, threshold: float,
+                    threshold_method: str, normalizer: Normalizer, extra: dict | None = None) -> Path:
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "arcmil_version": __version__,
+        "model_name": model_name,
+        "model_config": asdict(model.config),
+        "tag": model.config.tag(),
+        "threshold": float(threshold),
+        "threshold_method": threshold_method,
+        "normalization": normalizer.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **(extra or {}),
+    }
+    torch.save(payload, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model (in eval mode) and return it with the checkpoint's metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArcmilError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ArcmilError(f"{path}: refused: the checkpoint holds pickled code, not just weights ({first})") from None
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise ArcmilError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from None
+    missing = [key for key in REQUIRED if not isinstance(payload, dict) or key not in payload]
+    if missing or payload.get("format") != FORMAT:
+        raise ArcmilError(f"{path}: not an arcmil checkpoint (missing {', '.join(missing) or 'format ' + FORMAT})")
+    model = build_model(payload["model_name"], **payload["model_config"])
+    model.load_state_dict(payload["state_dict"])
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model.to(device).eval(), meta

@@ -1,0 +1,135 @@
+"""One path from bags to a finished run, walked by the CLI, the Python API and the experiment scripts:
+
+seed -> prepare_data (split, normalise) -> make_loaders -> model -> weighted BCE + optimizer ->
+train_model -> finalize (validation threshold, test report, predictions).
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import sklearn
+import torch
+from torch import nn
+
+from arcmil import __version__
+from arcmil.data import SPLITS, BagSet, Normalizer, assign_split, make_loader, split_parts
+from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
+from arcmil.models import build_model
+from arcmil.train import (Evaluation, FitResult, TrainConfig, evaluate, make_optimizer, seed_everything,
+                          select_device, train_model, weighted_bce)
+
+
+@dataclass
+class PreparedData:
+    """bags: the loaded bags with their split; parts: normalised train/val/test BagSets."""
+
+    bags: BagSet
+    parts: dict[str, BagSet]
+    normalizer: Normalizer
+    split_origin: str
+
+
+def prepare_data(bags: BagSet, cfg: TrainConfig) -> PreparedData:
+    origin = "file" if bags.split is not None else f"stratified 70/15/15, seed {cfg.seed}"
+    bags = assign_split(bags, cfg.seed)
+    raw = split_parts(bags)
+    normalizer = Normalizer.fit(cfg.normalize, raw["train"])
+    return PreparedData(bags, {name: normalizer(part) for name, part in raw.items()}, normalizer, origin)
+
+
+def make_loaders(parts: dict[str, BagSet], cfg: TrainConfig) -> dict:
+    """'train' is shuffled with the run's seed; val and test keep their order."""
+    return {name: make_loader(part, cfg.batch_size, shuffle=name == "train", seed=cfg.seed)
+            for name, part in parts.items()}
+
+
+@dataclass
+class RunResult:
+    model_name: str
+    model: nn.Module
+    normalizer: Normalizer
+    threshold: float
+    results: dict
+    predictions: pd.DataFrame
+    evaluations: dict[str, Evaluation]
+    parts: dict[str, BagSet]
+
+    @property
+    def tag(self) -> str:
+        return self.results["tag"]
+
+
+def predictions_frame(part: BagSet, ev: Evaluation, threshold: float, split: str | None = None) -> pd.DataFrame:
+    """One row per bag: bag_id, [split], [label], prob, pred, w_0 … w_{N-1} (blank past the bag's end)."""
+    order = np.argsort(ev.index)  # loader order -> BagSet order
+    frame = {"bag_id": part.bag_ids}
+    if split is not None:
+        frame["split"] = split
+    if part.labels is not None:
+        frame["label"] = part.labels
+    probs = ev.probs[order]
+    frame.update(prob=probs, pred=(probs >= threshold).astype(int))
+    width = max(len(w) for w in ev.weights)
+    weights = np.full((len(part), width), np.nan)
+    for row, i in enumerate(order):
+        weights[row, : len(ev.weights[i])] = ev.weights[i]
+    frame.update({f"w_{j}": weights[:, j] for j in range(width)})
+    return pd.DataFrame(frame)
+
+
+def environment() -> dict:
+    return {"arcmil": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "scikit_learn": sklearn.__version__, "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, fit: FitResult, cfg: TrainConfig,
+             device) -> RunResult:
+    """Tune the threshold on validation, report test metrics (with bootstrap intervals), score every bag."""
+    evaluations = {name: evaluate(model, make_loader(part, cfg.batch_size), criterion, device)
+                   for name, part in data.parts.items()}
+    val, test = evaluations["val"], evaluations["test"]
+    threshold = tune_threshold(val.labels, val.probs, cfg.threshold_method, cfg.fixed_threshold)
+    test_metrics = binary_metrics(test.labels, test.probs, threshold)
+    test_metrics["ci"] = bootstrap_ci(test.labels, test.probs, threshold, n_boot=cfg.n_bootstrap, seed=cfg.seed)
+    predictions = pd.concat([predictions_frame(data.parts[name], evaluations[name], threshold, name)
+                             for name in SPLITS], ignore_index=True)
+    results = {
+        "tag": model.config.tag(),
+        "model": model_name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model_config": asdict(model.config),
+        "train_config": asdict(cfg),
+        "data": {**data.bags.summary(), "split_origin": data.split_origin, "normalization": cfg.normalize,
+                 "splits": {name: {"n_bags": len(part), "n_positive": int(part.labels.sum())}
+                            for name, part in data.parts.items()}},
+        "threshold": {"value": threshold, "method": cfg.threshold_method},
+        "validation": {**binary_metrics(val.labels, val.probs, threshold), "loss": val.loss},
+        "test": {**test_metrics, "loss": test.loss},
+        "best_epoch": fit.best_epoch,
+        "epochs_run": len(fit.history),
+        "stopped_early": fit.stopped_early,
+        "train_seconds": fit.seconds,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "history": fit.history,
+        "environment": environment(),
+    }
+    return RunResult(model_name, model, data.normalizer, threshold, results, predictions, evaluations, data.parts)
+
+
+def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), **model_overrides) -> RunResult:
+    """Train and evaluate one registered model on ``bags`` (the whole pipeline, nothing written)."""
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    data = prepare_data(bags, cfg)
+    loaders = make_loaders(data.parts, cfg)
+    model = build_model(model_name, input_dim=bags.dim, **model_overrides).to(device)
+    criterion = weighted_bce(data.parts["train"].labels)
+    optimizer, scheduler = make_optimizer(model, cfg)
+    fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,
+                      desc=model.config.tag())
+    return finalize(model_name, model, data, criterion, fit, cfg, device)

@@ -1,0 +1,71 @@
+"""PNG figures of a run: ROC, precision-recall, training curves, window-attention heatmap."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay  # noqa: E402
+
+
+def _save(fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "ROC") -> None:
+    """curves: label -> (y_true, scores); one ROC line each."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, (y, scores) in curves.items():
+        RocCurveDisplay.from_predictions(y, scores, name=label, ax=ax)
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "Precision-recall") -> None:
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, (y, scores) in curves.items():
+        PrecisionRecallDisplay.from_predictions(y, scores, name=label, ax=ax)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_training_curves(history: list[dict], path, best_epoch: int, title: str = "") -> None:
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
+    ax_loss.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="weighted BCE", title="loss")
+    ax_auc.plot(epochs, [row["val_roc_auc"] for row in history], marker="o", c="C2")
+    ax_auc.set(xlabel="epoch", ylabel="ROC-AUC", title="validation ROC-AUC")
+    for ax in (ax_loss, ax_auc):
+        ax.axvline(best_epoch, ls=":", c="grey", label="best epoch")
+    ax_loss.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_attention(weights: list[np.ndarray], labels, probs, bag_ids, path, instance_labels=None,
+                   title: str = "window weights") -> None:
+    """Heatmap: one row per bag, one column per window; padding blank; true positive windows
+    (when ``instance_labels`` is given) are outlined."""
+    width = max(len(w) for w in weights)
+    grid = np.full((len(weights), width), np.nan)
+    for row, w in enumerate(weights):
+        grid[row, : len(w)] = w
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * width, 1.0 + 0.35 * len(weights)))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0)
+    fig.colorbar(image, ax=ax, label="weight")
+    if instance_labels is not None:
+        for row, marks in enumerate(instance_labels):
+            for col in np.flatnonzero(marks):
+                ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+    ax.set_yticks(range(len(weights)),
+                  [f"{b}  y={y} p={p:.2f}" for b, y, p in zip(bag_ids, labels, probs)], fontsize=7)
+    ax.set_xticks(range(width))
+    ax.set_xlabel("window" + ("  (red: true positive windows)" if instance_labels is not None else ""))
+    ax.set_title(title)
+    _save(fig, path)

@@ -1,0 +1,137 @@
+"""Writing a run: checkpoint, results JSON/CSV, predictions, plots; never overwriting a user's files."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from arcmil.checkpoint import save_checkpoint
+from arcmil.errors import ArcmilError
+from arcmil.plots import plot_attention, plot_pr, plot_roc, plot_training_curves
+
+ROW_METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
+               "mcc")
+
+
+def default_run_dir(parent: str | os.PathLike, name: str) -> Path:
+    """parent/name_YYYYmmdd-HHMMSS, with a counter if that exists already."""
+    base = Path(parent) / f"{name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike):
+    """Yield a temporary sibling directory that becomes ``final`` only if the block succeeds.
+
+    Refuses a ``final`` that already holds files; on failure the partial outputs are removed."""
+    final = Path(final)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise ArcmilError(f"{final}: already exists and is not empty; refusing to overwrite (choose another --out)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            final.rmdir()
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_new_file(path: str | os.PathLike, write, overwrite: bool = False) -> Path:
+    """Call ``write(tmp_path)`` and move the result to ``path``; refuse an existing file unless asked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ArcmilError(f"{path}: already exists; refusing to overwrite (pass --overwrite or choose another name)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _clean(obj):
+    """JSON-safe: numpy scalars to Python, NaN to null."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def results_row(results: dict) -> dict:
+    """The flat one-line summary used by the results CSV and the comparison table."""
+    row = {"tag": results["tag"], "model": results["model"], "seed": results["train_config"]["seed"],
+           "threshold": results["threshold"]["value"], "threshold_method": results["threshold"]["method"],
+           "best_epoch": results["best_epoch"], "epochs_run": results["epochs_run"]}
+    for split in ("validation", "test"):
+        prefix = "val" if split == "validation" else "test"
+        row.update({f"{prefix}_{m}": results[split][m] for m in ROW_METRICS})
+    for metric in ("roc_auc", "f1"):
+        low, high = results["test"]["ci"][metric] or (None, None)
+        row.update({f"test_{metric}_ci_low": low, f"test_{metric}_ci_high": high})
+    row["train_seconds"] = results["train_seconds"]
+    return row
+
+
+def write_results(directory: Path, result) -> None:
+    stem = f"stage3_{result.model_name}_results"
+    (directory / f"{stem}.json").write_text(json.dumps(_clean(result.results), indent=2))
+    pd.DataFrame([results_row(result.results)]).to_csv(directory / f"{stem}.csv", index=False)
+
+
+def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) -> Path:
+    """Write every output of one run into ``directory`` (created; expected new or empty)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = result.results["train_config"]
+    save_checkpoint(directory / f"best_{result.model_name}.pth", result.model, result.model_name,
+                    threshold=result.threshold, threshold_method=cfg["threshold_method"],
+                    normalizer=result.normalizer, extra={"results_summary": results_row(result.results)})
+    write_results(directory, result)
+    result.predictions.to_csv(directory / "predictions.csv", index=False)
+    result.predictions[["bag_id", "split"]].to_csv(directory / "split.csv", index=False)
+
+    tag = result.tag
+    curves = {name: (ev.labels, ev.probs) for name, ev in result.evaluations.items() if name in ("val", "test")}
+    plot_roc(curves, directory / "roc.png", title=f"ROC — {tag}")
+    plot_pr(curves, directory / "pr.png", title=f"Precision-recall — {tag}")
+    plot_training_curves(result.results["history"], directory / "training_curves.png",
+                         result.results["best_epoch"], title=tag)
+    write_attention_plot(directory / "attention.png", result, n_attention_bags)
+    return directory
+
+
+def write_attention_plot(path: Path, result, n_bags: int) -> None:
+    """Heatmap of test bags: half positives, half negatives, chosen with a fixed seed."""
+    part, ev = result.parts["test"], result.evaluations["test"]
+    rng = np.random.default_rng(0)
+    pos, neg = np.flatnonzero(part.labels == 1), np.flatnonzero(part.labels == 0)
+    take = n_bags // 2
+    chosen = np.concatenate([rng.permutation(pos)[:take], rng.permutation(neg)[: n_bags - min(take, len(pos))]])
+    by_position = {int(i): k for k, i in enumerate(ev.index)}  # BagSet position -> evaluation row
+    rows = [by_position[int(i)] for i in chosen]
+    plot_attention([ev.weights[r] for r in rows], part.labels[chosen], ev.probs[rows], part.bag_ids[chosen], path,
+                   instance_labels=None if part.instance_labels is None else [part.instance_labels[i] for i in chosen],
+                   title=f"window weights, test bags — {result.tag}")
