@@ -22,7 +22,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def make_demo_bags(n_bags: int = 1500, *, n_windows: int = 10, dim: int = 256, positive_rate: float = 0.35,
-                   noise: float = 0.8, witness_strength: float = 0.9, seed: int = 0) -> BagSet:
+                   noise: float = 1.2, witness_strength: float = 0.7, seed: int = 0) -> BagSet:
     """Generate the demo BagSet (no split: the pipeline draws a stratified one with the run's seed)."""
     rng = np.random.default_rng(seed)
     topics = _unit(rng.standard_normal((6, dim)))

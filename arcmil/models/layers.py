@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arcmil.errors import ConfigError
+
 
 def full_mask(x: torch.Tensor) -> torch.Tensor:
     """All-True mask (B, N) for an unpadded batch x (B, N, ...)."""
@@ -49,7 +51,7 @@ class PositionalEncoding(nn.Module):
             h = h + sinusoidal_table(n, h.shape[2], h.device).to(h.dtype)
         elif self.kind == "learned":
             if n > self.max_len:
-                raise ValueError(f"a bag of {n} windows exceeds the learned positional table (max_len="
+                raise ConfigError(f"a bag of {n} windows exceeds the learned positional table (max_len="
                                  f"{self.max_len}); train with a larger max_len or pos_enc='sin'")
             h = h + self.table.weight[:n]
         return self.dropout(h)

@@ -1,0 +1,5 @@
+import sys
+
+from arcmil.cli import main
+
+sys.exit(main())
