@@ -56,7 +56,7 @@ def plot_attention(weights: list[np.ndarray], labels, probs, bag_ids, path, inst
     grid = np.full((len(weights), width), np.nan)
     for row, w in enumerate(weights):
         grid[row, : len(w)] = w
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * width, 1.0 + 0.35 * len(weights)))
+    fig, ax = plt.subplots(figsize=(max(7.0, 2.5 + 0.45 * width), 1.0 + 0.35 * len(weights)))
     image = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0)
     fig.colorbar(image, ax=ax, label="weight")
     if instance_labels is not None:
@@ -67,5 +67,5 @@ def plot_attention(weights: list[np.ndarray], labels, probs, bag_ids, path, inst
                   [f"{b}  y={y} p={p:.2f}" for b, y, p in zip(bag_ids, labels, probs)], fontsize=7)
     ax.set_xticks(range(width))
     ax.set_xlabel("window" + ("  (red: true positive windows)" if instance_labels is not None else ""))
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     _save(fig, path)

@@ -1,0 +1,55 @@
+# %% [markdown]
+# # Stage 3 — AttentionMIL (baseline)
+# ABMIL attention pooling (Ilse et al. 2018) over the window embeddings.
+#
+# Every section but the model block is identical across `stage3_attention_mil.py`,
+# `stage3_transformer_mil.py` and `stage3_transmil.py` (the design note's rule: only the model
+# block differs). Runs as a plain script or, cell by cell, in Jupyter. Settings by environment:
+# `ARCMIL_DATA` (Stage-2 bag file; default: the built-in demo data), `ARCMIL_OUT` (default
+# `runs/experiments`), `ARCMIL_EPOCHS` (default 10).
+
+# %% 1. Environment & seed
+import os
+
+from arcmil.data import load_bags
+from arcmil.demo import make_demo_bags
+from arcmil.pipeline import finalize, make_loaders, prepare_data
+from arcmil.report import default_run_dir, results_row, staged_dir, write_run
+from arcmil.train import TrainConfig, make_optimizer, seed_everything, select_device, train_model, weighted_bce
+
+DATA = os.environ.get("ARCMIL_DATA")
+OUT = os.environ.get("ARCMIL_OUT", "runs/experiments")
+cfg = TrainConfig(seed=0, batch_size=16, epochs=int(os.environ.get("ARCMIL_EPOCHS", 10)), patience=3)
+seed_everything(cfg.seed)
+device = select_device(cfg.device)
+
+# %% 2. Stage-2 bags & instance means (K embeddings per window are averaged by the reader)
+bags = load_bags(DATA) if DATA else make_demo_bags()
+data = prepare_data(bags, cfg)  # stored or stratified 70/15/15 split; normalisation fitted on train
+print(bags.summary())
+
+# %% 3. Dataset / DataLoader (padded batches with masks)
+loaders = make_loaders(data.parts, cfg)
+
+# %% Model block: AttentionMIL
+from arcmil.models import AttentionMIL, AttentionMILConfig
+
+MODEL_NAME = "attention_mil"
+model = AttentionMIL(AttentionMILConfig(input_dim=bags.dim, hidden_dim=128, dropout_p=0.1)).to(device)
+
+# %% 4. Loss / optimizer / scheduler (weighted BCE, AdamW, ReduceLROnPlateau)
+criterion = weighted_bce(data.parts["train"].labels)
+optimizer, scheduler = make_optimizer(model, cfg)
+
+# %% 5. train_one_epoch / evaluate / train_model (early stopping restores the best state)
+fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,
+                  desc=model.config.tag())
+
+# %% 6. Final pipeline: validation threshold, test report, outputs
+result = finalize(MODEL_NAME, model, data, criterion, fit, cfg, device)
+run_dir = default_run_dir(OUT, result.tag)
+with staged_dir(run_dir) as tmp:
+    write_run(tmp, result)
+row = results_row(result.results)
+print({key: row[key] for key in ("tag", "threshold", "test_roc_auc", "test_pr_auc", "test_f1")})
+print(f"outputs in {run_dir}")
