@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/arcmil compare
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info

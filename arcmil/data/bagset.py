@@ -100,7 +100,7 @@ def validate(bs: BagSet, *, require_labels: bool = True) -> BagSet:
         bad = ~np.isin(bs.labels, (0, 1))
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(src, f"label {bs.labels[i]!r} is not 0 or 1", bag=str(bs.bag_ids[i]), field="labels")
+            raise DataError(src, f"label {bs.labels[i].item()!r} is not 0 or 1", bag=str(bs.bag_ids[i]), field="labels")
     if bs.split is not None:
         if len(bs.split) != len(bs):
             raise DataError(src, f"{len(bs.split)} split values for {len(bs)} bags", field="split")

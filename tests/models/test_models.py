@@ -1,0 +1,165 @@
+"""The model contract, checked for every registered model and variant (timm's test_models idea)."""
+import pytest
+import torch
+
+from arcmil.errors import ConfigError
+from arcmil.models import build_model, make_config, model_names
+
+ALL = model_names()
+TRANSFORMERS = [n for n in ALL if not n.startswith("attention_mil")]
+D = 32
+
+
+def small(name, **overrides):
+    cfg = {"input_dim": D}
+    if name in TRANSFORMERS:
+        cfg.update(d_model=16, nhead=2, dim_feedforward=32, pooler_hidden=8)
+    else:
+        cfg.update(hidden_dim=16)
+    torch.manual_seed(0)
+    return build_model(name, **{**cfg, **overrides}).eval()
+
+
+def padded_batch(lengths, n_max=None):
+    torch.manual_seed(1)
+    n_max = n_max or max(lengths)
+    x = torch.randn(len(lengths), n_max, D)
+    mask = torch.arange(n_max)[None, :] < torch.tensor(lengths)[:, None]
+    return x, mask
+
+
+def test_registry_has_models_and_variants():
+    assert {"attention_mil", "attention_mil_gated", "transformer_mil", "transformer_mil_topk", "transmil",
+            "transmil_dual"} <= set(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_shapes_and_weights_sum_to_one_over_real_windows(name):
+    x, mask = padded_batch([7, 3, 1, 5])
+    logits, weights = small(name)(x, mask)
+    assert logits.shape == (4,) and weights.shape == (4, 7)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(4))
+    assert (weights[~mask] == 0).all(), "padding must get exactly zero weight"
+    assert (weights >= 0).all() and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_padding_changes_nothing(name):
+    model = small(name)
+    x, mask = padded_batch([5, 9])
+    logits, weights = model(x, mask)
+    alone_logits, alone_weights = model(x[:1, :5])  # the first bag without padding, no mask
+    torch.testing.assert_close(logits[:1], alone_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights[:1, :5], alone_weights, atol=1e-5, rtol=1e-5)
+    garbage = x.clone()
+    garbage[~mask] = 1e3  # whatever sits in padding must not leak into real outputs
+    torch.testing.assert_close(model(garbage, mask)[0], logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_parameter_gets_a_finite_gradient(name):
+    model = small(name, dropout_p=0.0).train()
+    x, mask = padded_batch([6, 4, 2])
+    logits, _ = model(x, mask)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0.0, 1.0])).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, f"{pname} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
+@pytest.mark.parametrize("pos_enc", ["sin", "none"])
+def test_bags_longer_than_128_windows(name, pos_enc):
+    x, mask = padded_batch([300, 140])
+    logits, weights = small(name, pos_enc=pos_enc)(x, mask)
+    assert torch.isfinite(logits).all() and weights.shape == (2, 300)
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_learned_table_says_its_limit(name):
+    model = small(name, pos_enc="learned", max_len=16)
+    model(*padded_batch([16]))  # at the limit: fine
+    with pytest.raises(ConfigError, match="max_len=16"):
+        model(*padded_batch([17]))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_permutation_invariance_without_positions(name):
+    model = small(name) if name not in TRANSFORMERS else small(name, pos_enc="none")
+    x, _ = padded_batch([8])
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(3))
+    logits, weights = model(x)
+    p_logits, p_weights = model(x[:, perm])
+    torch.testing.assert_close(p_logits, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(p_weights, weights[:, perm], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_order_matters_with_positions(name):
+    model = small(name, pos_enc="sin")
+    x, _ = padded_batch([8])
+    assert not torch.allclose(model(x)[0], model(x.flip(1))[0], atol=1e-6)
+
+
+def test_transmil_weights_are_the_last_layers_cls_attention():
+    """No second softmax: weights equal the CLS row of the last layer, renormalised over windows."""
+    model = small("transmil")
+    x, mask = padded_batch([6, 4])
+    captured = {}
+    last = model.layers[-1]
+    original = last.forward
+
+    def spy(h, key_mask, return_cls_attention=False):
+        out, row = original(h, key_mask, return_cls_attention)
+        captured["row"] = row
+        return out, row
+
+    last.forward = spy
+    _, weights = model(x, mask)
+    row = captured["row"][:, 1:]
+    torch.testing.assert_close(weights, row / row.sum(1, keepdim=True))
+    # the map is far from uniform-by-construction: a second softmax would squash it
+    assert not torch.allclose(weights, torch.softmax(row.masked_fill(~mask, -float("inf")), 1))
+
+
+def test_cls_row_matches_full_attention_map():
+    """The cheap CLS row equals row 0 of PyTorch's full head-averaged attention map."""
+    model = small("transmil")
+    layer = model.layers[-1]
+    h = torch.randn(2, 5, 16)
+    key_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    _, row = layer(h, key_mask, return_cls_attention=True)
+    q, k, _ = layer.qkv(layer.norm1(h)).view(2, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-2, -1)) / 8 ** 0.5
+    full = torch.softmax(scores.masked_fill(~key_mask[:, None, None, :], -float("inf")), -1).mean(1)
+    torch.testing.assert_close(row, full[:, 0])
+
+
+def test_topk_weights_mark_the_top_windows():
+    model = small("transformer_mil_topk", k=2)
+    x, mask = padded_batch([5, 1])
+    logits, weights = model(x, mask)
+    assert sorted(weights[0].tolist())[-2:] == [0.5, 0.5] and (weights[0] > 0).sum() == 2
+    assert weights[1, 0] == 1.0  # a one-window bag averages its single window
+
+
+def test_unknown_model_and_key_are_named():
+    with pytest.raises(ConfigError, match="did you mean 'transmil'"):
+        build_model("transmill")
+    with pytest.raises(ConfigError, match="did you mean 'nhead'"):
+        make_config("transmil", nheads=4)
+    with pytest.raises(ConfigError, match="divisible"):
+        make_config("transmil", d_model=10, nhead=4)
+
+
+@pytest.mark.parametrize("name,tag", [
+    ("attention_mil", "abmil_h128_drop01"),
+    ("attention_mil_gated", "abmil_gated_h128_drop01"),
+    ("transformer_mil", "tmil_d128_h4_L2_ff256_drop01_sin"),
+    ("transformer_mil_topk", "tmil_topk2_d128_h4_L2_ff256_drop01_sin"),
+    ("transmil", "transmil_cls_d128_h4_L2_ff256_drop01_sin"),
+    ("transmil_dual", "transmil_dual_d128_h4_L2_ff256_drop01_sin"),
+])
+def test_tags_follow_the_design_note(name, tag):
+    assert make_config(name).tag() == tag
