@@ -1,0 +1,133 @@
+"""The command line end to end on small data."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from arcmil.cli import main
+from arcmil.data import save_bags
+from arcmil.demo import make_demo_bags
+
+FAST = ["--epochs", "2", "--n-bootstrap", "50", "--no-progress"]
+TINY_TRANSFORMER = ["--d-model", "32", "--nhead", "2", "--dim-feedforward", "64"]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    return save_bags(make_demo_bags(n_bags=120, seed=2), tmp_path_factory.mktemp("data") / "bags.npz")
+
+
+@pytest.fixture(scope="module")
+def trained(data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "transmil_run"
+    assert main(["train", "--model", "transmil", "--data", str(data_file), "--out", str(out), *FAST,
+                 *TINY_TRANSFORMER]) == 0
+    return out
+
+
+def test_train_writes_every_output(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"best_transmil.pth", "stage3_transmil_results.json", "stage3_transmil_results.csv", "predictions.csv",
+            "split.csv", "roc.png", "pr.png", "training_curves.png", "attention.png"} <= names
+    results = json.loads((trained / "stage3_transmil_results.json").read_text())
+    assert results["tag"] == "transmil_cls_d32_h2_L2_ff64_drop01_sin"
+    assert results["model_config"]["d_model"] == 32 and results["train_config"]["epochs"] == 2
+    assert len(results["history"]) == results["epochs_run"] <= 2
+    for key in ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
+                "mcc", "confusion_matrix", "ci"):
+        assert key in results["test"]
+    predictions = pd.read_csv(trained / "predictions.csv")
+    assert list(predictions.columns[:5]) == ["bag_id", "split", "label", "prob", "pred"]
+    weights = predictions.filter(like="w_").to_numpy()
+    np.testing.assert_allclose(np.nansum(weights, axis=1), 1.0, rtol=1e-5)
+    assert not any(p.name.startswith(".") for p in trained.parent.iterdir()), "no staging leftovers"
+
+
+def test_predict_reproduces_the_test_metrics(trained, data_file, tmp_path, capsys):
+    out = tmp_path / "scores.csv"
+    assert main(["predict", "--checkpoint", str(trained / "best_transmil.pth"), "--data", str(data_file),
+                 "--out", str(out)]) == 0
+    scored = pd.read_csv(out).set_index("bag_id")
+    assert "split" not in scored.columns  # the file has none: the run drew its own, recorded in split.csv
+    run = pd.read_csv(trained / "predictions.csv")
+    theirs = run[run.split == "test"].set_index("bag_id")
+    ours = scored.loc[theirs.index]
+    np.testing.assert_allclose(ours["prob"], theirs["prob"], rtol=1e-6)
+    np.testing.assert_array_equal(ours["pred"], theirs["pred"])
+    from arcmil.metrics import binary_metrics
+
+    results = json.loads((trained / "stage3_transmil_results.json").read_text())
+    again = binary_metrics(ours["label"], ours["prob"], results["threshold"]["value"])
+    assert again["f1"] == pytest.approx(results["test"]["f1"]) and again["roc_auc"] == pytest.approx(
+        results["test"]["roc_auc"])
+    assert "roc_auc" in capsys.readouterr().out
+    # never overwrite silently
+    assert main(["predict", "--checkpoint", str(trained / "best_transmil.pth"), "--data", str(data_file),
+                 "--out", str(out)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_predict_refuses_data_of_another_dimension(trained, tmp_path, capsys):
+    other = save_bags(make_demo_bags(n_bags=20, dim=64, seed=3), tmp_path / "d64.npz")
+    out = tmp_path / "x.csv"
+    assert main(["predict", "--checkpoint", str(trained / "best_transmil.pth"), "--data", str(other),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "embedding dimension 64" in err and "input_dim 256" in err and not out.exists()
+
+
+def test_train_refuses_a_non_empty_out(trained, data_file, capsys):
+    assert main(["train", "--data", str(data_file), "--out", str(trained), *FAST]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_bad_data_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, embeddings=np.ones((4, 3, 2), np.float32), labels=[0, 1, 5, 1])
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "arcmil", "train", "--data", str(bad), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "bag '2': field 'labels'" in proc.stderr and str(bad) in proc.stderr
+    assert not out.exists()
+
+
+def test_config_file_and_flag_errors(data_file, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("model: attention_mil\nepochs: 1\nhiden_dim: 64\n")
+    assert main(["train", "--config", str(config), "--data", str(data_file), "--out", str(tmp_path / "a")]) == 2
+    assert "did you mean 'hidden_dim'" in capsys.readouterr().err
+    config.write_text("model: attention_mil\nepochs: 1\nhidden_dim: 16\nn_bootstrap: 20\nprogress: false\n")
+    out = tmp_path / "b"
+    assert main(["train", "--config", str(config), "--data", str(data_file), "--out", str(out)]) == 0
+    results = json.loads((out / "stage3_attention_mil_results.json").read_text())
+    assert results["epochs_run"] == 1 and results["tag"] == "abmil_h16_drop01"
+    assert main(["train", "--model", "attention_mil", "--nhead", "2", "--data", str(data_file),
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "does not apply to model 'attention_mil'" in capsys.readouterr().err
+
+
+def test_compare_runs_models_through_one_pipeline(data_file, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--data", str(data_file), "--models", "attention_mil,transformer_mil_topk",
+                 "--out", str(out), *FAST, *TINY_TRANSFORMER]) == 0
+    printed = capsys.readouterr().out
+    assert "abmil_h128_drop01" in printed and "tmil_topk2_d32_h2_L2_ff64_drop01_sin" in printed
+    table = pd.read_csv(out / "comparison.csv")
+    assert list(table["model"]) == ["attention_mil", "transformer_mil_topk"]
+    assert (out / "comparison.md").exists() and (out / "roc.png").exists()
+    assert (out / "transformer_mil_topk" / "best_transformer_mil_topk.pth").exists()
+    splits = [pd.read_csv(out / m / "split.csv").set_index("bag_id")["split"] for m in table["model"]]
+    assert splits[0].sort_index().equals(splits[1].sort_index()), "every model sees the same split"
+
+
+def test_demo_data_command(tmp_path, capsys):
+    out = tmp_path / "demo.csv"
+    assert main(["demo-data", "--out", str(out), "--n-bags", "30"]) == 0
+    assert pd.read_csv(out)["bag_id"].nunique() == 30
+    assert main(["demo-data", "--out", str(out), "--n-bags", "30"]) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.csv"]
