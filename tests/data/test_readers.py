@@ -179,3 +179,14 @@ def test_collate_pads_and_masks():
     batch = collate(bs, [0, 1])
     assert batch.x.shape == (2, 3, 6) and batch.mask.tolist() == [[True] * 3, [True, False, False]]
     assert (batch.x[1, 1:] == 0).all() and batch.y.tolist() == [0.0, 1.0]
+
+
+def test_mixed_dimension_and_ragged_k_in_pt_lists(tmp_path):
+    torch.save({"embeddings": [torch.randn(3, 4), torch.randn(2, 5)], "labels": torch.tensor([0, 1])},
+               tmp_path / "mixed.pt")
+    with pytest.raises(DataError, match="bag '1': field 'embeddings': embedding dimension 5 differs from 4"):
+        load_bags(tmp_path / "mixed.pt")
+    ragged_k = [torch.randn(3, 2, 4), torch.randn(2, 5, 4)]  # (n_i, K_i, D): K differs per bag
+    torch.save({"embeddings": ragged_k, "labels": torch.tensor([0, 1])}, tmp_path / "k.pt")
+    bs = load_bags(tmp_path / "k.pt")
+    np.testing.assert_allclose(bs.bags[1], ragged_k[1].mean(1).numpy(), rtol=1e-6)
