@@ -10,7 +10,8 @@ import numpy as np
 
 from arcmil import __version__
 from arcmil.errors import ArcmilError, DataError
-from arcmil.settings import MODEL_FIELDS, TRAIN_FIELDS, model_overrides, read_yaml, train_config
+from arcmil.models import model_names
+from arcmil.settings import CHOICES, DEFAULTS, MODEL_FIELDS, TRAIN_FIELDS, model_overrides, read_yaml, train_config
 
 DEFAULT_MODELS = "attention_mil,transformer_mil,transmil"
 COMPARE_COLUMNS = ("model", "tag", "test_roc_auc", "test_pr_auc", "test_f1", "test_precision", "test_recall",
@@ -21,10 +22,12 @@ def _add_setting_flags(parser: argparse.ArgumentParser, fields: dict[str, type],
     group = parser.add_argument_group(title)
     for name, kind in fields.items():
         flag = "--" + name.replace("_", "-")
+        help = f"default: {DEFAULTS[name]}"
         if kind is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help)
         else:
-            group.add_argument(flag, dest=name, type=kind, default=None, metavar=kind.__name__.upper())
+            group.add_argument(flag, dest=name, type=kind, default=None, choices=CHOICES.get(name), help=help,
+                               metavar=None if name in CHOICES else kind.__name__.upper())
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train and evaluate one model")
-    train.add_argument("--model", help="registered model name (default attention_mil)")
+    train.add_argument("--model", choices=model_names(), help="registered model (default attention_mil)")
     _add_run_flags(train)
 
     compare = commands.add_parser("compare", help="train several models through the identical pipeline")
