@@ -158,7 +158,7 @@ def cmd_predict(args) -> None:
     from arcmil.data import load_bags, make_loader
     from arcmil.data.prepare import Normalizer
     from arcmil.metrics import binary_metrics
-    from arcmil.pipeline import predictions_frame
+    from arcmil.pipeline import check_fits, predictions_frame
     from arcmil.report import write_new_file
     from arcmil.train import evaluate, select_device
 
@@ -168,7 +168,11 @@ def cmd_predict(args) -> None:
     device = select_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
     bags = load_bags(args.data, require_labels=False)
-    check_compatible(bags, model, meta, args.checkpoint)
+    expected = meta["model_config"]["input_dim"]
+    if bags.dim != expected:
+        raise DataError(bags.source, f"embedding dimension {bags.dim} does not match the checkpoint "
+                        f"{args.checkpoint} (input_dim {expected})", field="embeddings")
+    check_fits(bags, model.config)
     bags = Normalizer.from_dict(meta["normalization"])(bags)
     ev = evaluate(model, make_loader(bags, args.batch_size), device=device)
     frame = predictions_frame(bags, ev, meta["threshold"], split=bags.split)
@@ -177,19 +181,6 @@ def cmd_predict(args) -> None:
     if bags.labels is not None and len(np.unique(bags.labels)) == 2:
         metrics = binary_metrics(bags.labels, ev.probs[np.argsort(ev.index)], meta["threshold"])
         print(pd.Series({k: v for k, v in metrics.items() if not isinstance(v, dict)}).to_string())
-
-
-def check_compatible(bags, model, meta: dict, checkpoint) -> None:
-    """Refuse data the checkpoint cannot score, naming both values."""
-    expected = meta["model_config"]["input_dim"]
-    if bags.dim != expected:
-        raise DataError(bags.source, f"embedding dimension {bags.dim} does not match the checkpoint {checkpoint} "
-                        f"(input_dim {expected})", field="embeddings")
-    cfg = model.config
-    if getattr(cfg, "pos_enc", None) == "learned" and bags.lengths.max() > cfg.max_len:
-        i = int(np.argmax(bags.lengths))
-        raise DataError(bags.source, f"{bags.lengths[i]} windows exceed the checkpoint's learned positional table "
-                        f"(max_len {cfg.max_len})", bag=str(bags.bag_ids[i]), field="embeddings")
 
 
 def cmd_demo_data(args) -> None:

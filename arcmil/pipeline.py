@@ -17,6 +17,7 @@ from torch import nn
 
 from arcmil import __version__
 from arcmil.data import SPLITS, BagSet, Normalizer, assign_split, make_loader, split_parts
+from arcmil.errors import DataError
 from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
 from arcmil.models import build_model
 from arcmil.train import (Evaluation, FitResult, TrainConfig, evaluate, make_optimizer, seed_everything,
@@ -121,6 +122,16 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     return RunResult(model_name, model, data.normalizer, threshold, results, predictions, evaluations, data.parts)
 
 
+def check_fits(bags: BagSet, model_config) -> None:
+    """Refuse, before any work, a bag longer than a learned positional table."""
+    max_len = getattr(model_config, "max_len", None)
+    if getattr(model_config, "pos_enc", None) == "learned" and bags.lengths.max() > max_len:
+        i = int(np.argmax(bags.lengths))
+        raise DataError(bags.source, f"{bags.lengths[i]} windows exceed the learned positional table (max_len "
+                        f"{max_len}); use a larger max_len or pos_enc 'sin'", bag=str(bags.bag_ids[i]),
+                        field="embeddings")
+
+
 def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), **model_overrides) -> RunResult:
     """Train and evaluate one registered model on ``bags`` (the whole pipeline, nothing written)."""
     seed_everything(cfg.seed)
@@ -128,6 +139,7 @@ def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig
     data = prepare_data(bags, cfg)
     loaders = make_loaders(data.parts, cfg)
     model = build_model(model_name, input_dim=bags.dim, **model_overrides).to(device)
+    check_fits(bags, model.config)
     criterion = weighted_bce(data.parts["train"].labels)
     optimizer, scheduler = make_optimizer(model, cfg)
     fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,

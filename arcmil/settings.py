@@ -7,10 +7,10 @@ import typing
 
 import yaml
 
-from arcmil.errors import ConfigError
-from arcmil.models import get_entry
 from arcmil.data.prepare import NORMALIZATIONS
+from arcmil.errors import ConfigError
 from arcmil.metrics import THRESHOLD_METHODS
+from arcmil.models import get_entry
 from arcmil.models.config import POOLS, POS_ENCODINGS, AttentionMILConfig, TransformerMILConfig, TransMILConfig
 from arcmil.models.registry import closest
 from arcmil.train import MONITORS, TrainConfig
@@ -19,19 +19,19 @@ RUN_KEYS = {"model": str, "models": str, "data": str, "out": str}
 INFERRED = {"input_dim"}  # taken from the data, never set by hand
 
 
-def _field_types(cls) -> dict[str, type]:
-    """name -> type of a config dataclass's settable fields (their defaults go to DEFAULTS)."""
-    hints = typing.get_type_hints(cls)
-    settable = [f for f in dataclasses.fields(cls) if f.name not in INFERRED]
-    DEFAULTS.update({f.name: f.default for f in settable})
-    return {f.name: hints[f.name] for f in settable}
+def _settable(*classes) -> list[tuple[dataclasses.Field, type]]:
+    """(field, type) of the config dataclasses' settable fields."""
+    out = []
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        out += [(f, hints[f.name]) for f in dataclasses.fields(cls) if f.name not in INFERRED]
+    return out
 
 
-DEFAULTS: dict[str, object] = {}
-MODEL_FIELDS: dict[str, type] = {}
-for _cls in (AttentionMILConfig, TransformerMILConfig, TransMILConfig):
-    MODEL_FIELDS.update(_field_types(_cls))
-TRAIN_FIELDS: dict[str, type] = _field_types(TrainConfig)
+MODEL_FIELDS = {f.name: kind for f, kind in _settable(AttentionMILConfig, TransformerMILConfig, TransMILConfig)}
+TRAIN_FIELDS = {f.name: kind for f, kind in _settable(TrainConfig)}
+DEFAULTS = {f.name: f.default for f, _ in _settable(AttentionMILConfig, TransformerMILConfig, TransMILConfig,
+                                                    TrainConfig)}
 CHOICES = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS,
            "pos_enc": POS_ENCODINGS, "pool": POOLS}
 ALL_KEYS = {**RUN_KEYS, **MODEL_FIELDS, **TRAIN_FIELDS}

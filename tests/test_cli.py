@@ -131,3 +131,12 @@ def test_demo_data_command(tmp_path, capsys):
     assert pd.read_csv(out)["bag_id"].nunique() == 30
     assert main(["demo-data", "--out", str(out), "--n-bags", "30"]) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["demo.csv"]
+
+
+def test_bag_longer_than_a_learned_table_is_refused_before_training(data_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "transmil", "--pos-enc", "learned", "--max-len", "8", "--data", str(data_file),
+                 "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "field 'embeddings'" in err and "max_len 8" in err and "bag 'doc" in err
+    assert not out.exists()
