@@ -20,8 +20,17 @@ from arcmil.data import SPLITS, BagSet, Normalizer, assign_split, make_loader, s
 from arcmil.errors import DataError
 from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
 from arcmil.models import build_model
-from arcmil.train import (Evaluation, FitResult, TrainConfig, evaluate, make_optimizer, seed_everything,
-                          select_device, train_model, weighted_bce)
+from arcmil.train import (
+    Evaluation,
+    FitResult,
+    TrainConfig,
+    evaluate,
+    make_optimizer,
+    seed_everything,
+    select_device,
+    train_model,
+    weighted_bce,
+)
 
 
 @dataclass

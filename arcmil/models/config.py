@@ -51,7 +51,8 @@ class TransformerConfig:
     pooler_hidden: int = 128
 
     def __post_init__(self):
-        _check(self.pos_enc in POS_ENCODINGS, f"pos_enc must be one of {', '.join(POS_ENCODINGS)}, got {self.pos_enc!r}")
+        _check(self.pos_enc in POS_ENCODINGS,
+               f"pos_enc must be one of {', '.join(POS_ENCODINGS)}, got {self.pos_enc!r}")
         _check(self.d_model % self.nhead == 0, f"d_model {self.d_model} must be divisible by nhead {self.nhead}")
         _check(self.num_layers >= 1, "num_layers must be at least 1")
         _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
