@@ -6,7 +6,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay  # noqa: E402
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
 
 def _save(fig, path) -> None:
@@ -16,20 +16,25 @@ def _save(fig, path) -> None:
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "ROC") -> None:
-    """curves: label -> (y_true, scores); one ROC line each."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+    """curves: label -> (y_true, scores); one ROC line each, its AUC in the legend."""
+    fig, ax = plt.subplots(figsize=(6, 5.5))
     for label, (y, scores) in curves.items():
-        RocCurveDisplay.from_predictions(y, scores, name=label, ax=ax)
+        fpr, tpr, _ = roc_curve(y, scores)
+        ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(y, scores):.3f})")
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-    ax.set_title(title)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
 
 
 def plot_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "Precision-recall") -> None:
-    fig, ax = plt.subplots(figsize=(5, 5))
+    """curves: label -> (y_true, scores); one precision-recall line each, its average precision in the legend."""
+    fig, ax = plt.subplots(figsize=(6, 5.5))
     for label, (y, scores) in curves.items():
-        PrecisionRecallDisplay.from_predictions(y, scores, name=label, ax=ax)
-    ax.set_title(title)
+        precision, recall, _ = precision_recall_curve(y, scores)
+        ax.step(recall, precision, where="post", label=f"{label} (AP {average_precision_score(y, scores):.3f})")
+    ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower left", fontsize=8)
     _save(fig, path)
 
 
