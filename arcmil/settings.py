@@ -11,8 +11,8 @@ from arcmil.data.prepare import NORMALIZATIONS
 from arcmil.errors import ConfigError
 from arcmil.metrics import THRESHOLD_METHODS
 from arcmil.models import get_entry
-from arcmil.models.config import POOLS, POS_ENCODINGS, AttentionMILConfig, TransformerMILConfig, TransMILConfig
-from arcmil.models.registry import closest
+from arcmil.models.config import POOLS, POS_ENCODINGS
+from arcmil.models.registry import closest, config_classes
 from arcmil.train import MONITORS, TrainConfig
 
 RUN_KEYS = {"model": str, "models": str, "data": str, "out": str}
@@ -28,10 +28,9 @@ def _settable(*classes) -> list[tuple[dataclasses.Field, type]]:
     return out
 
 
-MODEL_FIELDS = {f.name: kind for f, kind in _settable(AttentionMILConfig, TransformerMILConfig, TransMILConfig)}
+MODEL_FIELDS = {f.name: kind for f, kind in _settable(*config_classes())}
 TRAIN_FIELDS = {f.name: kind for f, kind in _settable(TrainConfig)}
-DEFAULTS = {f.name: f.default for f, _ in _settable(AttentionMILConfig, TransformerMILConfig, TransMILConfig,
-                                                    TrainConfig)}
+DEFAULTS = {f.name: f.default for f, _ in _settable(*config_classes(), TrainConfig)}
 CHOICES = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS,
            "pos_enc": POS_ENCODINGS, "pool": POOLS}
 ALL_KEYS = {**RUN_KEYS, **MODEL_FIELDS, **TRAIN_FIELDS}

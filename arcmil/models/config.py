@@ -37,6 +37,22 @@ class AttentionMILConfig:
 
 
 @dataclass(frozen=True)
+class InstanceMaxConfig:
+    """mi-Net-style instance max pooling: the reference that obeys the standard MIL assumption."""
+
+    input_dim: int = 256
+    hidden_dim: int = 128
+    dropout_p: float = 0.1
+
+    def __post_init__(self):
+        _check(self.input_dim > 0 and self.hidden_dim > 0, "input_dim and hidden_dim must be positive")
+        _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
+
+    def tag(self) -> str:
+        return f"imax_h{self.hidden_dim}_drop{_short(self.dropout_p)}"
+
+
+@dataclass(frozen=True)
 class TransformerConfig:
     """Shared by both Transformer models. ``max_len`` bounds only the ``learned`` position table."""
 

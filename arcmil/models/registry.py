@@ -34,6 +34,11 @@ def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def config_classes() -> list[type]:
+    """The distinct config dataclasses of the registered models, in registration order."""
+    return list(dict.fromkeys(entry.config_cls for entry in _REGISTRY.values()))
+
+
 def closest(name: str, valid) -> str:
     match = difflib.get_close_matches(name, list(valid), n=1)
     return f" (did you mean {match[0]!r}?)" if match else ""

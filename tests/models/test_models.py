@@ -6,7 +6,7 @@ from arcmil.errors import ConfigError
 from arcmil.models import build_model, make_config, model_names
 
 ALL = model_names()
-TRANSFORMERS = [n for n in ALL if not n.startswith("attention_mil")]
+TRANSFORMERS = [n for n in ALL if n.startswith("trans")]
 D = 32
 
 
@@ -30,7 +30,7 @@ def padded_batch(lengths, n_max=None):
 
 def test_registry_has_models_and_variants():
     assert {"attention_mil", "attention_mil_gated", "transformer_mil", "transformer_mil_topk", "transmil",
-            "transmil_dual"} <= set(ALL)
+            "transmil_dual", "instance_max"} <= set(ALL)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -160,6 +160,7 @@ def test_unknown_model_and_key_are_named():
     ("transformer_mil_topk", "tmil_topk2_d128_h4_L2_ff256_drop01_sin"),
     ("transmil", "transmil_cls_d128_h4_L2_ff256_drop01_sin"),
     ("transmil_dual", "transmil_dual_d128_h4_L2_ff256_drop01_sin"),
+    ("instance_max", "imax_h128_drop01"),
 ])
 def test_tags_follow_the_design_note(name, tag):
     assert make_config(name).tag() == tag
