@@ -11,11 +11,18 @@ import numpy as np
 from arcmil import __version__
 from arcmil.errors import ArcmilError, DataError
 from arcmil.models import model_names
-from arcmil.settings import CHOICES, DEFAULTS, MODEL_FIELDS, TRAIN_FIELDS, model_overrides, read_yaml, train_config
+from arcmil.settings import (
+    CHOICES,
+    DEFAULTS,
+    MODEL_FIELDS,
+    RUN_KEYS,
+    TRAIN_FIELDS,
+    model_overrides,
+    read_yaml,
+    train_config,
+)
 
 DEFAULT_MODELS = "attention_mil,transformer_mil,transmil"
-COMPARE_COLUMNS = ("model", "tag", "test_roc_auc", "test_pr_auc", "test_f1", "test_precision", "test_recall",
-                   "threshold", "best_epoch")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, fields: dict[str, type], title: str) -> None:
@@ -50,7 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="train several models through the identical pipeline")
     compare.add_argument("--models", help=f"comma-separated model names (default {DEFAULT_MODELS})")
+    compare.add_argument("--seeds", help="comma-separated seeds: mean ± std and paired tests over them")
+    compare.add_argument("--folds", type=int, help="repeated stratified k-fold CV (one repeat per seed)")
+    compare.add_argument("--val-fraction", type=float, help="validation share of each training fold (0.2)")
     _add_run_flags(compare)
+
+    cv = commands.add_parser("cv", help="repeated stratified k-fold cross-validation of one model")
+    cv.add_argument("--model", choices=model_names(), help="registered model (default attention_mil)")
+    cv.add_argument("--folds", type=int, help="number of folds (default 10)")
+    cv.add_argument("--repeats", type=int, help="repeats with seeds seed, seed+1, … (default 5)")
+    cv.add_argument("--val-fraction", type=float, help="validation share of each training fold (0.2)")
+    _add_run_flags(cv)
 
     predict = commands.add_parser("predict", help="score bags with a trained checkpoint")
     predict.add_argument("--checkpoint", required=True)
@@ -71,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_settings(args: argparse.Namespace) -> dict:
     """YAML (if any), then every flag the user gave; None means 'not given'."""
     settings = read_yaml(args.config) if args.config else {}
-    for key in ("model", "models", "data", "out", *TRAIN_FIELDS, *MODEL_FIELDS):
+    for key in (*RUN_KEYS, *TRAIN_FIELDS, *MODEL_FIELDS):
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
@@ -85,70 +102,88 @@ def _bags(settings: dict):
     return load_bags(settings["data"]) if settings.get("data") else make_demo_bags()
 
 
+def _fresh_out(settings: dict, default_name: str) -> Path:
+    """The output directory, checked before any training so that a clash fails fast."""
+    from arcmil.report import default_run_dir
+
+    out = Path(settings["out"]) if settings.get("out") else default_run_dir("runs", default_name)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArcmilError(f"{out}: already exists and is not empty; refusing to overwrite (choose another --out)")
+    return out
+
+
+def _model_names(settings: dict) -> list[str]:
+    from arcmil.models import get_entry
+
+    names = [m.strip() for m in settings.get("models", DEFAULT_MODELS).split(",") if m.strip()]
+    for name in names:
+        get_entry(name)  # unknown names fail before any training
+    return names
+
+
+def _seeds(settings: dict, cfg) -> list[int]:
+    text = str(settings.get("seeds", cfg.seed))
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ArcmilError(f"--seeds expects comma-separated integers, got {text!r}") from None
+
+
 def cmd_train(args) -> None:
     from arcmil.pipeline import run_experiment
-    from arcmil.report import default_run_dir, staged_dir, write_run
+    from arcmil.report import markdown_table, results_row, staged_dir, write_run
 
     settings = resolve_settings(args)
     model = settings.get("model", "attention_mil")
     cfg, overrides = train_config(settings), model_overrides(model, settings, strict=True)
-    out = Path(settings["out"]) if settings.get("out") else None
-    if out is not None and out.exists() and any(out.iterdir()):  # fail before training, not after
-        raise ArcmilError(f"{out}: already exists and is not empty; refusing to overwrite (choose another --out)")
+    explicit_out = settings.get("out") and _fresh_out(settings, model)
     result = run_experiment(_bags(settings), model, cfg, **overrides)
-    out = out or default_run_dir("runs", result.tag)
+    out = explicit_out or _fresh_out(settings, result.tag)
     with staged_dir(out) as tmp:
         write_run(tmp, result)
-    print(format_table([_row(result)], COMPARE_COLUMNS))
+    from arcmil.compare import SINGLE_COLUMNS
+
+    print(markdown_table([results_row(result.results)], SINGLE_COLUMNS))
     print(f"run written to {out}")
 
 
-def _row(result) -> dict:
-    from arcmil.report import results_row
-
-    return results_row(result.results)
-
-
-def format_table(rows: list[dict], columns) -> str:
-    """A Markdown table; floats with 4 decimals."""
-    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def cmd_compare(args) -> None:
-    import pandas as pd
-
-    from arcmil.models import get_entry
-    from arcmil.pipeline import run_experiment
-    from arcmil.plots import plot_roc
-    from arcmil.report import default_run_dir, staged_dir, write_run
+    from arcmil.compare import compare_models, write_comparison
+    from arcmil.report import staged_dir
 
     settings = resolve_settings(args)
-    names = [m.strip() for m in settings.get("models", DEFAULT_MODELS).split(",") if m.strip()]
-    for name in names:
-        get_entry(name)  # unknown names fail before any training
-    cfg = train_config(settings)
-    out = Path(settings["out"]) if settings.get("out") else default_run_dir("runs", "compare")
-    if out.exists() and any(out.iterdir()):
-        raise ArcmilError(f"{out}: already exists and is not empty; refusing to overwrite (choose another --out)")
+    names, cfg = _model_names(settings), train_config(settings)
+    overrides = {name: model_overrides(name, settings, strict=False) for name in names}
+    out = _fresh_out(settings, "compare")
     bags = _bags(settings)
-    results = [run_experiment(bags, name, cfg, **model_overrides(name, settings, strict=False)) for name in names]
-    rows = [_row(r) for r in results]
-    table = format_table(rows, COMPARE_COLUMNS)
+    comparison = compare_models(bags, names, cfg, overrides, seeds=_seeds(settings, cfg), folds=settings.get("folds"),
+                                val_fraction=settings.get("val_fraction", 0.2))
     with staged_dir(out) as tmp:
-        for result in results:
-            write_run(tmp / result.model_name, result)
-        pd.DataFrame(rows).to_csv(tmp / "comparison.csv", index=False)
-        source = bags.source
-        (tmp / "comparison.md").write_text(
-            f"# arcmil compare\n\ndata: `{source}`, seed {cfg.seed}; test metrics at each model's validation "
-            f"threshold ({cfg.threshold_method})\n\n{table}\n")
-        plot_roc({r.tag: (r.evaluations["test"].labels, r.evaluations["test"].probs) for r in results},
-                 tmp / "roc.png", title="Test ROC")
-    print(table)
+        write_comparison(tmp, comparison, bags.source, cfg)
+    print(comparison.description)
+    print(comparison.table())
+    if comparison.mode != "single":
+        print()
+        print(comparison.paired_table())
     print(f"comparison written to {out}")
+
+
+def cmd_cv(args) -> None:
+    from arcmil.cv import run_cv, write_cv
+    from arcmil.report import staged_dir
+
+    settings = resolve_settings(args)
+    model = settings.get("model", "attention_mil")
+    cfg, overrides = train_config(settings), model_overrides(model, settings, strict=True)
+    out = _fresh_out(settings, f"cv_{model}")
+    folds, seeds = settings.get("folds", 10), [cfg.seed + r for r in range(settings.get("repeats", 5))]
+    result = run_cv(_bags(settings), model, cfg, folds=folds, seeds=seeds,
+                    val_fraction=settings.get("val_fraction", 0.2), **overrides)
+    with staged_dir(out) as tmp:
+        write_cv(tmp, result, cfg)
+    print(f"{result.tag}: {len(seeds)} × {folds}-fold CV, mean ± std over folds")
+    print(result.table())
+    print(f"cross-validation written to {out}")
 
 
 def cmd_predict(args) -> None:
@@ -194,7 +229,8 @@ def cmd_demo_data(args) -> None:
     print(f"wrote {len(bags)} demo bags ({int(bags.labels.sum())} positive, {bags.dim}-d) to {args.out}")
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "predict": cmd_predict, "demo-data": cmd_demo_data}
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "cv": cmd_cv, "predict": cmd_predict,
+            "demo-data": cmd_demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,10 +71,12 @@ def binary_metrics(y_true, scores, threshold: float) -> dict:
 
 
 def bootstrap_ci(y_true, scores, threshold: float, *, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict:
+                 level: float = 0.95) -> dict | None:
     """Percentile bootstrap intervals for ROC-AUC and F1 (at the fixed ``threshold``).
 
-    Resamples drawing a single class are skipped for ROC-AUC."""
+    Resamples drawing a single class are skipped for ROC-AUC. ``n_boot=0`` returns None."""
+    if n_boot <= 0:
+        return None
     y_true = np.asarray(y_true).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
     pred = (scores >= threshold).astype(int)

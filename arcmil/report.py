@@ -67,17 +67,27 @@ def write_new_file(path: str | os.PathLike, write, overwrite: bool = False) -> P
     return path
 
 
-def _clean(obj):
+def clean_json(obj):
     """JSON-safe: numpy scalars to Python, NaN to null."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): clean_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [clean_json(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def markdown_table(rows: list[dict], columns) -> str:
+    """A Markdown table; floats with 4 decimals, None blank."""
+    def cell(value) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def results_row(results: dict) -> dict:
@@ -88,8 +98,9 @@ def results_row(results: dict) -> dict:
     for split in ("validation", "test"):
         prefix = "val" if split == "validation" else "test"
         row.update({f"{prefix}_{m}": results[split][m] for m in ROW_METRICS})
+    ci = results["test"]["ci"] or {}
     for metric in ("roc_auc", "f1"):
-        low, high = results["test"]["ci"][metric] or (None, None)
+        low, high = ci.get(metric) or (None, None)
         row.update({f"test_{metric}_ci_low": low, f"test_{metric}_ci_high": high})
     row["train_seconds"] = results["train_seconds"]
     return row
@@ -97,7 +108,7 @@ def results_row(results: dict) -> dict:
 
 def write_results(directory: Path, result) -> None:
     stem = f"stage3_{result.model_name}_results"
-    (directory / f"{stem}.json").write_text(json.dumps(_clean(result.results), indent=2))
+    (directory / f"{stem}.json").write_text(json.dumps(clean_json(result.results), indent=2))
     pd.DataFrame([results_row(result.results)]).to_csv(directory / f"{stem}.csv", index=False)
 
 

@@ -15,7 +15,8 @@ from arcmil.models.config import POOLS, POS_ENCODINGS
 from arcmil.models.registry import closest, config_classes
 from arcmil.train import MONITORS, TrainConfig
 
-RUN_KEYS = {"model": str, "models": str, "data": str, "out": str}
+RUN_KEYS = {"model": str, "models": str, "data": str, "out": str, "seeds": str, "folds": int, "repeats": int,
+            "val_fraction": float}
 INFERRED = {"input_dim"}  # taken from the data, never set by hand
 
 

