@@ -140,3 +140,28 @@ def test_bag_longer_than_a_learned_table_is_refused_before_training(data_file, t
     err = capsys.readouterr().err
     assert "field 'embeddings'" in err and "max_len 8" in err and "bag 'doc" in err
     assert not out.exists()
+
+
+def test_cv_command_writes_folds_and_summary(data_file, tmp_path, capsys):
+    out = tmp_path / "cv"
+    assert main(["cv", "--data", str(data_file), "--model", "attention_mil", "--folds", "3", "--repeats", "2",
+                 "--hidden-dim", "16", "--out", str(out), *FAST]) == 0
+    assert "at validation threshold" in capsys.readouterr().out
+    assert len(list((out / "folds").glob("r*_f*.json"))) == 6
+    folds = pd.read_csv(out / "cv_folds.csv")
+    assert folds.groupby("repeat")["n_test"].sum().tolist() == [120, 120]
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["summary"]["at_0.5"]["accuracy"]["n"] == 6
+
+
+def test_compare_over_seeds_reports_mean_std_and_paired_tests(data_file, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--data", str(data_file), "--models", "attention_mil,instance_max", "--seeds", "0,1,2",
+                 "--out", str(out), "--hidden-dim", "16", *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "±" in printed and "Nadeau" not in printed  # the printed paired table; its name is in the .md
+    tests = pd.read_csv(out / "paired_tests.csv")
+    assert set(tests["metric"]) == {"test_roc_auc", "test_f1", "test_accuracy"} and (tests["n"] == 3).all()
+    assert "corrected resampled t" in (out / "comparison.md").read_text()
+    runs = pd.read_csv(out / "comparison_runs.csv")
+    assert len(runs) == 6 and (out / "instance_max" / "seed_2" / "best_instance_max.pth").exists()
