@@ -77,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--device", default="auto")
 
+    explain = commands.add_parser("explain", help="per-window importance by three methods")
+    explain.add_argument("--checkpoint", required=True)
+    explain.add_argument("--data", required=True)
+    explain.add_argument("--out", required=True, help="new directory for importances.csv and heatmaps")
+    explain.add_argument("--methods", default="weights,occlusion,integrated_gradients")
+    explain.add_argument("--ig-steps", type=int, default=32, help="integrated-gradient path steps")
+    explain.add_argument("--n-plots", type=int, default=12, help="bags shown in each heatmap")
+    explain.add_argument("--split", choices=("train", "val", "test"), help="explain only this split's bags")
+    explain.add_argument("--device", default="auto")
+
     demo = commands.add_parser("demo-data", help="write the built-in demo dataset")
     demo.add_argument("--out", required=True, help="file to write (.npz, .pt, .csv or .parquet)")
     demo.add_argument("--n-bags", type=int, default=1500)
@@ -186,20 +196,14 @@ def cmd_cv(args) -> None:
     print(f"cross-validation written to {out}")
 
 
-def cmd_predict(args) -> None:
-    import pandas as pd
-
+def _checkpoint_and_bags(args):
+    """The checkpoint's model and metadata, and the data normalised its way; mismatches refused."""
     from arcmil.checkpoint import load_checkpoint
-    from arcmil.data import load_bags, make_loader
+    from arcmil.data import load_bags
     from arcmil.data.prepare import Normalizer
-    from arcmil.metrics import binary_metrics
-    from arcmil.pipeline import check_fits, predictions_frame
-    from arcmil.report import write_new_file
-    from arcmil.train import evaluate, select_device
+    from arcmil.pipeline import check_fits
+    from arcmil.train import select_device
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ArcmilError(f"{out}: already exists; refusing to overwrite (pass --overwrite or choose another name)")
     device = select_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
     bags = load_bags(args.data, require_labels=False)
@@ -208,7 +212,22 @@ def cmd_predict(args) -> None:
         raise DataError(bags.source, f"embedding dimension {bags.dim} does not match the checkpoint "
                         f"{args.checkpoint} (input_dim {expected})", field="embeddings")
     check_fits(bags, model.config)
-    bags = Normalizer.from_dict(meta["normalization"])(bags)
+    return model, meta, Normalizer.from_dict(meta["normalization"])(bags), device
+
+
+def cmd_predict(args) -> None:
+    import pandas as pd
+
+    from arcmil.data import make_loader
+    from arcmil.metrics import binary_metrics
+    from arcmil.pipeline import predictions_frame
+    from arcmil.report import write_new_file
+    from arcmil.train import evaluate
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ArcmilError(f"{out}: already exists; refusing to overwrite (pass --overwrite or choose another name)")
+    model, meta, bags, device = _checkpoint_and_bags(args)
     ev = evaluate(model, make_loader(bags, args.batch_size), device=device)
     frame = predictions_frame(bags, ev, meta["threshold"], split=bags.split)
     write_new_file(out, lambda tmp: frame.to_csv(tmp, index=False), overwrite=args.overwrite)
@@ -216,6 +235,30 @@ def cmd_predict(args) -> None:
     if bags.labels is not None and len(np.unique(bags.labels)) == 2:
         metrics = binary_metrics(bags.labels, ev.probs[np.argsort(ev.index)], meta["threshold"])
         print(pd.Series({k: v for k, v in metrics.items() if not isinstance(v, dict)}).to_string())
+
+
+def cmd_explain(args) -> None:
+    from arcmil.explain import METHODS, explain_bags, write_explanations
+    from arcmil.report import markdown_table, staged_dir
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ArcmilError(f"unknown explanation method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    out = _fresh_out({"out": args.out}, "explain")
+    model, meta, bags, device = _checkpoint_and_bags(args)
+    if args.split:
+        if bags.split is None:
+            raise DataError(bags.source, f"--split {args.split} given but the data has no split", field="split")
+        bags = bags.subset(np.flatnonzero(bags.split == args.split))
+    frame = explain_bags(model, bags, methods, steps=args.ig_steps, device=device)
+    with staged_dir(out) as tmp:
+        scores = write_explanations(tmp, frame, methods, n_plots=args.n_plots, title=meta["tag"])
+    print(f"explained {len(bags)} bags ({len(frame)} windows) with {meta['tag']} -> {out}")
+    if scores:
+        print("instance-localisation ROC-AUC over the windows of positive bags:")
+        print(markdown_table([{"method": m, **s} for m, s in scores.items()],
+                             ("method", "pooled", "per_bag_mean", "n_bags", "n_windows")))
 
 
 def cmd_demo_data(args) -> None:
@@ -230,7 +273,7 @@ def cmd_demo_data(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "cv": cmd_cv, "predict": cmd_predict,
-            "demo-data": cmd_demo_data}
+            "explain": cmd_explain, "demo-data": cmd_demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,23 +53,28 @@ def plot_training_curves(history: list[dict], path, best_epoch: int, title: str 
     _save(fig, path)
 
 
-def plot_attention(weights: list[np.ndarray], labels, probs, bag_ids, path, instance_labels=None,
-                   title: str = "window weights") -> None:
+def plot_window_heatmap(values: list[np.ndarray], labels, probs, bag_ids, path, instance_labels=None,
+                        title: str = "window weights", signed: bool = False, colorbar: str = "weight") -> None:
     """Heatmap: one row per bag, one column per window; padding blank; true positive windows
-    (when ``instance_labels`` is given) are outlined."""
-    width = max(len(w) for w in weights)
-    grid = np.full((len(weights), width), np.nan)
-    for row, w in enumerate(weights):
-        grid[row, : len(w)] = w
-    fig, ax = plt.subplots(figsize=(max(7.0, 2.5 + 0.45 * width), 1.0 + 0.35 * len(weights)))
-    image = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0)
-    fig.colorbar(image, ax=ax, label="weight")
+    (when ``instance_labels`` is given) are outlined. ``signed`` centres a diverging map on 0."""
+    width = max(len(v) for v in values)
+    grid = np.full((len(values), width), np.nan)
+    for row, v in enumerate(values):
+        grid[row, : len(v)] = v
+    fig, ax = plt.subplots(figsize=(max(7.0, 2.5 + 0.45 * width), 1.0 + 0.35 * len(values)))
+    if signed:
+        limit = np.nanmax(np.abs(grid)) or 1.0
+        image = ax.imshow(grid, cmap="RdBu_r", aspect="auto", vmin=-limit, vmax=limit)
+    else:
+        image = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0)
+    fig.colorbar(image, ax=ax, label=colorbar)
     if instance_labels is not None:
         for row, marks in enumerate(instance_labels):
             for col in np.flatnonzero(marks):
                 ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
-    ax.set_yticks(range(len(weights)),
-                  [f"{b}  y={y} p={p:.2f}" for b, y, p in zip(bag_ids, labels, probs)], fontsize=7)
+    ax.set_yticks(range(len(values)),
+                  [f"{b}  y={'?' if y is None else y} p={p:.2f}" for b, y, p in zip(bag_ids, labels, probs)],
+                  fontsize=7)
     ax.set_xticks(range(width))
     ax.set_xlabel("window" + ("  (red: true positive windows)" if instance_labels is not None else ""))
     ax.set_title(title, fontsize=9)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from arcmil.checkpoint import save_checkpoint
 from arcmil.errors import ArcmilError
-from arcmil.plots import plot_attention, plot_pr, plot_roc, plot_training_curves
+from arcmil.plots import plot_pr, plot_roc, plot_training_curves, plot_window_heatmap
 
 ROW_METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
                "mcc")
@@ -143,6 +143,6 @@ def write_attention_plot(path: Path, result, n_bags: int) -> None:
     chosen = np.concatenate([rng.permutation(pos)[:take], rng.permutation(neg)[: n_bags - min(take, len(pos))]])
     by_position = {int(i): k for k, i in enumerate(ev.index)}  # BagSet position -> evaluation row
     rows = [by_position[int(i)] for i in chosen]
-    plot_attention([ev.weights[r] for r in rows], part.labels[chosen], ev.probs[rows], part.bag_ids[chosen], path,
+    plot_window_heatmap([ev.weights[r] for r in rows], part.labels[chosen], ev.probs[rows], part.bag_ids[chosen], path,
                    instance_labels=None if part.instance_labels is None else [part.instance_labels[i] for i in chosen],
                    title=f"window weights, test bags — {result.tag}")

@@ -165,3 +165,20 @@ def test_compare_over_seeds_reports_mean_std_and_paired_tests(data_file, tmp_pat
     assert "corrected resampled t" in (out / "comparison.md").read_text()
     runs = pd.read_csv(out / "comparison_runs.csv")
     assert len(runs) == 6 and (out / "instance_max" / "seed_2" / "best_instance_max.pth").exists()
+
+
+def test_explain_command_scores_localisation(trained, data_file, tmp_path, capsys):
+    out = tmp_path / "explain"
+    assert main(["explain", "--checkpoint", str(trained / "best_transmil.pth"), "--data", str(data_file),
+                 "--out", str(out), "--ig-steps", "8", "--n-plots", "6"]) == 0
+    assert "instance-localisation ROC-AUC" in capsys.readouterr().out
+    for method in ("weights", "occlusion", "integrated_gradients"):
+        assert (out / f"heatmap_{method}.png").exists()
+    scores = json.loads((out / "localisation.json").read_text())
+    assert set(scores) == {"weights", "occlusion", "integrated_gradients"}
+    assert all(0.0 <= s["pooled"] <= 1.0 for s in scores.values())
+    frame = pd.read_csv(out / "importances.csv")
+    assert frame["bag_id"].nunique() == 120
+    assert main(["explain", "--checkpoint", str(trained / "best_transmil.pth"), "--data", str(data_file),
+                 "--out", str(tmp_path / "x"), "--methods", "weights,shap"]) == 2
+    assert "unknown explanation method 'shap'" in capsys.readouterr().err
