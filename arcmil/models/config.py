@@ -20,33 +20,31 @@ def _check(ok: bool, message: str) -> None:
 
 
 @dataclass(frozen=True)
-class AttentionMILConfig:
-    """ABMIL baseline (Ilse et al. 2018): per-window MLP, attention pooling, linear classifier."""
+class WindowMLPConfig:
+    """Shared by the models that embed each window with an MLP before pooling."""
 
     input_dim: int = 256
     hidden_dim: int = 128
     dropout_p: float = 0.1
-    gated: bool = False
 
     def __post_init__(self):
         _check(self.input_dim > 0 and self.hidden_dim > 0, "input_dim and hidden_dim must be positive")
         _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
+
+
+@dataclass(frozen=True)
+class AttentionMILConfig(WindowMLPConfig):
+    """ABMIL baseline (Ilse et al. 2018): per-window MLP, attention pooling, linear classifier."""
+
+    gated: bool = False
 
     def tag(self) -> str:
         return f"abmil{'_gated' if self.gated else ''}_h{self.hidden_dim}_drop{_short(self.dropout_p)}"
 
 
 @dataclass(frozen=True)
-class InstanceMaxConfig:
+class InstanceMaxConfig(WindowMLPConfig):
     """mi-Net-style instance max pooling: the reference that obeys the standard MIL assumption."""
-
-    input_dim: int = 256
-    hidden_dim: int = 128
-    dropout_p: float = 0.1
-
-    def __post_init__(self):
-        _check(self.input_dim > 0 and self.hidden_dim > 0, "input_dim and hidden_dim must be positive")
-        _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
 
     def tag(self) -> str:
         return f"imax_h{self.hidden_dim}_drop{_short(self.dropout_p)}"
