@@ -86,7 +86,8 @@ def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: 
     if folds:
         for name in names:
             cv = run_cv(bags, name, cfg, folds=folds, seeds=seeds, val_fraction=val_fraction, **overrides[name])
-            records = [{"repeat": f["repeat"], "fold": f["fold"], **f["test"]} for f in cv.folds]
+            records = [{"repeat": f["repeat"], "fold": f["fold"], **{m: f["test"][m] for m in METRICS}}
+                       for f in cv.folds]
             models.append(ModelRuns(name, cv.tag, records, cv=cv))
         ratio = models[0].cv.test_train_ratio
         return Comparison(models, "folds", ratio, f"{len(seeds)} × {folds}-fold stratified CV (seeds "
@@ -94,7 +95,7 @@ def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: 
                           f"each training fold")
     for name in names:
         runs = [run_experiment(bags, name, replace(cfg, seed=s), **overrides[name]) for s in seeds]
-        records = [{"seed": s, **r.results["test"]} for s, r in zip(seeds, runs)]
+        records = [{"seed": s, **{m: r.results["test"][m] for m in METRICS}} for s, r in zip(seeds, runs)]
         models.append(ModelRuns(name, runs[0].tag, records, runs=runs))
     resplit = bags.split is None  # each seed draws its own 70/15/15 split: overlapping training sets
     test_share = models[0].runs[0].results["data"]["splits"]

@@ -182,3 +182,14 @@ def test_explain_command_scores_localisation(trained, data_file, tmp_path, capsy
     assert main(["explain", "--checkpoint", str(trained / "best_transmil.pth"), "--data", str(data_file),
                  "--out", str(tmp_path / "x"), "--methods", "weights,shap"]) == 2
     assert "unknown explanation method 'shap'" in capsys.readouterr().err
+
+
+def test_compare_over_folds_pairs_the_same_folds(data_file, tmp_path, capsys):
+    out = tmp_path / "cmpf"
+    assert main(["compare", "--data", str(data_file), "--models", "attention_mil,instance_max", "--folds", "3",
+                 "--seeds", "0", "--out", str(out), "--hidden-dim", "16", *FAST]) == 0
+    runs = pd.read_csv(out / "comparison_runs.csv")
+    assert len(runs) == 6 and set(runs.columns) >= {"model", "repeat", "fold", "roc_auc", "f1"}
+    assert (pd.read_csv(out / "paired_tests.csv")["n"] == 3).all()
+    assert (out / "instance_max" / "cv_summary.json").exists()
+    assert "3-fold stratified CV" in capsys.readouterr().out
