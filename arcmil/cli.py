@@ -114,12 +114,9 @@ def _bags(settings: dict):
 
 def _fresh_out(settings: dict, default_name: str) -> Path:
     """The output directory, checked before any training so that a clash fails fast."""
-    from arcmil.report import default_run_dir
+    from arcmil.report import default_run_dir, refuse_existing_dir
 
-    out = Path(settings["out"]) if settings.get("out") else default_run_dir("runs", default_name)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ArcmilError(f"{out}: already exists and is not empty; refusing to overwrite (choose another --out)")
-    return out
+    return refuse_existing_dir(settings["out"] if settings.get("out") else default_run_dir("runs", default_name))
 
 
 def _model_names(settings: dict) -> list[str]:
@@ -140,6 +137,7 @@ def _seeds(settings: dict, cfg) -> list[int]:
 
 
 def cmd_train(args) -> None:
+    from arcmil.compare import SINGLE_COLUMNS
     from arcmil.pipeline import run_experiment
     from arcmil.report import markdown_table, results_row, staged_dir, write_run
 
@@ -151,8 +149,6 @@ def cmd_train(args) -> None:
     out = explicit_out or _fresh_out(settings, result.tag)
     with staged_dir(out) as tmp:
         write_run(tmp, result)
-    from arcmil.compare import SINGLE_COLUMNS
-
     print(markdown_table([results_row(result.results)], SINGLE_COLUMNS))
     print(f"run written to {out}")
 

@@ -30,14 +30,20 @@ def default_run_dir(parent: str | os.PathLike, name: str) -> Path:
     return path
 
 
+def refuse_existing_dir(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, unless it already holds files (or is a file): then ArcmilError."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ArcmilError(f"{path}: already exists and is not empty; refusing to overwrite (choose another --out)")
+    return path
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | os.PathLike):
     """Yield a temporary sibling directory that becomes ``final`` only if the block succeeds.
 
     Refuses a ``final`` that already holds files; on failure the partial outputs are removed."""
-    final = Path(final)
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise ArcmilError(f"{final}: already exists and is not empty; refusing to overwrite (choose another --out)")
+    final = refuse_existing_dir(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
