@@ -11,6 +11,7 @@ from arcmil.data.prepare import NORMALIZATIONS
 from arcmil.errors import ConfigError
 from arcmil.metrics import THRESHOLD_METHODS
 from arcmil.models import get_entry
+from arcmil.models.attention import ATTENTIONS
 from arcmil.models.config import POOLS, POS_ENCODINGS
 from arcmil.models.registry import closest, config_classes
 from arcmil.train import MONITORS, TrainConfig
@@ -33,7 +34,7 @@ MODEL_FIELDS = {f.name: kind for f, kind in _settable(*config_classes())}
 TRAIN_FIELDS = {f.name: kind for f, kind in _settable(TrainConfig)}
 DEFAULTS = {f.name: f.default for f, _ in _settable(*config_classes(), TrainConfig)}
 CHOICES = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS,
-           "pos_enc": POS_ENCODINGS, "pool": POOLS}
+           "pos_enc": POS_ENCODINGS, "pool": POOLS, "attention": ATTENTIONS}
 ALL_KEYS = {**RUN_KEYS, **MODEL_FIELDS, **TRAIN_FIELDS}
 
 

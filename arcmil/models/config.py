@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from arcmil.errors import ConfigError
+from arcmil.models.attention import ATTENTIONS
 
 POS_ENCODINGS = ("sin", "learned", "none")
 POOLS = ("attention", "topk")
@@ -52,7 +53,8 @@ class InstanceMaxConfig(WindowMLPConfig):
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """Shared by both Transformer models. ``max_len`` bounds only the ``learned`` position table."""
+    """Shared by both Transformer models. ``max_len`` bounds only the ``learned`` position table;
+    ``attention``: 'full' (exact) or 'nystrom' (linear-time, ``num_landmarks`` landmarks)."""
 
     input_dim: int = 256
     d_model: int = 128
@@ -63,17 +65,23 @@ class TransformerConfig:
     pos_enc: str = "sin"
     max_len: int = 512
     pooler_hidden: int = 128
+    attention: str = "full"
+    num_landmarks: int = 64
 
     def __post_init__(self):
         _check(self.pos_enc in POS_ENCODINGS,
                f"pos_enc must be one of {', '.join(POS_ENCODINGS)}, got {self.pos_enc!r}")
         _check(self.d_model % self.nhead == 0, f"d_model {self.d_model} must be divisible by nhead {self.nhead}")
         _check(self.num_layers >= 1, "num_layers must be at least 1")
+        _check(self.attention in ATTENTIONS,
+               f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
+        _check(self.num_landmarks >= 1, f"num_landmarks must be at least 1, got {self.num_landmarks}")
         _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
 
     def body_tag(self) -> str:
+        nystrom = f"_nys{self.num_landmarks}" if self.attention == "nystrom" else ""
         return (f"d{self.d_model}_h{self.nhead}_L{self.num_layers}_ff{self.dim_feedforward}"
-                f"_drop{_short(self.dropout_p)}_{self.pos_enc}")
+                f"_drop{_short(self.dropout_p)}_{self.pos_enc}{nystrom}")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Blocks shared by the models: masked softmax, positional encodings, poolers, a CLS-attention layer.
+"""Blocks shared by the models: masked softmax, positional encodings, poolers, an encoder layer.
 
 Shapes: B bags, N windows (padded), D input features, d model width, H heads, T = N + 1 tokens.
 Masks are bool with True = real window.
@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from arcmil.errors import ConfigError
+from arcmil.models.attention import cls_attention_row, make_attention
 
 
 def full_mask(x: torch.Tensor) -> torch.Tensor:
@@ -105,35 +105,33 @@ class TopKPooler(nn.Module):
         return logits, weights
 
 
-class CLSAttentionLayer(nn.Module):
+class EncoderLayer(nn.Module):
     """Pre-norm Transformer encoder layer that can also return its CLS attention row.
 
-    The layer itself runs fused scaled-dot-product attention; only when asked does it compute the
-    extra (B, H, T) CLS row (query 0), so no layer materialises a (T, T) map.
+    ``attention``: 'full' (exact softmax) or 'nystrom' (see arcmil.models.attention); neither
+    materialises a (T, T) map, and the CLS row (query 0) is computed only when asked for.
+    ``activation``: 'relu' (nn.TransformerEncoderLayer's default, the note's TransformerMIL) or 'gelu'.
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout_p: float):
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout_p: float, *,
+                 activation: str = "gelu", attention: str = "full", num_landmarks: int = 64):
         super().__init__()
-        self.nhead, self.dropout_p = nhead, dropout_p
+        self.nhead = nhead
         self.norm1 = nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.attention = make_attention(attention, nhead, dropout_p, num_landmarks)
         self.out = nn.Linear(d_model, d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(nn.Linear(d_model, dim_feedforward), nn.GELU(), nn.Dropout(dropout_p),
-                                nn.Linear(dim_feedforward, d_model))
+        self.ff = nn.Sequential(nn.Linear(d_model, dim_feedforward), nn.GELU() if activation == "gelu" else nn.ReLU(),
+                                nn.Dropout(dropout_p), nn.Linear(dim_feedforward, d_model))
         self.dropout = nn.Dropout(dropout_p)
 
     def forward(self, h: torch.Tensor, key_mask: torch.Tensor, return_cls_attention: bool = False):
         """h: (B, T, d); key_mask: (B, T). Returns (h (B, T, d), cls_attention (B, T) or None),
-        cls_attention being the softmax row of query 0, averaged over heads."""
+        cls_attention being the exact softmax row of query 0, averaged over heads."""
         b, t, d = h.shape
         q, k, v = self.qkv(self.norm1(h)).view(b, t, 3, self.nhead, d // self.nhead).permute(2, 0, 3, 1, 4)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :],
-                                              dropout_p=self.dropout_p if self.training else 0.0)
+        attn = self.attention(q, k, v, key_mask)  # (B, H, T, e)
         h = h + self.dropout(self.out(attn.transpose(1, 2).reshape(b, t, d)))
         h = h + self.dropout(self.ff(self.norm2(h)))
-        cls_attention = None
-        if return_cls_attention:
-            scores = (q[:, :, :1] @ k.transpose(-2, -1)).squeeze(2) / math.sqrt(d // self.nhead)  # (B, H, T)
-            cls_attention = masked_softmax(scores, key_mask.unsqueeze(1)).mean(dim=1)  # (B, T)
-        return h, cls_attention
+        return h, cls_attention_row(q, k, key_mask) if return_cls_attention else None

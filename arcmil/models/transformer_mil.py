@@ -5,14 +5,14 @@ import torch
 from torch import nn
 
 from arcmil.models.config import TransformerMILConfig
-from arcmil.models.layers import AttentionPooler, PositionalEncoding, TopKPooler, full_mask
+from arcmil.models.layers import AttentionPooler, EncoderLayer, PositionalEncoding, TopKPooler, full_mask
 from arcmil.models.registry import register
 
 
 @register("transformer_mil", TransformerMILConfig)
 @register("transformer_mil_topk", TransformerMILConfig, pool="topk")
 class TransformerMIL(nn.Module):
-    """Linear(D->d) + positions -> pre-norm TransformerEncoder -> attention pooler -> Linear(d->1).
+    """Linear(D->d) + positions -> pre-norm encoder layers -> LayerNorm -> attention pooler -> Linear(d->1).
 
     ``weights`` are the pooler's attention (pool='attention') or 1/k on the top-k windows.
     """
@@ -22,11 +22,12 @@ class TransformerMIL(nn.Module):
         self.config = c = config
         self.proj = nn.Linear(c.input_dim, c.d_model)
         self.pos = PositionalEncoding(c.pos_enc, c.d_model, c.max_len, c.dropout_p)
-        layer = nn.TransformerEncoderLayer(c.d_model, c.nhead, c.dim_feedforward, c.dropout_p,
-                                           batch_first=True, norm_first=True)
+        # the note's nn.TransformerEncoderLayer(norm_first=True) (ReLU), with linear-memory attention
+        self.layers = nn.ModuleList(
+            EncoderLayer(c.d_model, c.nhead, c.dim_feedforward, c.dropout_p, activation="relu",
+                         attention=c.attention, num_landmarks=c.num_landmarks) for _ in range(c.num_layers))
         # pre-norm layers leave the residual stream unnormalised: close with a LayerNorm
-        self.encoder = nn.TransformerEncoder(layer, c.num_layers, norm=nn.LayerNorm(c.d_model),
-                                             enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(c.d_model)
         if c.pool == "topk":
             self.topk = TopKPooler(c.d_model, c.k)
         else:
@@ -36,7 +37,10 @@ class TransformerMIL(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""
         mask = full_mask(x) if mask is None else mask
-        h = self.encoder(self.pos(self.proj(x)), src_key_padding_mask=~mask)  # (B, N, d)
+        h = self.pos(self.proj(x))  # (B, N, d)
+        for layer in self.layers:
+            h, _ = layer(h, mask)
+        h = self.norm(h)
         if self.config.pool == "topk":
             return self.topk(h, mask)
         z, weights = self.pooler(h, mask)

@@ -1,7 +1,8 @@
 """TransMIL as the design note defines it: a CLS-token Transformer over the windows.
 
 (Shao et al., NeurIPS 2021, use Nyström attention and a convolutional position generator; the
-note's model is the simpler CLS-token Transformer, kept here.)
+note's model is the simpler CLS-token Transformer, kept here, with Nyström attention as the option
+``attention='nystrom'``.)
 """
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import torch
 from torch import nn
 
 from arcmil.models.config import TransMILConfig
-from arcmil.models.layers import AttentionPooler, CLSAttentionLayer, PositionalEncoding, full_mask
+from arcmil.models.layers import AttentionPooler, EncoderLayer, PositionalEncoding, full_mask
 from arcmil.models.registry import register
 
 
 @register("transmil", TransMILConfig)
 @register("transmil_dual", TransMILConfig, dual=True)
+@register("transmil_nystrom", TransMILConfig, attention="nystrom")
 class TransMIL(nn.Module):
     """[CLS] + windows -> pre-norm encoder layers -> LayerNorm -> logits from the CLS output.
 
@@ -31,7 +33,8 @@ class TransMIL(nn.Module):
         self.pos = PositionalEncoding(c.pos_enc, c.d_model, c.max_len, c.dropout_p)
         self.cls_token = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
         self.layers = nn.ModuleList(
-            CLSAttentionLayer(c.d_model, c.nhead, c.dim_feedforward, c.dropout_p) for _ in range(c.num_layers))
+            EncoderLayer(c.d_model, c.nhead, c.dim_feedforward, c.dropout_p, attention=c.attention,
+                         num_landmarks=c.num_landmarks) for _ in range(c.num_layers))
         self.norm = nn.LayerNorm(c.d_model)
         self.pooler = AttentionPooler(c.d_model, hidden=c.pooler_hidden, dropout_p=c.dropout_p) if c.dual else None
         self.classifier = nn.Linear(c.d_model * (2 if c.dual else 1), 1)

@@ -65,6 +65,8 @@ def test_every_parameter_gets_a_finite_gradient(name):
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{pname} got no gradient"
         assert torch.isfinite(p.grad).all(), pname
+        if pname.endswith("pooler.w.bias"):  # softmax is shift-invariant: this gradient is 0 analytically
+            continue
         assert p.grad.abs().sum() > 0, f"{pname} got an all-zero gradient"
 
 
@@ -84,7 +86,10 @@ def test_learned_table_says_its_limit(name):
         model(*padded_batch([17]))
 
 
-@pytest.mark.parametrize("name", ALL)
+ORDER_AWARE = {"transmil_nystrom"}  # segment landmarks and the convolution residual see the window order
+
+
+@pytest.mark.parametrize("name", sorted(set(ALL) - ORDER_AWARE))
 def test_permutation_invariance_without_positions(name):
     model = small(name) if name not in TRANSFORMERS else small(name, pos_enc="none")
     x, _ = padded_batch([8])

@@ -1,0 +1,117 @@
+"""Self-attention for the Transformer models, with memory linear in the number of windows.
+
+Shapes: B bags, H heads, T tokens (padded), e = d_model / H; key_mask (B, T) bool, True = real token.
+Neither option ever materialises a (T, T) matrix:
+
+- ``ExactAttention``: softmax attention through fused ``scaled_dot_product_attention``. PyTorch's
+  fused CPU kernel has no attention dropout, so in training with dropout on long sequences the
+  queries are processed in chunks whose scores are recomputed in the backward pass
+  (activation checkpointing): the same function, O(chunk x T) memory.
+- ``NystromAttention``: the Nystrom approximation used by the original TransMIL (Xiong et al. 2021):
+  m landmarks (segment means of each bag's real tokens), O(T m) time and memory.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+ATTENTIONS = ("full", "nystrom")
+CHUNK_ELEMENTS = 2**24  # scores held at once by the chunked path (64 MB in float32)
+CHUNK_FROM_TOKENS = 1024  # shorter sequences take the (T, T) math path, which is faster there
+
+
+def _softmax_attention(q, k, v, key_mask, dropout_p: float) -> torch.Tensor:
+    """Plain softmax attention of a block of queries q (B, H, t, e) over all keys (B, H, T, e)."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    probs = torch.softmax(scores.masked_fill(~key_mask[:, None, None, :], float("-inf")), dim=-1)
+    return F.dropout(probs, dropout_p) @ v
+
+
+class ExactAttention(nn.Module):
+    """Exact softmax attention; forward(q, k, v (B, H, T, e), key_mask (B, T)) -> (B, H, T, e)."""
+
+    def __init__(self, dropout_p: float):
+        super().__init__()
+        self.dropout_p = dropout_p
+
+    def forward(self, q, k, v, key_mask):
+        dropout_p = self.dropout_p if self.training else 0.0
+        t = q.shape[2]
+        if dropout_p == 0.0 or q.device.type != "cpu" or t < CHUNK_FROM_TOKENS:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=dropout_p)
+        chunk = max(1, CHUNK_ELEMENTS // (q.shape[0] * q.shape[1] * t))
+        # checkpoint() replays the RNG state, so the recomputed dropout mask equals the forward one
+        return torch.cat([checkpoint(_softmax_attention, q[:, :, s:s + chunk], k, v, key_mask, dropout_p,
+                                     use_reentrant=False) for s in range(0, t, chunk)], dim=2)
+
+
+def _pinv(x: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Moore-Penrose inverse of each (m, m) matrix by the Newton-Schulz-type iteration of Xiong et al."""
+    abs_x = x.abs()
+    scale = abs_x.sum(-1).amax(-1) * abs_x.sum(-2).amax(-1)  # (B, H)
+    z = x.transpose(-1, -2) / scale[..., None, None]
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    for _ in range(iterations):
+        xz = x @ z
+        z = 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
+    return z
+
+
+class NystromAttention(nn.Module):
+    """Nystrom softmax attention with a depthwise convolution residual on the values (as TransMIL).
+
+    Landmarks are means of ``num_landmarks`` equal segments of each bag's real tokens (padding never
+    enters a landmark); a bag shorter than that gets one landmark per token, which makes the
+    approximation exact up to the pseudo-inverse iteration (6 steps, as TransMIL; ~1e-6 after 20).
+    Absent landmarks are masked out of every softmax.
+    """
+
+    def __init__(self, nhead: int, num_landmarks: int, dropout_p: float, pinv_iterations: int = 6,
+                 conv_kernel: int = 33):
+        super().__init__()
+        self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
+        self.dropout = nn.Dropout(dropout_p)
+        self.residual = nn.Conv2d(nhead, nhead, (conv_kernel, 1), padding=(conv_kernel // 2, 0), groups=nhead,
+                                  bias=False)
+
+    def forward(self, q, k, v, key_mask):
+        b, h, t, e = q.shape
+        m = self.num_landmarks
+        q = q / math.sqrt(e)
+        lengths = key_mask.sum(dim=1, keepdim=True)  # (B, 1)
+        segment = torch.arange(t, device=q.device)[None, :] * m // lengths  # (B, T), in [0, m) on real tokens
+        segment = torch.where(key_mask, segment, m)  # padding goes to an extra segment, dropped below
+        member = F.one_hot(segment, m + 1)[..., :m].to(q.dtype)  # (B, T, m)
+        counts = member.sum(dim=1)  # (B, m)
+        present = counts > 0
+        q_land = torch.einsum("bhte,btm->bhme", q, member) / counts.clamp(min=1)[:, None, :, None]
+        k_land = torch.einsum("bhte,btm->bhme", k, member) / counts.clamp(min=1)[:, None, :, None]
+        landmark_mask = present[:, None, None, :]
+        kernel_1 = torch.softmax((q @ k_land.transpose(-1, -2)).masked_fill(~landmark_mask, float("-inf")), -1)
+        kernel_2 = torch.softmax((q_land @ k_land.transpose(-1, -2)).masked_fill(~landmark_mask, float("-inf")), -1)
+        # an absent landmark's row becomes the identity row: the matrix stays block-diagonal, so its
+        # pseudo-inverse (and the output) ignores that landmark
+        eye = torch.eye(m, dtype=q.dtype, device=q.device)
+        kernel_2 = torch.where(present[:, None, :, None], kernel_2, eye)
+        kernel_3 = torch.softmax((q_land @ k.transpose(-1, -2)).masked_fill(~key_mask[:, None, None, :],
+                                                                           float("-inf")), -1)
+        v = v * key_mask[:, None, :, None]
+        out = self.dropout(kernel_1) @ (_pinv(kernel_2, self.pinv_iterations) @ (self.dropout(kernel_3) @ v))
+        return out + self.residual(v)
+
+
+def make_attention(kind: str, nhead: int, dropout_p: float, num_landmarks: int) -> nn.Module:
+    if kind == "nystrom":
+        return NystromAttention(nhead, num_landmarks, dropout_p)
+    return ExactAttention(dropout_p)
+
+
+def cls_attention_row(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """The exact softmax attention of query 0 (the CLS token) over all tokens, averaged over heads:
+    q, k (B, H, T, e) -> (B, T). Computed on its own, so no (T, T) map exists."""
+    scores = (q[:, :, :1] @ k.transpose(-2, -1)).squeeze(2) / math.sqrt(q.shape[-1])  # (B, H, T)
+    return torch.softmax(scores.masked_fill(~key_mask[:, None, :], float("-inf")), dim=-1).mean(dim=1)
