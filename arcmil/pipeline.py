@@ -35,7 +35,8 @@ from arcmil.train import (
 
 @dataclass
 class PreparedData:
-    """bags: the loaded bags with their split; parts: normalised train/val/test BagSets."""
+    """bags: the loaded bags with their split; parts: their train/val/test BagSets (raw windows:
+    ``normalizer`` is applied by the loaders, batch by batch)."""
 
     bags: BagSet
     parts: dict[str, BagSet]
@@ -47,14 +48,14 @@ def prepare_data(bags: BagSet, cfg: TrainConfig) -> PreparedData:
     origin = "file" if bags.split is not None else f"stratified 70/15/15, seed {cfg.seed}"
     bags = assign_split(bags, cfg.seed)
     raw = split_parts(bags)
-    normalizer = Normalizer.fit(cfg.normalize, raw["train"])
-    return PreparedData(bags, {name: normalizer(part) for name, part in raw.items()}, normalizer, origin)
+    return PreparedData(bags, raw, Normalizer.fit(cfg.normalize, raw["train"]), origin)
 
 
-def make_loaders(parts: dict[str, BagSet], cfg: TrainConfig) -> dict:
+def make_loaders(data: PreparedData, cfg: TrainConfig) -> dict:
     """'train' is shuffled with the run's seed; val and test keep their order."""
-    return {name: make_loader(part, cfg.batch_size, shuffle=name == "train", seed=cfg.seed)
-            for name, part in parts.items()}
+    return {name: make_loader(part, cfg.batch_size, shuffle=name == "train", seed=cfg.seed,
+                              normalizer=data.normalizer, bucket=cfg.bucket_by_length)
+            for name, part in data.parts.items()}
 
 
 @dataclass
@@ -100,7 +101,8 @@ def environment() -> dict:
 def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, fit: FitResult, cfg: TrainConfig,
              device) -> RunResult:
     """Tune the threshold on validation, report test metrics (with bootstrap intervals), score every bag."""
-    evaluations = {name: evaluate(model, make_loader(part, cfg.batch_size), criterion, device)
+    evaluations = {name: evaluate(model, make_loader(part, cfg.batch_size, normalizer=data.normalizer,
+                                                     bucket=cfg.bucket_by_length), criterion, device)
                    for name, part in data.parts.items()}
     val, test = evaluations["val"], evaluations["test"]
     threshold = tune_threshold(val.labels, val.probs, cfg.threshold_method, cfg.fixed_threshold)
@@ -146,7 +148,7 @@ def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     data = prepare_data(bags, cfg)
-    loaders = make_loaders(data.parts, cfg)
+    loaders = make_loaders(data, cfg)
     model = build_model(model_name, input_dim=bags.dim, **model_overrides).to(device)
     check_fits(bags, model.config)
     criterion = weighted_bce(data.parts["train"].labels)

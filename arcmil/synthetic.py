@@ -88,7 +88,7 @@ def with_splits(train: BagSet, test: BagSet, *, val_fraction: float = 0.2, seed:
     split = np.full(len(train), "train", dtype="<U5")
     split[val] = "val"
     return validate(BagSet(
-        bags=train.bags + test.bags, labels=np.concatenate([train.labels, test.labels]),
+        bags=list(train.bags) + list(test.bags), labels=np.concatenate([train.labels, test.labels]),
         bag_ids=np.concatenate([train.bag_ids, test.bag_ids]),
         split=np.concatenate([split, np.full(len(test), "test")]),
         instance_labels=train.instance_labels + test.instance_labels, source=test.source.replace(", test)", ")")))

@@ -37,6 +37,7 @@ class TrainConfig:
     threshold_method: str = "f1"
     fixed_threshold: float = 0.5
     n_bootstrap: int = 1000
+    bucket_by_length: bool = False
     device: str = "auto"
     progress: bool = True
 

@@ -12,7 +12,7 @@ def has_poison(bag):
 def test_generators_are_seeded(test):
     a_train, a_test = make_assumption_test(test, n_train=20, n_test=10, seed=3)
     b_train, b_test = make_assumption_test(test, n_train=20, n_test=10, seed=3)
-    for x, y in zip(a_train.bags + a_test.bags, b_train.bags + b_test.bags):
+    for x, y in zip([*a_train.bags, *a_test.bags], [*b_train.bags, *b_test.bags]):
         np.testing.assert_array_equal(x, y)
     c_train, _ = make_assumption_test(test, n_train=20, n_test=10, seed=4)
     assert not np.array_equal(a_train.bags[0], c_train.bags[0])

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from arcmil.data.packed import PackedBags
 from arcmil.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -14,14 +15,15 @@ SPLITS = ("train", "val", "test")
 class BagSet:
     """Documents as bags of ordered window embeddings.
 
-    bags: one float32 array (n_i, D) per document, windows in document order.
+    bags: one float32 array (n_i, D) per document, windows in document order; after ``validate`` a
+        ``PackedBags`` (one window array, possibly memory-mapped from a store).
     labels: (B,) int64 in {0, 1}, or None for unlabelled data (prediction only).
     bag_ids: (B,) str, unique.
     split: (B,) str in train/val/test, or None.
     instance_labels: one (n_i,) int64 array per bag (per-window ground truth), or None.
     """
 
-    bags: list[np.ndarray]
+    bags: PackedBags | list[np.ndarray]
     labels: np.ndarray | None
     bag_ids: np.ndarray
     split: np.ndarray | None = None
@@ -34,10 +36,12 @@ class BagSet:
 
     @property
     def dim(self) -> int:
-        return int(self.bags[0].shape[1])
+        return self.bags.dim if isinstance(self.bags, PackedBags) else int(self.bags[0].shape[1])
 
     @property
     def lengths(self) -> np.ndarray:
+        if isinstance(self.bags, PackedBags):
+            return self.bags.lengths
         return np.array([len(b) for b in self.bags], dtype=np.int64)
 
     def subset(self, index) -> "BagSet":
@@ -45,7 +49,7 @@ class BagSet:
         pick = lambda seq: None if seq is None else [seq[i] for i in index]  # noqa: E731
         return replace(
             self,
-            bags=pick(self.bags),
+            bags=self.bags.subset(index) if isinstance(self.bags, PackedBags) else pick(self.bags),
             labels=None if self.labels is None else self.labels[index],
             bag_ids=self.bag_ids[index],
             split=None if self.split is None else self.split[index],
@@ -117,4 +121,5 @@ def validate(bs: BagSet, *, require_labels: bool = True) -> BagSet:
         bs.instance_labels = [np.asarray(i).astype(np.int64) for i in bs.instance_labels]
     if bs.labels is not None:
         bs.labels = bs.labels.astype(np.int64)
+    bs.bags = PackedBags.from_list(bs.bags)
     return bs

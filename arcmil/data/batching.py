@@ -1,13 +1,15 @@
-"""Padded mini-batches with masks."""
+"""Padded mini-batches with masks, built by vectorised gathers from packed bags (no per-bag collation)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from arcmil.data.bagset import BagSet
+from arcmil.data.packed import PackedBags
+
+BUCKET_BATCHES = 50  # length bucketing sorts windows of this many batches at a time
 
 
 @dataclass
@@ -21,24 +23,68 @@ class Batch:
     index: torch.Tensor
 
     def to(self, device) -> "Batch":
-        return Batch(self.x.to(device), self.mask.to(device),
-                     None if self.y is None else self.y.to(device), self.index)
+        non_blocking = torch.device(device).type == "cuda"
+        return Batch(self.x.to(device, non_blocking=non_blocking), self.mask.to(device, non_blocking=non_blocking),
+                     None if self.y is None else self.y.to(device, non_blocking=non_blocking), self.index)
 
 
-def collate(bs: BagSet, index: list[int]) -> Batch:
-    lengths = [len(bs.bags[i]) for i in index]
-    x = torch.zeros(len(index), max(lengths), bs.dim)
-    mask = torch.zeros(len(index), max(lengths), dtype=torch.bool)
-    for row, (i, n) in enumerate(zip(index, lengths)):
-        x[row, :n] = torch.from_numpy(bs.bags[i])
-        mask[row, :n] = True
+def collate(bs: BagSet, index, normalizer=None) -> Batch:
+    """The bags ``index`` of ``bs`` as one padded Batch, each window normalised by ``normalizer``."""
+    bags = PackedBags.from_list(bs.bags)
+    index = np.asarray(index, dtype=np.int64)
+    lengths = torch.from_numpy(bags.lengths[index])
+    windows = torch.from_numpy(bags.gather(index))  # (sum of lengths, D)
+    if normalizer is not None:
+        windows = normalizer.apply(windows)
+    mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]  # (B, N)
+    if bool(mask.all()):  # equal lengths: a reshape, no padding
+        x = windows.view(len(index), -1, windows.shape[1])
+    else:
+        x = windows.new_zeros(*mask.shape, windows.shape[1])
+        x[mask] = windows  # row-major order of mask matches the bag-after-bag order of windows
     y = None if bs.labels is None else torch.as_tensor(bs.labels[index], dtype=torch.float32)
-    return Batch(x, mask, y, torch.as_tensor(index))
+    return Batch(x, mask, y, torch.from_numpy(index))
 
 
-def make_loader(bs: BagSet, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """Batches of bag positions collated into padded ``Batch``es; shuffling uses its own seeded
-    generator so the order does not depend on global RNG state."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(np.arange(len(bs)).tolist(), batch_size=batch_size, shuffle=shuffle,
-                      generator=generator, collate_fn=lambda index: collate(bs, index))
+class BagLoader:
+    """Iterates padded ``Batch``es of a BagSet.
+
+    shuffle: a new permutation each epoch from the loader's own generator seeded with ``seed``
+    (the order of torch's DataLoader with a seeded RandomSampler), independent of global RNG state.
+    bucket: batches of bags of similar length (less padding for long, uneven bags): every
+    ``BUCKET_BATCHES`` batches' worth of bags is sorted by length and cut into batches, whose order is
+    then shuffled (training) or kept (evaluation).
+    """
+
+    def __init__(self, bs: BagSet, batch_size: int, *, shuffle: bool = False, seed: int = 0, normalizer=None,
+                 bucket: bool = False):
+        self.bs = bs if isinstance(bs.bags, PackedBags) else bs.with_bags(PackedBags.from_list(bs.bags))
+        self.batch_size, self.shuffle, self.bucket, self.normalizer = batch_size, shuffle, bucket, normalizer
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.bs) // self.batch_size)
+
+    def batches(self) -> list[np.ndarray]:
+        """The bag positions of each batch of the next epoch (advances the shuffling generator)."""
+        n = len(self.bs)
+        order = torch.randperm(n, generator=self.generator).numpy() if self.shuffle else np.arange(n)
+        if not self.bucket:
+            return [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
+        lengths, span, out = self.bs.lengths, self.batch_size * BUCKET_BATCHES, []
+        for s in range(0, n, span):
+            block = order[s:s + span]
+            block = block[np.argsort(lengths[block], kind="stable")]
+            out += [block[b:b + self.batch_size] for b in range(0, len(block), self.batch_size)]
+        if self.shuffle:
+            out = [out[i] for i in torch.randperm(len(out), generator=self.generator).tolist()]
+        return out
+
+    def __iter__(self):
+        for index in self.batches():
+            yield collate(self.bs, index, self.normalizer)
+
+
+def make_loader(bs: BagSet, batch_size: int, *, shuffle: bool = False, seed: int = 0, normalizer=None,
+                bucket: bool = False) -> BagLoader:
+    return BagLoader(bs, batch_size, shuffle=shuffle, seed=seed, normalizer=normalizer, bucket=bucket)

@@ -4,9 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.model_selection import train_test_split
 
 from arcmil.data.bagset import SPLITS, BagSet
+from arcmil.data.packed import PackedBags
 from arcmil.errors import DataError
 
 NORMALIZATIONS = ("l2", "standardize", "none")
@@ -45,12 +47,23 @@ def split_parts(bs: BagSet) -> dict[str, BagSet]:
     return parts
 
 
+def window_chunks(bags: PackedBags, max_windows: int = 2**18):
+    """The windows of ``bags`` as float64 arrays of about ``max_windows`` rows, whole bags each, so
+    that statistics over a store never hold it in memory."""
+    ends = np.cumsum(bags.lengths)
+    start = 0
+    while start < len(bags):
+        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - bags.lengths[start] + max_windows, "right")))
+        yield bags.gather(np.arange(start, stop)).astype(np.float64)
+        start = stop
+
+
 @dataclass(frozen=True)
 class Normalizer:
     """Per-window input normalisation, fitted on the training split and stored in checkpoints.
 
     kind: 'l2' (unit length, as ArcFace embeddings are), 'standardize' (train mean/std per
-    feature) or 'none'.
+    feature) or 'none'. Applied to each batch's windows as the loader builds it (``apply``).
     """
 
     kind: str = "l2"
@@ -63,23 +76,32 @@ class Normalizer:
             raise DataError(train.source, f"unknown normalisation {kind!r} (use {', '.join(NORMALIZATIONS)})")
         if kind != "standardize":
             return cls(kind)
-        windows = np.concatenate(train.bags).astype(np.float64)
-        std = windows.std(axis=0)
+        bags = PackedBags.from_list(train.bags)
+        count = bags.lengths.sum()
+        mean = sum(chunk.sum(axis=0) for chunk in window_chunks(bags)) / count
+        std = np.sqrt(sum(((chunk - mean) ** 2).sum(axis=0) for chunk in window_chunks(bags)) / count)
         std[std < 1e-12] = 1.0  # constant features stay constant instead of dividing by zero
-        return cls(kind, tuple(windows.mean(axis=0).tolist()), tuple(std.tolist()))
+        return cls(kind, tuple(mean.tolist()), tuple(std.tolist()))
+
+    def check_dim(self, bs: BagSet) -> None:
+        if self.kind == "standardize" and len(self.mean) != bs.dim:
+            raise DataError(bs.source, f"data has dimension {bs.dim}, the normaliser was fitted on "
+                            f"{len(self.mean)}", field="embeddings")
+
+    def apply(self, windows: torch.Tensor) -> torch.Tensor:
+        """windows: (W, D) float32 -> (W, D) float32 normalised."""
+        if self.kind == "l2":
+            return windows / torch.linalg.vector_norm(windows, dim=1, keepdim=True).clamp(min=1e-12)
+        if self.kind == "standardize":
+            mean = torch.tensor(self.mean, dtype=windows.dtype, device=windows.device)
+            std = torch.tensor(self.std, dtype=windows.dtype, device=windows.device)
+            return (windows - mean) / std
+        return windows
 
     def __call__(self, bs: BagSet) -> BagSet:
-        if self.kind == "l2":
-            bags = [b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12) for b in bs.bags]
-        elif self.kind == "standardize":
-            if len(self.mean) != bs.dim:
-                raise DataError(bs.source, f"data has dimension {bs.dim}, the normaliser was fitted on "
-                                f"{len(self.mean)}", field="embeddings")
-            mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
-            bags = [(b - mean) / std for b in bs.bags]
-        else:
-            bags = bs.bags
-        return bs.with_bags([b.astype(np.float32) for b in bags])
+        """A copy of ``bs`` with every window normalised (in memory)."""
+        self.check_dim(bs)
+        return bs.with_bags([self.apply(torch.from_numpy(np.asarray(b, np.float32))).numpy() for b in bs.bags])
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "mean": self.mean and list(self.mean), "std": self.std and list(self.std)}

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from arcmil.data import BagSet, Normalizer, assign_split, collate, load_bags, save_bags, split_parts
+from arcmil.data import BagSet, Normalizer, assign_split, load_bags, save_bags, split_parts
 from arcmil.errors import DataError
 
 
@@ -172,13 +172,6 @@ def test_normalizers():
     np.testing.assert_allclose(windows.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(windows.std(0), 1, atol=1e-4)
     assert Normalizer.from_dict(std.to_dict()) == std
-
-
-def test_collate_pads_and_masks():
-    bs = bagset(lengths=(3, 1))
-    batch = collate(bs, [0, 1])
-    assert batch.x.shape == (2, 3, 6) and batch.mask.tolist() == [[True] * 3, [True, False, False]]
-    assert (batch.x[1, 1:] == 0).all() and batch.y.tolist() == [0.0, 1.0]
 
 
 def test_mixed_dimension_and_ragged_k_in_pt_lists(tmp_path):

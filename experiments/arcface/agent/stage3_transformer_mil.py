@@ -29,7 +29,7 @@ data = prepare_data(bags, cfg)  # stored or stratified 70/15/15 split; normalisa
 print(bags.summary())
 
 # %% 3. Dataset / DataLoader (padded batches with masks)
-loaders = make_loaders(data.parts, cfg)
+loaders = make_loaders(data, cfg)
 
 # %% Model block: TransformerMIL
 from arcmil.models import TransformerMIL, TransformerMILConfig
