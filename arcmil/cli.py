@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="predictions CSV to write")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     predict.add_argument("--batch-size", type=int, default=64)
-    predict.add_argument("--device", default="auto")
+    predict.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1 …")
+    predict.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
 
     explain = commands.add_parser("explain", help="per-window importance by three methods")
     explain.add_argument("--checkpoint", required=True)
@@ -136,6 +137,14 @@ def _seeds(settings: dict, cfg) -> list[int]:
         raise ArcmilError(f"--seeds expects comma-separated integers, got {text!r}") from None
 
 
+def _join_world(device: str):
+    """This process's place among the processes torchrun started (a single process otherwise)."""
+    from arcmil.distributed import init_world
+    from arcmil.train import select_device
+
+    return init_world(select_device(device))
+
+
 def cmd_train(args) -> None:
     from arcmil.compare import SINGLE_COLUMNS
     from arcmil.pipeline import run_experiment
@@ -145,7 +154,10 @@ def cmd_train(args) -> None:
     model = settings.get("model", "attention_mil")
     cfg, overrides = train_config(settings), model_overrides(model, settings, strict=True)
     explicit_out = settings.get("out") and _fresh_out(settings, model)
-    result = run_experiment(_bags(settings), model, cfg, **overrides)
+    world = _join_world(cfg.device)
+    result = run_experiment(_bags(settings), model, cfg, world, **overrides)
+    if not world.is_main:  # every rank holds the same result; rank 0 writes it
+        return
     out = explicit_out or _fresh_out(settings, result.tag)
     with staged_dir(out) as tmp:
         write_run(tmp, result)
@@ -162,8 +174,11 @@ def cmd_compare(args) -> None:
     overrides = {name: model_overrides(name, settings, strict=False) for name in names}
     out = _fresh_out(settings, "compare")
     bags = _bags(settings)
+    world = _join_world(cfg.device)
     comparison = compare_models(bags, names, cfg, overrides, seeds=_seeds(settings, cfg), folds=settings.get("folds"),
-                                val_fraction=settings.get("val_fraction", 0.2))
+                                val_fraction=settings.get("val_fraction", 0.2), world=world)
+    if not world.is_main:
+        return
     with staged_dir(out) as tmp:
         write_comparison(tmp, comparison, bags.source, cfg)
     print(comparison.description)
@@ -183,8 +198,11 @@ def cmd_cv(args) -> None:
     cfg, overrides = train_config(settings), model_overrides(model, settings, strict=True)
     out = _fresh_out(settings, f"cv_{model}")
     folds, seeds = settings.get("folds", 10), [cfg.seed + r for r in range(settings.get("repeats", 5))]
+    world = _join_world(cfg.device)
     result = run_cv(_bags(settings), model, cfg, folds=folds, seeds=seeds,
-                    val_fraction=settings.get("val_fraction", 0.2), **overrides)
+                    val_fraction=settings.get("val_fraction", 0.2), world=world, **overrides)
+    if not world.is_main:
+        return
     with staged_dir(out) as tmp:
         write_cv(tmp, result, cfg)
     print(f"{result.tag}: {len(seeds)} × {folds}-fold CV, mean ± std over folds")
@@ -193,7 +211,7 @@ def cmd_cv(args) -> None:
 
 
 def _checkpoint_and_bags(args):
-    """The checkpoint's model and metadata, and the data normalised its way; mismatches refused."""
+    """The checkpoint's model, metadata and normaliser, and the (raw) data; mismatches refused."""
     from arcmil.checkpoint import load_checkpoint
     from arcmil.data import load_bags
     from arcmil.data.prepare import Normalizer
@@ -208,7 +226,7 @@ def _checkpoint_and_bags(args):
         raise DataError(bags.source, f"embedding dimension {bags.dim} does not match the checkpoint "
                         f"{args.checkpoint} (input_dim {expected})", field="embeddings")
     check_fits(bags, model.config)
-    return model, meta, Normalizer.from_dict(meta["normalization"])(bags), device
+    return model, meta, bags, Normalizer.from_dict(meta["normalization"]), device
 
 
 def cmd_predict(args) -> None:
@@ -223,13 +241,18 @@ def cmd_predict(args) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise ArcmilError(f"{out}: already exists; refusing to overwrite (pass --overwrite or choose another name)")
-    model, meta, bags, device = _checkpoint_and_bags(args)
-    ev = evaluate(model, make_loader(bags, args.batch_size), device=device)
+    model, meta, bags, normalizer, device = _checkpoint_and_bags(args)
+    world = _join_world(args.device)
+    # length-sorted batches: less padding, and per-bag scores do not depend on what a bag is batched with
+    loader = make_loader(bags, args.batch_size, normalizer=normalizer, bucket=True, world=world)
+    ev = evaluate(model, loader, device=device, precision=args.precision)
+    if not world.is_main:
+        return
     frame = predictions_frame(bags, ev, meta["threshold"], split=bags.split)
     write_new_file(out, lambda tmp: frame.to_csv(tmp, index=False), overwrite=args.overwrite)
     print(f"scored {len(bags)} bags with {meta['tag']} at threshold {meta['threshold']:.4f} -> {out}")
     if bags.labels is not None and len(np.unique(bags.labels)) == 2:
-        metrics = binary_metrics(bags.labels, ev.probs[np.argsort(ev.index)], meta["threshold"])
+        metrics = binary_metrics(bags.labels, ev.probs, meta["threshold"])
         print(pd.Series({k: v for k, v in metrics.items() if not isinstance(v, dict)}).to_string())
 
 
@@ -242,7 +265,8 @@ def cmd_explain(args) -> None:
     if unknown:
         raise ArcmilError(f"unknown explanation method {unknown[0]!r}; valid: {', '.join(METHODS)}")
     out = _fresh_out({"out": args.out}, "explain")
-    model, meta, bags, device = _checkpoint_and_bags(args)
+    model, meta, bags, normalizer, device = _checkpoint_and_bags(args)
+    bags = normalizer(bags)
     if args.split:
         if bags.split is None:
             raise DataError(bags.source, f"--split {args.split} given but the data has no split", field="split")
@@ -274,6 +298,8 @@ COMMANDS = {"train": cmd_train, "compare": cmd_compare, "cv": cmd_cv, "predict":
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from arcmil.distributed import shutdown
+
     try:
         COMMANDS[args.command](args)
     except ArcmilError as exc:
@@ -281,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"arcmil: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()
     return 0
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from arcmil.cv import CVResult, run_cv, write_cv
 from arcmil.data import BagSet
+from arcmil.distributed import SINGLE, World
 from arcmil.pipeline import RunResult, run_experiment
 from arcmil.plots import plot_roc
 from arcmil.report import markdown_table, results_row, write_run
@@ -78,14 +79,16 @@ def _pm(mean, std) -> str:
 
 
 def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: dict[str, dict], *,
-                   seeds: list[int] | None = None, folds: int | None = None, val_fraction: float = 0.2) -> Comparison:
+                   seeds: list[int] | None = None, folds: int | None = None, val_fraction: float = 0.2,
+                   world: World = SINGLE) -> Comparison:
     """Run every model on the same seeds (each its own split when the data has none) or the same
     repeated stratified folds. ``overrides``: model name -> its hyper-parameters."""
     seeds = list(seeds or [cfg.seed])
     models = []
     if folds:
         for name in names:
-            cv = run_cv(bags, name, cfg, folds=folds, seeds=seeds, val_fraction=val_fraction, **overrides[name])
+            cv = run_cv(bags, name, cfg, folds=folds, seeds=seeds, val_fraction=val_fraction, world=world,
+                        **overrides[name])
             records = [{"repeat": f["repeat"], "fold": f["fold"], **{m: f["test"][m] for m in METRICS}}
                        for f in cv.folds]
             models.append(ModelRuns(name, cv.tag, records, cv=cv))
@@ -94,7 +97,7 @@ def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: 
                           f"{', '.join(map(str, seeds))}); threshold on a {val_fraction:.0%} validation part of "
                           f"each training fold")
     for name in names:
-        runs = [run_experiment(bags, name, replace(cfg, seed=s), **overrides[name]) for s in seeds]
+        runs = [run_experiment(bags, name, replace(cfg, seed=s), world, **overrides[name]) for s in seeds]
         records = [{"seed": s, **{m: r.results["test"][m] for m in METRICS}} for s, r in zip(seeds, runs)]
         models.append(ModelRuns(name, runs[0].tag, records, runs=runs))
     resplit = bags.split is None  # each seed draws its own 70/15/15 split: overlapping training sets

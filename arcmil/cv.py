@@ -15,6 +15,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from arcmil.data import BagSet
+from arcmil.distributed import SINGLE, World
 from arcmil.errors import DataError
 from arcmil.metrics import binary_metrics
 from arcmil.pipeline import run_experiment
@@ -67,7 +68,7 @@ class CVResult:
 
 
 def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *, folds: int = 10,
-           seeds: list[int] = (0,), val_fraction: float = 0.2, **model_overrides) -> CVResult:
+           seeds: list[int] = (0,), val_fraction: float = 0.2, world: World = SINGLE, **model_overrides) -> CVResult:
     """Cross-validate ``model_name``: ``len(seeds)`` repeats of stratified ``folds``-fold CV."""
     if bags.labels is None:
         raise DataError(bags.source, "cross-validation needs labels", field="labels")
@@ -78,7 +79,8 @@ def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *, f
     cfg = replace(cfg, n_bootstrap=0)  # per-fold intervals are not meaningful; the spread over folds is
     records, tag = [], None
     for repeat, fold, seed, split in cv_splits(bags.labels, folds, list(seeds), val_fraction):
-        result = run_experiment(replace(bags, split=split), model_name, replace(cfg, seed=seed), **model_overrides)
+        result = run_experiment(replace(bags, split=split), model_name, replace(cfg, seed=seed), world,
+                                **model_overrides)
         test = result.evaluations["test"]
         tag = result.tag
         records.append({

@@ -17,6 +17,7 @@ from torch import nn
 
 from arcmil import __version__
 from arcmil.data import SPLITS, BagSet, Normalizer, assign_split, make_loader, split_parts
+from arcmil.distributed import SINGLE, World
 from arcmil.errors import DataError
 from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
 from arcmil.models import build_model
@@ -26,6 +27,7 @@ from arcmil.train import (
     TrainConfig,
     evaluate,
     make_optimizer,
+    runner_for,
     seed_everything,
     select_device,
     train_model,
@@ -51,10 +53,10 @@ def prepare_data(bags: BagSet, cfg: TrainConfig) -> PreparedData:
     return PreparedData(bags, raw, Normalizer.fit(cfg.normalize, raw["train"]), origin)
 
 
-def make_loaders(data: PreparedData, cfg: TrainConfig) -> dict:
+def make_loaders(data: PreparedData, cfg: TrainConfig, world: World = SINGLE) -> dict:
     """'train' is shuffled with the run's seed; val and test keep their order."""
     return {name: make_loader(part, cfg.batch_size, shuffle=name == "train", seed=cfg.seed,
-                              normalizer=data.normalizer, bucket=cfg.bucket_by_length)
+                              normalizer=data.normalizer, bucket=cfg.bucket_by_length, world=world)
             for name, part in data.parts.items()}
 
 
@@ -99,10 +101,11 @@ def environment() -> dict:
 
 
 def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, fit: FitResult, cfg: TrainConfig,
-             device) -> RunResult:
+             device, world: World = SINGLE) -> RunResult:
     """Tune the threshold on validation, report test metrics (with bootstrap intervals), score every bag."""
     evaluations = {name: evaluate(model, make_loader(part, cfg.batch_size, normalizer=data.normalizer,
-                                                     bucket=cfg.bucket_by_length), criterion, device)
+                                                     bucket=cfg.bucket_by_length, world=world),
+                                  criterion, device, cfg.precision)
                    for name, part in data.parts.items()}
     val, test = evaluations["val"], evaluations["test"]
     threshold = tune_threshold(val.labels, val.probs, cfg.threshold_method, cfg.fixed_threshold)
@@ -128,7 +131,8 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
         "train_seconds": fit.seconds,
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "history": fit.history,
-        "environment": environment(),
+        "environment": {**environment(), "processes": world.size, "device": str(device),
+                        "precision": cfg.precision},
     }
     return RunResult(model_name, model, data.normalizer, threshold, results, predictions, evaluations, data.parts)
 
@@ -143,16 +147,18 @@ def check_fits(bags: BagSet, model_config) -> None:
                         field="embeddings")
 
 
-def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), **model_overrides) -> RunResult:
-    """Train and evaluate one registered model on ``bags`` (the whole pipeline, nothing written)."""
+def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), world: World = SINGLE,
+                   **model_overrides) -> RunResult:
+    """Train and evaluate one registered model on ``bags`` (the whole pipeline, nothing written).
+    ``world``: under torchrun, this rank's place; every rank returns the same result."""
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     data = prepare_data(bags, cfg)
-    loaders = make_loaders(data, cfg)
+    loaders = make_loaders(data, cfg, world)
     model = build_model(model_name, input_dim=bags.dim, **model_overrides).to(device)
     check_fits(bags, model.config)
     criterion = weighted_bce(data.parts["train"].labels)
     optimizer, scheduler = make_optimizer(model, cfg)
     fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,
-                      desc=model.config.tag())
-    return finalize(model_name, model, data, criterion, fit, cfg, device)
+                      desc=model.config.tag(), runner=runner_for(model, cfg, world, device))
+    return finalize(model_name, model, data, criterion, fit, cfg, device, world)

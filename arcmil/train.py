@@ -11,13 +11,16 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from arcmil.data.prepare import NORMALIZATIONS
+from arcmil.distributed import World, local_device
 from arcmil.errors import ConfigError
 from arcmil.metrics import THRESHOLD_METHODS
 
 MONITORS = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,13 @@ class TrainConfig:
     n_bootstrap: int = 1000
     bucket_by_length: bool = False
     device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
     progress: bool = True
 
     def __post_init__(self):
-        choices = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS}
+        choices = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS,
+                   "precision": PRECISIONS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
@@ -61,9 +67,25 @@ def seed_everything(seed: int) -> None:
 
 
 def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """'auto': this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU."""
+    device = local_device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
+    return device
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when asked for (matrix products in bfloat16, reductions in float32)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def runner_for(model: nn.Module, cfg: "TrainConfig", world: World, device: torch.device) -> nn.Module:
+    """The module the training loop calls: ``model`` itself, DDP-wrapped under torchrun, compiled
+    when asked for. Weights live in ``model`` either way (its state_dict has no wrapper prefixes)."""
+    runner = model
+    if world.active:
+        runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(runner) if cfg.compile else runner
 
 
 def weighted_bce(train_labels: np.ndarray) -> nn.BCEWithLogitsLoss:
@@ -73,33 +95,37 @@ def weighted_bce(train_labels: np.ndarray) -> nn.BCEWithLogitsLoss:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for all parameters instead of a Python loop over them (same update rule)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
                                                            patience=cfg.lr_patience)
     return optimizer, scheduler
 
 
-def train_one_epoch(model, loader, criterion, optimizer, device) -> float:
-    """One pass over ``loader``; returns the mean training loss per bag."""
+def train_one_epoch(model, loader, criterion, optimizer, device, precision: str = "fp32") -> float:
+    """One pass over ``loader``; returns the mean training loss per bag (over all ranks)."""
     model.train()
     criterion = criterion.to(device)
     total, count = 0.0, 0
     for batch in loader:
         batch = batch.to(device)
-        logits, _ = model(batch.x, batch.mask)
-        loss = criterion(logits, batch.y)
+        with autocast(device, precision):
+            logits, _ = model(batch.x, batch.mask)
+        loss = criterion(logits.float(), batch.y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * batch.loss_scale).backward()
         optimizer.step()
-        total += loss.item() * len(batch.y)
-        count += len(batch.y)
-    return total / count
+        if batch.loss_scale:
+            total += loss.item() * len(batch.y)
+            count += len(batch.y)
+    totals = loader.world.gather((total, count))
+    return sum(t for t, _ in totals) / sum(c for _, c in totals)
 
 
 @dataclass
 class Evaluation:
-    """probs: (B,) sigmoid scores in loader order; weights: one (n_i,) array per bag; loss is None
-    for unlabelled data."""
+    """probs: (B,) sigmoid scores ordered by bag position (``index``); weights: one (n_i,) array per
+    bag; loss is None for unlabelled data."""
 
     probs: np.ndarray
     labels: np.ndarray | None
@@ -109,26 +135,35 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def evaluate(model, loader, criterion=None, device="cpu") -> Evaluation:
-    """Score every bag in eval mode (dropout off), restoring the model's previous mode after."""
+def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32") -> Evaluation:
+    """Score every bag in eval mode (dropout off), restoring the model's previous mode after. Under
+    DDP each rank scores its shards and every rank receives all scores."""
     was_training = model.training
     model.eval()
     probs, labels, weights, index, total = [], [], [], [], 0.0
     for batch in loader:
         batch = batch.to(device)
-        logits, w = model(batch.x, batch.mask)
-        probs.append(torch.sigmoid(logits).cpu())
+        with autocast(device, precision):
+            logits, w = model(batch.x, batch.mask)
+        logits = logits.float()
+        probs.append(torch.sigmoid(logits).cpu().numpy())
         lengths = batch.mask.sum(dim=1).tolist()
         weights.extend(row[:n].numpy() for row, n in zip(w.float().cpu(), lengths))
-        index.append(batch.index)
+        index.append(batch.index.numpy())
         if batch.y is not None:
-            labels.append(batch.y.cpu())
+            labels.append(batch.y.cpu().numpy())
             if criterion is not None:
                 total += criterion.to(device)(logits, batch.y).item() * len(batch.y)
     model.train(was_training)
-    labels = torch.cat(labels).numpy().astype(int) if labels else None
-    loss = total / len(labels) if labels is not None and criterion is not None else None
-    return Evaluation(torch.cat(probs).numpy().astype(np.float64), labels, weights, torch.cat(index).numpy(), loss)
+    parts = loader.world.gather((probs, labels, weights, index, total))
+    probs, labels, index = ([a for part in parts for a in part[k]] for k in (0, 1, 3))
+    weights = [w for part in parts for w in part[2]]
+    index = np.concatenate(index)
+    order = np.argsort(index, kind="stable")
+    labels = np.concatenate(labels).astype(int)[order] if labels else None
+    loss = sum(part[4] for part in parts) / len(labels) if labels is not None and criterion is not None else None
+    return Evaluation(np.concatenate(probs).astype(np.float64)[order], labels, [weights[i] for i in order],
+                      index[order], loss)
 
 
 @dataclass
@@ -145,17 +180,21 @@ def _val_metrics(val: Evaluation) -> dict:
 
 
 def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler, cfg: TrainConfig,
-                device, desc: str = "train") -> FitResult:
+                device, desc: str = "train", runner: nn.Module | None = None) -> FitResult:
     """Train up to ``cfg.epochs`` epochs, stop after ``cfg.patience`` epochs without improvement of
-    ``cfg.monitor``, and leave the model holding its best state."""
+    ``cfg.monitor``, and leave the model holding its best state. ``runner``: the (DDP/compiled)
+    module that computes, sharing ``model``'s weights."""
+    runner = runner or model
     sign = 1.0 if MONITORS[cfg.monitor] == "min" else -1.0
     best_score, best_state, best_epoch, waited = float("inf"), None, 0, 0
     history, start = [], time.perf_counter()
-    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not cfg.progress, leave=False)
+    show = cfg.progress and train_loader.world.is_main
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not show, leave=False)
     for epoch in bar:
         tic = time.perf_counter()
-        train_loss = train_one_epoch(model, train_loader, criterion, optimizer, device)
-        row = {"epoch": epoch, "train_loss": train_loss, **_val_metrics(evaluate(model, val_loader, criterion, device)),
+        train_loss = train_one_epoch(runner, train_loader, criterion, optimizer, device, cfg.precision)
+        val = evaluate(runner, val_loader, criterion, device, cfg.precision)
+        row = {"epoch": epoch, "train_loss": train_loss, **_val_metrics(val),
                "lr": optimizer.param_groups[0]["lr"]}
         scheduler.step(row["val_loss"])
         row["seconds"] = time.perf_counter() - tic
@@ -168,7 +207,7 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
         else:
             waited += 1
         bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{row['val_loss']:.4f}")
-        if cfg.progress:
+        if show:
             tqdm.write(f"[{desc}] epoch {epoch:>2}  train_loss {train_loss:.4f}  val_loss {row['val_loss']:.4f}  "
                        f"val_roc_auc {row['val_roc_auc']:.4f}  lr {row['lr']:.2e}{'  *' if improved else ''}")
         if waited >= cfg.patience:

@@ -8,6 +8,7 @@ import torch
 
 from arcmil.data.bagset import BagSet
 from arcmil.data.packed import PackedBags
+from arcmil.distributed import SINGLE, World
 
 BUCKET_BATCHES = 50  # length bucketing sorts windows of this many batches at a time
 
@@ -15,20 +16,25 @@ BUCKET_BATCHES = 50  # length bucketing sorts windows of this many batches at a 
 @dataclass
 class Batch:
     """x: (B, N, D) float32, zero-padded; mask: (B, N) bool, True = real window;
-    y: (B,) float32 labels or None; index: (B,) positions of the bags in their BagSet."""
+    y: (B,) float32 labels or None; index: (B,) positions of the bags in their BagSet.
+    loss_scale: this batch's share of the global batch times the number of ranks (1.0 in one process;
+    0.0 for a stand-in batch of a rank that got no bags), so that DDP's gradient average equals the
+    gradient of the global batch's mean loss."""
 
     x: torch.Tensor
     mask: torch.Tensor
     y: torch.Tensor | None
     index: torch.Tensor
+    loss_scale: float = 1.0
 
     def to(self, device) -> "Batch":
         non_blocking = torch.device(device).type == "cuda"
         return Batch(self.x.to(device, non_blocking=non_blocking), self.mask.to(device, non_blocking=non_blocking),
-                     None if self.y is None else self.y.to(device, non_blocking=non_blocking), self.index)
+                     None if self.y is None else self.y.to(device, non_blocking=non_blocking), self.index,
+                     self.loss_scale)
 
 
-def collate(bs: BagSet, index, normalizer=None) -> Batch:
+def collate(bs: BagSet, index, normalizer=None, loss_scale: float = 1.0) -> Batch:
     """The bags ``index`` of ``bs`` as one padded Batch, each window normalised by ``normalizer``."""
     bags = PackedBags.from_list(bs.bags)
     index = np.asarray(index, dtype=np.int64)
@@ -43,7 +49,7 @@ def collate(bs: BagSet, index, normalizer=None) -> Batch:
         x = windows.new_zeros(*mask.shape, windows.shape[1])
         x[mask] = windows  # row-major order of mask matches the bag-after-bag order of windows
     y = None if bs.labels is None else torch.as_tensor(bs.labels[index], dtype=torch.float32)
-    return Batch(x, mask, y, torch.from_numpy(index))
+    return Batch(x, mask, y, torch.from_numpy(index), loss_scale)
 
 
 class BagLoader:
@@ -54,12 +60,16 @@ class BagLoader:
     bucket: batches of bags of similar length (less padding for long, uneven bags): every
     ``BUCKET_BATCHES`` batches' worth of bags is sorted by length and cut into batches, whose order is
     then shuffled (training) or kept (evaluation).
+    world: under DDP every rank walks the same global batches and collates only its shard of each;
+    with ``shuffle`` (training) a rank whose shard is empty gets a stand-in batch with loss_scale 0,
+    because every rank must take part in every gradient all-reduce.
     """
 
     def __init__(self, bs: BagSet, batch_size: int, *, shuffle: bool = False, seed: int = 0, normalizer=None,
-                 bucket: bool = False):
+                 bucket: bool = False, world: World = SINGLE):
         self.bs = bs if isinstance(bs.bags, PackedBags) else bs.with_bags(PackedBags.from_list(bs.bags))
         self.batch_size, self.shuffle, self.bucket, self.normalizer = batch_size, shuffle, bucket, normalizer
+        self.world = world
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -82,9 +92,11 @@ class BagLoader:
 
     def __iter__(self):
         for index in self.batches():
-            yield collate(self.bs, index, self.normalizer)
+            local = self.world.shard(index)
+            if len(local):
+                yield collate(self.bs, local, self.normalizer, loss_scale=len(local) * self.world.size / len(index))
+            elif self.shuffle:
+                yield collate(self.bs, index[:1], self.normalizer, loss_scale=0.0)
 
 
-def make_loader(bs: BagSet, batch_size: int, *, shuffle: bool = False, seed: int = 0, normalizer=None,
-                bucket: bool = False) -> BagLoader:
-    return BagLoader(bs, batch_size, shuffle=shuffle, seed=seed, normalizer=normalizer, bucket=bucket)
+make_loader = BagLoader

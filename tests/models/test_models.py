@@ -169,3 +169,24 @@ def test_unknown_model_and_key_are_named():
 ])
 def test_tags_follow_the_design_note(name, tag):
     assert make_config(name).tag() == tag
+
+
+def test_encoder_layer_computes_what_torch_transformer_layer_computes():
+    """TransformerMIL's layer is the note's nn.TransformerEncoderLayer(norm_first=True), with
+    linear-memory attention: the same weights give the same outputs on padded bags."""
+    model = small("transformer_mil")
+    ours = model.layers[0]
+    ref = torch.nn.TransformerEncoderLayer(16, 2, 32, 0.0, batch_first=True, norm_first=True).eval()
+    with torch.no_grad():
+        ref.self_attn.in_proj_weight.copy_(ours.qkv.weight)
+        ref.self_attn.in_proj_bias.copy_(ours.qkv.bias)
+        ref.self_attn.out_proj.load_state_dict(ours.out.state_dict())
+        ref.linear1.load_state_dict(ours.ff[0].state_dict())
+        ref.linear2.load_state_dict(ours.ff[3].state_dict())
+        ref.norm1.load_state_dict(ours.norm1.state_dict())
+        ref.norm2.load_state_dict(ours.norm2.state_dict())
+    h = torch.randn(2, 6, 16)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    out, _ = ours(h, mask)
+    expected = ref(h, src_key_padding_mask=~mask)
+    torch.testing.assert_close(out[mask], expected[mask], atol=1e-5, rtol=1e-5)

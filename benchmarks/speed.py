@@ -1,0 +1,180 @@
+"""Training and scoring throughput: arcmil's loop against the naive notebook loop, same models.
+
+Random 10 x 256 bags (the note's setting). For each model, in this one process:
+  - naive: a per-item Dataset of tensors + torch's default DataLoader (default collation), AdamW,
+    the usual zero_grad/backward/step loop; scoring under torch.no_grad();
+  - arcmil: arcmil.train.train_one_epoch / evaluate over arcmil's packed BagLoader
+    (vectorised batches, inference_mode), with its optimizer.
+Reports bags/s (median over repeats), the arcmil/naive ratio, FLOPs per bag
+(torch.utils.flop_counter) and the achieved GFLOP/s next to this machine's measured matrix-multiply
+rate at the same thread count.
+
+    python benchmarks/speed.py --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from arcmil.data import BagSet, Normalizer, make_loader
+from arcmil.models import build_model
+from arcmil.train import TrainConfig, evaluate, make_optimizer, train_one_epoch, weighted_bce
+
+MODELS = ("attention_mil", "transformer_mil", "transmil")
+
+
+class TensorBags(Dataset):
+    """The notebook way: one (n, D) tensor and one label per item."""
+
+    def __init__(self, bags, labels):
+        self.bags, self.labels = [torch.from_numpy(b) for b in bags], torch.as_tensor(labels, dtype=torch.float32)
+
+    def __len__(self):
+        return len(self.bags)
+
+    def __getitem__(self, i):
+        return self.bags[i], self.labels[i]
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - tic)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def flops_per_bag(model, x: torch.Tensor, train: bool) -> float:
+    model.train(train)
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            model(x)[0].sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(x)
+
+
+def naive_train_epoch(model, loader, criterion, optimizer) -> None:
+    model.train()
+    for x, y in loader:
+        logits, _ = model(x)
+        loss = criterion(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def naive_score(model, loader) -> None:
+    model.eval()
+    with torch.no_grad():
+        for x, _ in loader:
+            torch.sigmoid(model(x)[0])
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def bench_model(name: str, bags: BagSet, cfg: TrainConfig, score_batch: int, repeats: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    model = build_model(name, input_dim=bags.dim)
+    criterion = weighted_bce(bags.labels)
+    n = len(bags)
+    # the naive loop sees the same (already normalised) windows: only the machinery differs
+    normalised = Normalizer("l2")(bags)
+    dataset = TensorBags(normalised.bags, bags.labels)
+    naive_train = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True)
+    naive_eval = DataLoader(dataset, batch_size=score_batch)
+    naive_opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    fast_train = make_loader(bags, cfg.batch_size, shuffle=True, seed=seed, normalizer=Normalizer("l2"))
+    fast_eval = make_loader(bags, score_batch, normalizer=Normalizer("l2"))
+    fast_opt, _ = make_optimizer(model, cfg)
+
+    row = {"model": name, "n_bags": n}
+    seconds = {
+        "naive_train": timed(lambda: naive_train_epoch(model, naive_train, criterion, naive_opt), repeats),
+        "arcmil_train": timed(lambda: train_one_epoch(model, fast_train, criterion, fast_opt, "cpu"), repeats),
+        "naive_score": timed(lambda: naive_score(model, naive_eval), repeats),
+        "arcmil_score": timed(lambda: evaluate(model, fast_eval), repeats),
+    }
+    for key, s in seconds.items():
+        row[f"{key}_bags_per_s"] = n / s
+    x = torch.from_numpy(np.stack(normalised.bags[: cfg.batch_size]))
+    row["train_mflop_per_bag"] = flops_per_bag(model, x, train=True) / 1e6
+    row["score_mflop_per_bag"] = flops_per_bag(model, x, train=False) / 1e6
+    row["train_speedup"] = row["arcmil_train_bags_per_s"] / row["naive_train_bags_per_s"]
+    row["score_speedup"] = row["arcmil_score_bags_per_s"] / row["naive_score_bags_per_s"]
+    for kind in ("train", "score"):
+        row[f"arcmil_{kind}_gflops"] = row[f"arcmil_{kind}_bags_per_s"] * row[f"{kind}_mflop_per_bag"] / 1e3
+        row[f"naive_{kind}_gflops"] = row[f"naive_{kind}_bags_per_s"] * row[f"{kind}_mflop_per_bag"] / 1e3
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n-bags", type=int, default=2048)
+    parser.add_argument("--windows", type=int, default=10)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--score-batch", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "speed.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    bags = BagSet([rng.standard_normal((args.windows, args.dim)).astype(np.float32) for _ in range(args.n_bags)],
+                  rng.integers(0, 2, args.n_bags), np.array([f"b{i}" for i in range(args.n_bags)]))
+    cfg = TrainConfig(batch_size=16)
+    peak = matmul_gflops()
+    rows = [bench_model(m, bags, cfg, args.score_batch, args.repeats, seed=0) for m in args.models.split(",")]
+    for row in rows:
+        row["score_fraction_of_matmul"] = row["arcmil_score_gflops"] / peak
+        row["naive_train_fraction_of_matmul"] = row["naive_train_gflops"] / peak
+        row["arcmil_train_fraction_of_matmul"] = row["arcmil_train_gflops"] / peak
+    print(f"{args.n_bags} bags of {args.windows} x {args.dim}, train batch {cfg.batch_size}, score batch "
+          f"{args.score_batch}, {args.threads} thread(s), torch {torch.__version__}; matmul {peak:.1f} GFLOP/s")
+    header = ("model", "train naive", "train arcmil", "speed-up", "GFLOP/s (of matmul)", "score naive",
+              "score arcmil", "speed-up", "GFLOP/s (of matmul)", "MFLOP/bag train/score")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print(f"| {r['model']} | {r['naive_train_bags_per_s']:.0f} | {r['arcmil_train_bags_per_s']:.0f} | "
+              f"{r['train_speedup']:.2f}x | {r['arcmil_train_gflops']:.1f} ({r['arcmil_train_fraction_of_matmul']:.0%})"
+              f" | {r['naive_score_bags_per_s']:.0f} | {r['arcmil_score_bags_per_s']:.0f} | {r['score_speedup']:.2f}x"
+              f" | {r['arcmil_score_gflops']:.1f} ({r['score_fraction_of_matmul']:.0%}) | "
+              f"{r['train_mflop_per_bag']:.2f} / {r['score_mflop_per_bag']:.2f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "matmul_gflops": peak,
+                               "n_bags": args.n_bags, "windows": args.windows, "dim": args.dim,
+                               "train_batch": cfg.batch_size, "score_batch": args.score_batch, "rows": rows},
+                              indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
