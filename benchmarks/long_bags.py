@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default="score,train")
     parser.add_argument("--note-limit-gb", type=float, default=8.0,
                         help="skip note-formulation cases whose (N, N) weights alone exceed this")
+    parser.add_argument("--full-train-limit", type=int, default=10_000,
+                        help="longest bag trained with exact attention (its time grows as N^2: ~1 h at 100k, 1 thread)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per case")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "long_bags.json"))
     parser.add_argument("--case", help=argparse.SUPPRESS)  # model,option,n,mode,threads: run one case here
@@ -103,6 +105,8 @@ def main(argv=None) -> int:
                     weights_gb = 4 * 4 * (n + 1) ** 2 / 2**30  # (1, H=4, T, T) float32 probabilities
                     if option == "note" and weights_gb > args.note_limit_gb:
                         row["status"] = f"not run: (N, N) weights alone need {weights_gb:.0f} GB per layer"
+                    elif option != "nystrom" and mode == "train" and n > args.full_train_limit:
+                        row["status"] = f"not run (N > --full-train-limit {args.full_train_limit})"
                     else:
                         case = f"{model},{option},{n},{mode},{args.threads}"
                         try:
