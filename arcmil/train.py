@@ -184,7 +184,7 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
     """Train up to ``cfg.epochs`` epochs, stop after ``cfg.patience`` epochs without improvement of
     ``cfg.monitor``, and leave the model holding its best state. ``runner``: the (DDP/compiled)
     module that computes, sharing ``model``'s weights."""
-    runner = runner or model
+    runner = model if runner is None else runner
     sign = 1.0 if MONITORS[cfg.monitor] == "min" else -1.0
     best_score, best_state, best_epoch, waited = float("inf"), None, 0, 0
     history, start = [], time.perf_counter()

@@ -53,3 +53,13 @@ def test_fast_and_plain_paths_give_the_same_validation_losses(name):
             losses = [criterion(plain(x, m)[0], y).item() * len(y)
                       for x, m, y in plain_batches(norm_val, [np.arange(20)])]
         assert fast_loss == pytest.approx(sum(losses) / 20, rel=1e-4)
+
+
+def test_bf16_autocast_scores_close_to_fp32():
+    bags = make_demo_bags(n_bags=40, seed=1)
+    torch.manual_seed(0)
+    model = build_model("transmil", input_dim=bags.dim, d_model=32, nhead=2)
+    loader = make_loader(bags, 16, normalizer=Normalizer("l2"))
+    fp32, bf16 = evaluate(model, loader), evaluate(model, loader, precision="bf16")
+    assert bf16.probs.dtype == np.float64 and not np.array_equal(fp32.probs, bf16.probs), "autocast must engage"
+    np.testing.assert_allclose(bf16.probs, fp32.probs, atol=0.02)
