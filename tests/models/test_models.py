@@ -190,3 +190,16 @@ def test_encoder_layer_computes_what_torch_transformer_layer_computes():
     out, _ = ours(h, mask)
     expected = ref(h, src_key_padding_mask=~mask)
     torch.testing.assert_close(out[mask], expected[mask], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["transformer_mil", "transmil"])
+def test_long_bag_training_path_respects_the_mask(name):
+    """Bags past the chunking threshold take the chunked, recomputed attention in training; padding
+    must still change nothing (dropout so small that nothing is dropped, yet the chunked path runs)."""
+    model = small(name, dropout_p=1e-12).train()
+    x, mask = padded_batch([1500, 1100])
+    logits, weights = model(x, mask)
+    alone, alone_weights = model(x[1:, :1100])
+    torch.testing.assert_close(logits[1:], alone, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(weights[1:, :1100], alone_weights, atol=1e-5, rtol=1e-4)
+    assert (weights[1, 1100:] == 0).all()
