@@ -241,13 +241,16 @@ def cmd_predict(args) -> None:
 
     from arcmil.data import make_loader
     from arcmil.metrics import binary_metrics
-    from arcmil.pipeline import predictions_frame
+    from arcmil.pipeline import has_short_bags, predictions_frame, window_weights_frame
     from arcmil.report import write_new_file
     from arcmil.train import evaluate
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ArcmilError(f"{out}: already exists; refusing to overwrite (pass --overwrite or choose another name)")
+    long_out = out.with_name(f"{out.stem}_window_weights.csv")  # per-window weights of bags too long for columns
+    for path in (out, long_out):
+        if path.exists() and not args.overwrite:
+            raise ArcmilError(f"{path}: already exists; refusing to overwrite (pass --overwrite or choose another "
+                              "name)")
     model, meta, bags, normalizer, device = _checkpoint_and_bags(args)
     world = _join_world(args.device)
     # length-sorted batches: less padding, and per-bag scores do not depend on what a bag is batched with
@@ -255,7 +258,10 @@ def cmd_predict(args) -> None:
     ev = evaluate(model, loader, device=device, precision=args.precision)
     if not world.is_main:
         return
-    frame = predictions_frame(bags, ev, meta["threshold"], split=bags.split)
+    frame = predictions_frame(bags, ev, meta["threshold"], split=bags.split, wide=has_short_bags(ev))
+    if "w_0" not in frame.columns:
+        write_new_file(long_out, lambda tmp: window_weights_frame(bags, ev).to_csv(tmp, index=False),
+                       overwrite=args.overwrite)
     write_new_file(out, lambda tmp: frame.to_csv(tmp, index=False), overwrite=args.overwrite)
     print(f"scored {len(bags)} bags with {meta['tag']} at threshold {meta['threshold']:.4f} -> {out}")
     if bags.labels is not None and len(np.unique(bags.labels)) == 2:

@@ -76,22 +76,39 @@ class RunResult:
         return self.results["tag"]
 
 
-def predictions_frame(part: BagSet, ev: Evaluation, threshold: float, split: str | None = None) -> pd.DataFrame:
-    """One row per bag: bag_id, [split], [label], prob, pred, w_0 … w_{N-1} (blank past the bag's end)."""
-    order = np.argsort(ev.index)  # loader order -> BagSet order
+WIDE_WEIGHTS_MAX_WINDOWS = 512  # longer bags get their window weights in long format instead of w_* columns
+
+
+def has_short_bags(*evaluations: Evaluation) -> bool:
+    """Whether window weights fit as w_* columns: no bag longer than WIDE_WEIGHTS_MAX_WINDOWS."""
+    return max(len(w) for ev in evaluations for w in ev.weights) <= WIDE_WEIGHTS_MAX_WINDOWS
+
+
+def predictions_frame(part: BagSet, ev: Evaluation, threshold: float, split: str | None = None,
+                      wide: bool = True) -> pd.DataFrame:
+    """One row per bag: bag_id, [split], [label], prob, pred, then (``wide``) w_0 … w_{N-1}, blank past
+    the bag's end. Without them, see ``window_weights_frame``."""
     frame = {"bag_id": part.bag_ids}
     if split is not None:
         frame["split"] = split
     if part.labels is not None:
         frame["label"] = part.labels
-    probs = ev.probs[order]
-    frame.update(prob=probs, pred=(probs >= threshold).astype(int))
-    width = max(len(w) for w in ev.weights)
-    weights = np.full((len(part), width), np.nan)
-    for row, i in enumerate(order):
-        weights[row, : len(ev.weights[i])] = ev.weights[i]
-    frame.update({f"w_{j}": weights[:, j] for j in range(width)})
+    frame.update(prob=ev.probs, pred=(ev.probs >= threshold).astype(int))  # ev is in BagSet order
+    if wide:
+        width = max(len(w) for w in ev.weights)
+        weights = np.full((len(part), width), np.nan)
+        for row, w in enumerate(ev.weights):
+            weights[row, : len(w)] = w
+        frame.update({f"w_{j}": weights[:, j] for j in range(width)})
     return pd.DataFrame(frame)
+
+
+def window_weights_frame(part: BagSet, ev: Evaluation) -> pd.DataFrame:
+    """Long format, one row per window: bag_id, window, weight."""
+    lengths = [len(w) for w in ev.weights]
+    return pd.DataFrame({"bag_id": np.repeat(part.bag_ids, lengths),
+                         "window": np.concatenate([np.arange(n) for n in lengths]),
+                         "weight": np.concatenate(ev.weights)})
 
 
 def environment() -> dict:
@@ -111,7 +128,8 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     threshold = tune_threshold(val.labels, val.probs, cfg.threshold_method, cfg.fixed_threshold)
     test_metrics = binary_metrics(test.labels, test.probs, threshold)
     test_metrics["ci"] = bootstrap_ci(test.labels, test.probs, threshold, n_boot=cfg.n_bootstrap, seed=cfg.seed)
-    predictions = pd.concat([predictions_frame(data.parts[name], evaluations[name], threshold, name)
+    wide = has_short_bags(*evaluations.values())
+    predictions = pd.concat([predictions_frame(data.parts[name], evaluations[name], threshold, name, wide)
                              for name in SPLITS], ignore_index=True)
     results = {
         "tag": model.config.tag(),

@@ -15,6 +15,7 @@ import pandas as pd
 
 from arcmil.checkpoint import save_checkpoint
 from arcmil.errors import ArcmilError
+from arcmil.pipeline import window_weights_frame
 from arcmil.plots import plot_pr, plot_roc, plot_training_curves, plot_window_heatmap
 
 ROW_METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
@@ -128,6 +129,9 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
                     normalizer=result.normalizer, extra={"results_summary": results_row(result.results)})
     write_results(directory, result)
     result.predictions.to_csv(directory / "predictions.csv", index=False)
+    if "w_0" not in result.predictions.columns:  # long bags: window weights in long format
+        pd.concat([window_weights_frame(result.parts[name], ev) for name, ev in result.evaluations.items()]
+                  ).to_csv(directory / "window_weights.csv", index=False)
     result.predictions[["bag_id", "split"]].to_csv(directory / "split.csv", index=False)
 
     tag = result.tag

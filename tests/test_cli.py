@@ -193,3 +193,18 @@ def test_compare_over_folds_pairs_the_same_folds(data_file, tmp_path, capsys):
     assert (pd.read_csv(out / "paired_tests.csv")["n"] == 3).all()
     assert (out / "instance_max" / "cv_summary.json").exists()
     assert "3-fold stratified CV" in capsys.readouterr().out
+
+
+def test_long_bags_get_window_weights_in_long_format(tmp_path, capsys):
+    bags = make_demo_bags(n_bags=40, seed=3)
+    bags = bags.with_bags([np.tile(b, (60, 1)) if i == 0 else b for i, b in enumerate(bags.bags)])  # 600 windows
+    bags.instance_labels = None
+    data = save_bags(bags, tmp_path / "long.npz")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *FAST]) == 0
+    assert "w_0" not in pd.read_csv(tmp_path / "run" / "predictions.csv").columns
+    weights = pd.read_csv(tmp_path / "run" / "window_weights.csv")
+    assert len(weights) == 600 + 39 * 10 and set(weights.columns) == {"bag_id", "window", "weight"}
+    np.testing.assert_allclose(weights.groupby("bag_id")["weight"].sum(), 1.0, rtol=1e-5)
+    assert main(["predict", "--checkpoint", str(tmp_path / "run" / "best_attention_mil.pth"), "--data", str(data),
+                 "--out", str(tmp_path / "scores.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "scores_window_weights.csv")) == 990
