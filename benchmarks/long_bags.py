@@ -131,9 +131,12 @@ def main(argv=None) -> int:
         by_case.setdefault(key(r), {})[r["mode"]] = r
 
     def cell(r, field, fmt):
+        """The measurement, or why there is none (said once, in the seconds column)."""
         if r is None:
             return "—"
-        return fmt.format(r[field]) if r.get("status") == "ok" else r["status"]
+        if r.get("status") == "ok":
+            return fmt.format(r[field])
+        return r["status"] if field == "seconds" else "—"
 
     for (model, option, n), modes in by_case.items():
         s, t = modes.get("score"), modes.get("train")
