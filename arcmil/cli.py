@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="new store directory")
     convert.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                          help="window storage precision (default float16: half the disk, read as float32)")
-    convert.add_argument("--chunk-windows", type=int, default=2**17, help="windows per written chunk")
+    convert.add_argument("--chunk-windows", type=int, default=2**16, help="windows per written chunk")
 
     demo = commands.add_parser("demo-data", help="write the built-in demo dataset")
     demo.add_argument("--out", required=True, help="file to write (.npz, .pt, .csv or .parquet)")

@@ -134,36 +134,49 @@ class Evaluation:
     loss: float | None = None
 
 
+def _window_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Positions in a flat per-window array of bags starting at ``starts``, bag after bag."""
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+
+
 @torch.inference_mode()
 def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32") -> Evaluation:
-    """Score every bag in eval mode (dropout off), restoring the model's previous mode after. Under
-    DDP each rank scores its shards and every rank receives all scores."""
+    """Score every bag of ``loader.bs`` in eval mode (dropout off), restoring the model's mode after.
+    Under DDP each rank scores its shards and every rank receives all scores.
+
+    Results go into arrays allocated once up front: many small long-lived per-batch objects would
+    fragment the heap and hold on to memory in proportion to the data scanned."""
     was_training = model.training
     model.eval()
-    probs, labels, weights, index, total = [], [], [], [], 0.0
+    lengths = loader.bs.lengths
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    probs, flat = np.zeros(len(lengths)), np.zeros(int(lengths.sum()), dtype=np.float32)
+    scored, total = np.zeros(len(lengths), dtype=bool), 0.0
     for batch in loader:
         batch = batch.to(device)
         with autocast(device, precision):
             logits, w = model(batch.x, batch.mask)
         logits = logits.float()
-        probs.append(torch.sigmoid(logits).cpu().numpy())
-        lengths = batch.mask.sum(dim=1).tolist()
-        weights.extend(row[:n].numpy() for row, n in zip(w.float().cpu(), lengths))
-        index.append(batch.index.numpy())
-        if batch.y is not None:
-            labels.append(batch.y.cpu().numpy())
-            if criterion is not None:
-                total += criterion.to(device)(logits, batch.y).item() * len(batch.y)
+        index = batch.index.numpy()
+        probs[index] = torch.sigmoid(logits).cpu().numpy()
+        flat[_window_rows(starts[index], lengths[index])] = w.float()[batch.mask].cpu().numpy()
+        scored[index] = True
+        if batch.y is not None and criterion is not None:
+            total += criterion.to(device)(logits, batch.y).item() * len(batch.y)
     model.train(was_training)
-    parts = loader.world.gather((probs, labels, weights, index, total))
-    probs, labels, index = ([a for part in parts for a in part[k]] for k in (0, 1, 3))
-    weights = [w for part in parts for w in part[2]]
-    index = np.concatenate(index)
-    order = np.argsort(index, kind="stable")
-    labels = np.concatenate(labels).astype(int)[order] if labels else None
-    loss = sum(part[4] for part in parts) / len(labels) if labels is not None and criterion is not None else None
-    return Evaluation(np.concatenate(probs).astype(np.float64)[order], labels, [weights[i] for i in order],
-                      index[order], loss)
+    if loader.world.active:  # every rank filled its own bags: merge
+        parts = loader.world.gather((probs, flat, scored, total))
+        for part_probs, part_flat, part_scored, _ in parts:
+            probs[part_scored] = part_probs[part_scored]
+            rows = _window_rows(starts[part_scored], lengths[part_scored])
+            flat[rows] = part_flat[rows]
+            scored |= part_scored
+        total = sum(part[3] for part in parts)
+    index = np.flatnonzero(scored)
+    weights = np.split(flat, np.cumsum(lengths)[:-1])
+    labels = None if loader.bs.labels is None else loader.bs.labels[index].astype(int)
+    loss = total / len(index) if labels is not None and criterion is not None else None
+    return Evaluation(probs[index], labels, [weights[i] for i in index], index, loss)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Datasets larger than memory: an on-disk store against the in-memory path, on >= 2,000,000 windows.
 
-Writes random bags (default 200,000 bags x 10 windows x 256-d = 2,048,000 windows, 2.0 GB as float32)
+Writes random bags (default 200,000 bags x 10 windows x 256-d = 2,000,000 windows, 1.9 GiB as float32)
 as a Parquet table (row group by row group) and as an .npz, then runs, each in a fresh process:
   convert       arcmil convert table.parquet -> store (float16), streamed chunk by chunk
   train memory  arcmil train --data bags.npz   (one epoch; the whole array in memory)

@@ -68,8 +68,11 @@ def _table_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             import pyarrow.parquet as pq
         except ImportError:
             raise DataError(str(path), "reading parquet needs pyarrow: pip install 'arcmil[parquet]'") from None
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-            yield batch.to_pandas()
+        table = pq.ParquetFile(path)
+        for group in range(table.num_row_groups):  # one row group at a time: memory bounded by its size
+            rows = table.read_row_group(group)
+            for start in range(0, rows.num_rows, chunk_rows):
+                yield rows.slice(start, chunk_rows).to_pandas()
     else:
         yield from pd.read_csv(path, dtype={"bag_id": str, "split": str}, chunksize=chunk_rows)
 
@@ -97,7 +100,7 @@ def _complete_bag_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         yield pending
 
 
-def iter_bag_chunks(path: str | os.PathLike, chunk_windows: int = 2**17) -> Iterator[BagSet]:
+def iter_bag_chunks(path: str | os.PathLike, chunk_windows: int = 2**16) -> Iterator[BagSet]:
     """Validated BagSets of whole bags, about ``chunk_windows`` windows each. Tables (.csv/.parquet)
     are streamed; .npz/.pt files and ``mil:`` datasets are whole-array formats, read at once."""
     from arcmil.data.readers import TABLE_SUFFIXES, load_bags
@@ -181,7 +184,7 @@ class _StoreWriter:
 
 
 def convert_to_store(path: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float16",
-                     chunk_windows: int = 2**17) -> dict:
+                     chunk_windows: int = 2**16) -> dict:
     """Write the bags of ``path`` (any supported input) as a new store at ``out``, chunk by chunk.
     Nothing is left at ``out`` if the input is bad."""
     from arcmil.report import staged_dir
