@@ -95,8 +95,10 @@ def weighted_bce(train_labels: np.ndarray) -> nn.BCEWithLogitsLoss:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
-    # fused: one kernel for all parameters instead of a Python loop over them (same update rule)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    # fused: one kernel for all parameters instead of a Python loop over them (same update rule);
+    # torch >= 2.4 has it for CPU and CUDA parameters
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
                                                            patience=cfg.lr_patience)
     return optimizer, scheduler

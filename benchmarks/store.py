@@ -50,9 +50,11 @@ def make_data(directory: Path, n_bags: int, n_windows: int, dim: int, chunk_bags
 
 
 def child(argv: list[str], threads: int) -> dict:
-    """Run ``arcmil argv`` in a fresh process; its wall seconds and peak RSS."""
-    code = ("import json, resource, sys; from arcmil.cli import main; rc = main(sys.argv[1:]); "
-            "print(json.dumps({'rc': rc, 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+    """Run ``arcmil argv`` in a fresh process; its wall seconds and peak RSS. The peak is the child's
+    own VmHWM: Linux carries ru_maxrss across fork and exec, so it would include this process's."""
+    code = ("import json, re, sys; from arcmil.cli import main; rc = main(sys.argv[1:]); "
+            "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); "
+            "print(json.dumps({'rc': rc, 'peak_rss_mb': hwm / 1024}))")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     tic = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
