@@ -132,6 +132,26 @@ def bench_model(name: str, bags: BagSet, cfg: TrainConfig, score_batch: int, rep
     return row
 
 
+def profile_steps(name: str, bags: BagSet, cfg: TrainConfig, steps: int = 50) -> dict:
+    """Where one arcmil training step's time goes (torch.profiler, self CPU time per step)."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    model = build_model(name, input_dim=bags.dim)
+    criterion, (optimizer, _) = weighted_bce(bags.labels), make_optimizer(model, cfg)
+    loader = make_loader(bags.subset(np.arange(cfg.batch_size * steps)), cfg.batch_size, shuffle=True,
+                         normalizer=Normalizer("l2"))
+    train_one_epoch(model, loader, criterion, optimizer, "cpu")  # warm-up
+    with profile() as prof:
+        tic = time.perf_counter()
+        train_one_epoch(model, loader, criterion, optimizer, "cpu")
+        step_ms = (time.perf_counter() - tic) / steps * 1e3
+    self_ms = {e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()}
+    matmul = sum(self_ms.get(k, 0.0) for k in ("aten::mm", "aten::addmm", "aten::bmm"))
+    return {"model": name, "step_ms": step_ms, "matmul_ms": matmul,
+            "dropout_rng_ms": self_ms.get("aten::bernoulli_", 0.0), "top_ops_ms": dict(sorted(self_ms.items(), key=lambda kv: -kv[1])[:8])}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -141,6 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--score-batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--profile", action="store_true", help="also profile where a training step's time goes")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "speed.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -166,12 +187,16 @@ def main(argv=None) -> int:
               f" | {r['naive_score_bags_per_s']:.0f} | {r['arcmil_score_bags_per_s']:.0f} | {r['score_speedup']:.2f}x"
               f" | {r['arcmil_score_gflops']:.1f} ({r['score_fraction_of_matmul']:.0%}) | "
               f"{r['train_mflop_per_bag']:.2f} / {r['score_mflop_per_bag']:.2f} |")
+    profiles = [profile_steps(m, bags, cfg) for m in args.models.split(",")] if args.profile else []
+    for p in profiles:
+        print(f"{p['model']}: {p['step_ms']:.2f} ms per training step under the profiler, of which matrix products "
+              f"{p['matmul_ms']:.2f} ms and dropout masks {p['dropout_rng_ms']:.2f} ms (self CPU time)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "matmul_gflops": peak,
                                "n_bags": args.n_bags, "windows": args.windows, "dim": args.dim,
-                               "train_batch": cfg.batch_size, "score_batch": args.score_batch, "rows": rows},
-                              indent=2))
+                               "train_batch": cfg.batch_size, "score_batch": args.score_batch, "rows": rows,
+                               "profiles": profiles}, indent=2))
     print(f"wrote {out}")
     return 0
 
