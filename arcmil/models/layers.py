@@ -125,6 +125,10 @@ class EncoderLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d_model, dim_feedforward), nn.GELU() if activation == "gelu" else nn.ReLU(),
                                 nn.Dropout(dropout_p), nn.Linear(dim_feedforward, d_model))
         self.dropout = nn.Dropout(dropout_p)
+        # nn.MultiheadAttention's initialisation: Xavier-uniform input projection, zero biases
+        nn.init.xavier_uniform_(self.qkv.weight)
+        nn.init.zeros_(self.qkv.bias)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, h: torch.Tensor, key_mask: torch.Tensor, return_cls_attention: bool = False):
         """h: (B, T, d); key_mask: (B, T). Returns (h (B, T, d), cls_attention (B, T) or None),

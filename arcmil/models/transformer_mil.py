@@ -1,6 +1,8 @@
 """TransformerMIL: windows interact through self-attention, then an attention (or top-k) pool."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -23,9 +25,10 @@ class TransformerMIL(nn.Module):
         self.proj = nn.Linear(c.input_dim, c.d_model)
         self.pos = PositionalEncoding(c.pos_enc, c.d_model, c.max_len, c.dropout_p)
         # the note's nn.TransformerEncoderLayer(norm_first=True) (ReLU), with linear-memory attention
-        self.layers = nn.ModuleList(
-            EncoderLayer(c.d_model, c.nhead, c.dim_feedforward, c.dropout_p, activation="relu",
-                         attention=c.attention, num_landmarks=c.num_landmarks) for _ in range(c.num_layers))
+        layer = EncoderLayer(c.d_model, c.nhead, c.dim_feedforward, c.dropout_p, activation="relu",
+                             attention=c.attention, num_landmarks=c.num_landmarks)
+        # like nn.TransformerEncoder, every layer starts from the same (deep-copied) initial weights
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(c.num_layers))
         # pre-norm layers leave the residual stream unnormalised: close with a LayerNorm
         self.norm = nn.LayerNorm(c.d_model)
         if c.pool == "topk":
