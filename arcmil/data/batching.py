@@ -10,7 +10,7 @@ from arcmil.data.bagset import BagSet
 from arcmil.data.packed import PackedBags
 from arcmil.distributed import SINGLE, World
 
-BUCKET_BATCHES = 50  # length bucketing sorts windows of this many batches at a time
+BUCKET_BATCHES = 50  # length bucketing sorts the bags of this many batches at a time
 
 
 @dataclass
@@ -55,8 +55,8 @@ def collate(bs: BagSet, index, normalizer=None, loss_scale: float = 1.0) -> Batc
 class BagLoader:
     """Iterates padded ``Batch``es of a BagSet.
 
-    shuffle: a new permutation each epoch from the loader's own generator seeded with ``seed``
-    (the order of torch's DataLoader with a seeded RandomSampler), independent of global RNG state.
+    shuffle: a new permutation each epoch from the loader's own generator seeded with ``seed``,
+    independent of global RNG state (so dropout draws do not change the batch order).
     bucket: batches of bags of similar length (less padding for long, uneven bags): every
     ``BUCKET_BATCHES`` batches' worth of bags is sorted by length and cut into batches, whose order is
     then shuffled (training) or kept (evaluation).
