@@ -149,7 +149,8 @@ def profile_steps(name: str, bags: BagSet, cfg: TrainConfig, steps: int = 50) ->
     self_ms = {e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()}
     matmul = sum(self_ms.get(k, 0.0) for k in ("aten::mm", "aten::addmm", "aten::bmm"))
     return {"model": name, "step_ms": step_ms, "matmul_ms": matmul,
-            "dropout_rng_ms": self_ms.get("aten::bernoulli_", 0.0), "top_ops_ms": dict(sorted(self_ms.items(), key=lambda kv: -kv[1])[:8])}
+            "dropout_rng_ms": self_ms.get("aten::bernoulli_", 0.0),
+            "top_ops_ms": dict(sorted(self_ms.items(), key=lambda kv: -kv[1])[:8])}
 
 
 def main(argv=None) -> int:
