@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train and evaluate one model")
     train.add_argument("--model", choices=model_names(), help="registered model (default attention_mil)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch")
+    train.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
     _add_run_flags(train)
 
     compare = commands.add_parser("compare", help="train several models through the identical pipeline")
@@ -152,22 +154,62 @@ def _join_world(device: str):
     return init_world(select_device(device))
 
 
-def cmd_train(args) -> None:
-    from arcmil.compare import SINGLE_COLUMNS
-    from arcmil.pipeline import run_experiment
-    from arcmil.report import markdown_table, results_row, staged_dir, write_run
+def _train_settings(args) -> tuple[dict, Path, dict | None]:
+    """(resolved settings, run directory, resume state): a new run's, or the interrupted run's."""
+    from arcmil.runstate import CONFIG_FILE, load_resume, read_status
+    from arcmil.settings import resolved_train_settings
 
-    settings = resolve_settings(args)
-    model = settings.get("model", "attention_mil")
-    cfg, overrides = train_config(settings), model_overrides(model, settings, strict=True)
-    explicit_out = settings.get("out") and _fresh_out(settings, model)
-    world = _join_world(cfg.device)
-    result = run_experiment(_bags(settings), model, cfg, world, **overrides)
-    if not world.is_main:  # every rank holds the same result; rank 0 writes it
+    if args.resume:
+        out = Path(args.resume)
+        status = read_status(out)["status"]
+        if status == "complete":
+            raise ArcmilError(f"{out}: this run is complete; nothing to resume")
+        return read_yaml(out / CONFIG_FILE), out, load_resume(out)
+    from arcmil.models.registry import make_config
+
+    given = resolve_settings(args)
+    settings = resolved_train_settings(given)
+    tag = make_config(settings["model"], **model_overrides(settings["model"], settings)).tag()
+    return settings, _fresh_out(given, tag), None
+
+
+def cmd_train(args) -> None:
+    import tempfile
+
+    import yaml
+
+    from arcmil.compare import SINGLE_COLUMNS
+    from arcmil.pipeline import check_inputs, environment, run_experiment
+    from arcmil.report import markdown_table, results_row, write_run
+    from arcmil.runstate import RESUME_FILE, save_resume, set_status, start_run
+
+    settings, out, resume = _train_settings(args)
+    if args.print_config:
+        print(yaml.safe_dump(settings, sort_keys=False), end="")
         return
-    out = explicit_out or _fresh_out(settings, result.tag)
-    with staged_dir(out) as tmp:
-        write_run(tmp, result)
+    model = settings["model"]
+    cfg, overrides = train_config(settings), model_overrides(model, settings, strict=True)
+    bags = _bags(settings)
+    check_inputs(bags, model, cfg, overrides)  # bad input fails here, before the run directory exists
+    world = _join_world(cfg.device)
+    if world.is_main and resume is None:
+        start_run(out, settings, environment())
+    try:
+        saver = (lambda state: (save_resume(out, state), set_status(out, "running", epoch=state["epoch"]))
+                 ) if world.is_main else None
+        result = run_experiment(bags, model, cfg, world, resume=resume, on_epoch=saver, **overrides)
+        if not world.is_main:  # every rank holds the same result; rank 0 writes it
+            return
+        with tempfile.TemporaryDirectory(prefix=".outputs-", dir=out) as tmp:
+            write_run(tmp, result)
+            for path in Path(tmp).iterdir():  # each file appears whole (rename)
+                path.replace(out / path.name)
+    except BaseException as exc:
+        if world.is_main:
+            set_status(out, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    set_status(out, "complete", best_epoch=result.results["best_epoch"])
+    (out / RESUME_FILE).unlink(missing_ok=True)
     print(markdown_table([results_row(result.results)], SINGLE_COLUMNS))
     print(f"run written to {out}")
 

@@ -21,6 +21,7 @@ from arcmil.distributed import SINGLE, World
 from arcmil.errors import DataError
 from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
 from arcmil.models import build_model
+from arcmil.models.registry import make_config
 from arcmil.train import (
     Evaluation,
     FitResult,
@@ -165,10 +166,18 @@ def check_fits(bags: BagSet, model_config) -> None:
                         field="embeddings")
 
 
-def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), world: World = SINGLE,
-                   **model_overrides) -> RunResult:
+def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_overrides: dict) -> None:
+    """What can be wrong with a run's input, checked before anything is written: the split (both
+    classes in each part) and bag lengths against the model."""
+    split_parts(assign_split(bags, cfg.seed))
+    check_fits(bags, make_config(model_name, input_dim=bags.dim, **model_overrides))
+
+
+def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), world: World = SINGLE, *,
+                   resume: dict | None = None, on_epoch=None, **model_overrides) -> RunResult:
     """Train and evaluate one registered model on ``bags`` (the whole pipeline, nothing written).
-    ``world``: under torchrun, this rank's place; every rank returns the same result."""
+    ``world``: under torchrun, this rank's place; every rank returns the same result.
+    ``resume`` / ``on_epoch``: continue from, and report, per-epoch training states (see train_model)."""
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     data = prepare_data(bags, cfg)
@@ -178,5 +187,6 @@ def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig
     criterion = weighted_bce(data.parts["train"].labels)
     optimizer, scheduler = make_optimizer(model, cfg)
     fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,
-                      desc=model.config.tag(), runner=runner_for(model, cfg, world, device))
+                      desc=model.config.tag(), runner=runner_for(model, cfg, world, device), resume=resume,
+                      on_epoch=on_epoch)
     return finalize(model_name, model, data, criterion, fit, cfg, device, world)

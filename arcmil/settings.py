@@ -82,3 +82,16 @@ def model_overrides(model_name: str, settings: dict, strict: bool = True) -> dic
     return out
 
 
+
+
+def resolved_train_settings(settings: dict) -> dict:
+    """Every setting of one ``arcmil train`` run, defaults filled in: what config.yaml records and
+    ``--print-config`` shows. Feeding it back (``--config``) reproduces the run."""
+    from arcmil.models.registry import make_config
+
+    model = settings.get("model", "attention_mil")
+    config = make_config(model, **model_overrides(model, settings, strict=True))
+    resolved = {"model": model, **({"data": settings["data"]} if settings.get("data") else {}),
+                **dataclasses.asdict(train_config(settings))}
+    resolved.update({k: v for k, v in dataclasses.asdict(config).items() if k not in INFERRED})
+    return resolved

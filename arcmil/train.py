@@ -18,6 +18,7 @@ from arcmil.data.prepare import NORMALIZATIONS
 from arcmil.distributed import World, local_device
 from arcmil.errors import ConfigError
 from arcmil.metrics import THRESHOLD_METHODS
+from arcmil.runstate import rng_state, set_rng_state
 
 MONITORS = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
 PRECISIONS = ("fp32", "bf16")
@@ -195,17 +196,32 @@ def _val_metrics(val: Evaluation) -> dict:
 
 
 def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler, cfg: TrainConfig,
-                device, desc: str = "train", runner: nn.Module | None = None) -> FitResult:
+                device, desc: str = "train", runner: nn.Module | None = None, resume: dict | None = None,
+                on_epoch=None) -> FitResult:
     """Train up to ``cfg.epochs`` epochs, stop after ``cfg.patience`` epochs without improvement of
     ``cfg.monitor``, and leave the model holding its best state. ``runner``: the (DDP/compiled)
-    module that computes, sharing ``model``'s weights."""
+    module that computes, sharing ``model``'s weights.
+
+    ``on_epoch(state)`` receives after every epoch everything needed to continue (weights, optimizer,
+    scheduler, early-stopping state, RNG states, history); ``resume`` is such a state: training goes
+    on from the epoch after it exactly as if it had never stopped."""
     runner = model if runner is None else runner
     sign = 1.0 if MONITORS[cfg.monitor] == "min" else -1.0
-    best_score, best_state, best_epoch, waited = float("inf"), None, 0, 0
-    history, start = [], time.perf_counter()
+    best_score, best_state, best_epoch, waited, history, done = float("inf"), None, 0, 0, [], 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        train_loader.generator.set_state(resume["loader"])
+        set_rng_state(resume["rng"])
+        best_score, best_state, best_epoch = resume["best_score"], resume["best_state"], resume["best_epoch"]
+        waited, history, done = resume["waited"], resume["history"], resume["epoch"]
+    start = time.perf_counter()
     show = cfg.progress and train_loader.world.is_main
-    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not show, leave=False)
+    bar = tqdm(range(done + 1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not show, leave=False)
     for epoch in bar:
+        if waited >= cfg.patience:
+            break
         tic = time.perf_counter()
         train_loss = train_one_epoch(runner, train_loader, criterion, optimizer, device, cfg.precision)
         val = evaluate(runner, val_loader, criterion, device, cfg.precision)
@@ -225,8 +241,11 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
         if show:
             tqdm.write(f"[{desc}] epoch {epoch:>2}  train_loss {train_loss:.4f}  val_loss {row['val_loss']:.4f}  "
                        f"val_roc_auc {row['val_roc_auc']:.4f}  lr {row['lr']:.2e}{'  *' if improved else ''}")
-        if waited >= cfg.patience:
-            break
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "loader": train_loader.generator.get_state(),
+                      "rng": rng_state(), "best_score": best_score, "best_state": best_state,
+                      "best_epoch": best_epoch, "waited": waited, "history": history})
     model.load_state_dict(best_state)
     return FitResult(best_epoch, history, stopped_early=len(history) < cfg.epochs,
                      seconds=time.perf_counter() - start)

@@ -1,0 +1,124 @@
+"""Crash-safe run directories: resolved config, provenance, status, and a resumable state per epoch.
+
+A run directory holds from its first second:
+  config.yaml      the resolved settings (``arcmil train --config RUN/config.yaml`` reruns it)
+  run_info.json    package versions, data fingerprint (SHA-256), git commit when available
+  run_state.json   status: running | complete | failed (with the error), last finished epoch
+  resume.pt        model, optimizer, scheduler, early-stopping state, RNG states, history after
+                   the last finished epoch (``arcmil train --resume RUN``); removed on completion
+Every file is written to a temporary sibling and renamed into place, so a kill at any moment leaves
+either the previous or the new version, never a torn one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import random
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from arcmil.errors import ArcmilError
+
+STATE_FILE, RESUME_FILE, CONFIG_FILE, INFO_FILE = "run_state.json", "resume.pt", "config.yaml", "run_info.json"
+
+
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp_path)``, then rename over ``path`` (atomic on POSIX)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def data_fingerprint(data: str | None) -> dict:
+    """SHA-256 of the data file (of every file of a store directory); the name for built-in data."""
+    if not data or str(data).startswith("mil:"):
+        return {"source": data or "built-in demo data", "sha256": None}
+    path = Path(data)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return {"source": str(path), "sha256": digest.hexdigest()}
+
+
+def git_commit() -> str | None:
+    """The commit of the arcmil checkout in use, when it is one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def start_run(out: Path, settings: dict, environment: dict) -> None:
+    """Create the run directory with its config, provenance and 'running' status."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / CONFIG_FILE, yaml.safe_dump(settings, sort_keys=False))
+    info = {"versions": environment, "data": data_fingerprint(settings.get("data")), "git_commit": git_commit()}
+    write_text(out / INFO_FILE, json.dumps(info, indent=2))
+    set_status(out, "running")
+
+
+def set_status(out: Path, status: str, **fields) -> None:
+    state = {"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+    write_text(out / STATE_FILE, json.dumps(state, indent=2))
+
+
+def read_status(out: Path) -> dict:
+    try:
+        return json.loads((out / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        raise ArcmilError(f"{out}: not an arcmil run directory (no readable {STATE_FILE})") from None
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states as plain data and tensors (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                        has_gauss, gauss],
+            "python": [version, list(internal), py_gauss]}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, py_gauss = state["python"]
+    random.setstate((version, tuple(internal), py_gauss))
+
+
+def save_resume(out: Path, state: dict) -> None:
+    atomic_write(out / RESUME_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def load_resume(out: Path) -> dict | None:
+    """The state after the last finished epoch, or None when the run died before finishing one."""
+    path = out / RESUME_FILE
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+        raise ArcmilError(f"{path}: not a readable resume state ({str(exc).splitlines()[0]})") from None

@@ -1,0 +1,86 @@
+"""A run killed at any moment (SIGKILL) continues with --resume and ends bit-identical to an
+uninterrupted run; the run directory records its status and resolved config."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from arcmil.data import save_bags
+from arcmil.demo import make_demo_bags
+
+ARGS = ["train", "--model", "transmil", "--epochs", "7", "--patience", "10", "--n-bootstrap", "50", "--no-progress",
+        "--device", "cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def arcmil(*args):
+    return subprocess.run([sys.executable, "-m", "arcmil", *map(str, args)], capture_output=True, text=True, env=ENV,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    data = save_bags(make_demo_bags(n_bags=400, seed=6), root / "bags.npz")
+    full = arcmil(*ARGS, "--data", data, "--out", root / "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    return root, data
+
+
+def outputs(run):
+    results = json.loads((run / "stage3_transmil_results.json").read_text())
+    history = [{k: v for k, v in row.items() if k != "seconds"} for row in results["history"]]
+    weights = torch.load(run / "best_transmil.pth", weights_only=True)["state_dict"]
+    return results["test"], history, results["threshold"], pd.read_csv(run / "predictions.csv"), weights
+
+
+@pytest.mark.parametrize("kill_after_epoch", [0, 2, 5])
+def test_killed_run_resumes_to_identical_results(runs, kill_after_epoch):
+    root, data = runs
+    run = root / f"killed_{kill_after_epoch}"
+    proc = subprocess.Popen([sys.executable, "-m", "arcmil", *ARGS, "--data", str(data), "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    state = run / "run_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text()).get("epoch", 0) >= kill_after_epoch:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    status = json.loads(state.read_text())
+    assert status["status"] == "running" and not (run / "predictions.csv").exists()
+    resumed = arcmil("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(state.read_text())["status"] == "complete" and not (run / "resume.pt").exists()
+    test, history, threshold, predictions, weights = outputs(run)
+    ref_test, ref_history, ref_threshold, ref_predictions, ref_weights = outputs(root / "full")
+    assert test == ref_test and history == ref_history and threshold == ref_threshold
+    pd.testing.assert_frame_equal(predictions, ref_predictions, check_exact=True)
+    assert weights.keys() == ref_weights.keys()
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+
+
+def test_run_directory_records_config_provenance_and_refuses_a_second_resume(runs):
+    root, data = runs
+    full = root / "full"
+    assert json.loads((full / "run_state.json").read_text())["status"] == "complete"
+    info = json.loads((full / "run_info.json").read_text())
+    assert info["data"]["sha256"] and info["versions"]["torch"] == torch.__version__
+    config = yaml.safe_load((full / "config.yaml").read_text())
+    assert config["model"] == "transmil" and config["epochs"] == 7 and config["d_model"] == 128
+    again = arcmil("train", "--resume", full)
+    assert again.returncode == 2 and "complete; nothing to resume" in again.stderr
+    rerun = arcmil("train", "--config", full / "config.yaml", "--out", root / "rerun")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.read_csv(root / "rerun" / "predictions.csv"), pd.read_csv(full / "predictions.csv"))
+    printed = arcmil("train", "--config", full / "config.yaml", "--print-config")
+    assert yaml.safe_load(printed.stdout) == config
