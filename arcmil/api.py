@@ -1,0 +1,120 @@
+"""A scikit-learn-shaped estimator for notebooks, over the same pipeline as the command line."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pandas as pd
+
+from arcmil.data import BagSet, Normalizer, load_bags, make_loader, validate
+from arcmil.errors import ConfigError
+from arcmil.train import TrainConfig
+
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def as_bags(X, y=None, *, require_labels: bool = False) -> BagSet:
+    """A validated BagSet from a BagSet, a bag file/store path, or a list of (n_i, D) arrays (+ ``y``)."""
+    if isinstance(X, BagSet):
+        return X
+    if isinstance(X, (str, os.PathLike)):
+        return load_bags(X, require_labels=require_labels)
+    bags = [np.asarray(b, dtype=np.float32) for b in X]
+    labels = None if y is None else np.asarray(y)
+    return validate(BagSet(bags, labels, np.array([str(i) for i in range(len(bags))])),
+                    require_labels=require_labels)
+
+
+class MILClassifier:
+    """``MILClassifier(model="transmil", epochs=20, d_model=64).fit(bags)``.
+
+    Keyword arguments are training settings (TrainConfig: seed, epochs, batch_size, lr, …) or the
+    model's hyper-parameters. ``fit`` runs arcmil's pipeline (split when the bags have none, early
+    stopping on validation, threshold tuned on validation) and sets ``model_``, ``threshold_``,
+    ``normalizer_``, ``results_`` (the run's metrics and history) and ``classes_``.
+    """
+
+    def __init__(self, model: str = "attention_mil", **params):
+        self.model = model
+        self.params = params
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"model": self.model, **self.params}
+
+    def set_params(self, **params) -> "MILClassifier":
+        self.model = params.pop("model", self.model)
+        self.params.update(params)
+        return self
+
+    def _train_config(self) -> tuple[TrainConfig, dict]:
+        train = {k: v for k, v in self.params.items() if k in TRAIN_KEYS}
+        return TrainConfig(**{"progress": False, **train}), {k: v for k, v in self.params.items() if k not in train}
+
+    def fit(self, X, y=None) -> "MILClassifier":
+        from arcmil.pipeline import check_inputs, run_experiment
+
+        bags = as_bags(X, y, require_labels=True)
+        cfg, overrides = self._train_config()
+        check_inputs(bags, self.model, cfg, overrides)
+        result = run_experiment(bags, self.model, cfg, **overrides)
+        self.model_, self.threshold_, self.normalizer_ = result.model, result.threshold, result.normalizer
+        self.results_, self.classes_ = result.results, np.array([0, 1])
+        self.model_name_, self.threshold_method_ = self.model, cfg.threshold_method
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise ConfigError("this MILClassifier is not fitted yet; call fit() or MILClassifier.load() first")
+
+    def predict_proba(self, X, batch_size: int = 64) -> np.ndarray:
+        """(n_bags, 2): probabilities of class 0 and class 1."""
+        from arcmil.pipeline import check_fits
+        from arcmil.train import evaluate
+
+        self._check_fitted()
+        bags = as_bags(X)
+        self.normalizer_.check_dim(bags)
+        check_fits(bags, self.model_.config)
+        device = next(self.model_.parameters()).device
+        positive = evaluate(self.model_, make_loader(bags, batch_size, normalizer=self.normalizer_, bucket=True),
+                            device=device).probs
+        return np.column_stack([1.0 - positive, positive])
+
+    def predict(self, X) -> np.ndarray:
+        """0/1 per bag at the validation-tuned ``threshold_``."""
+        return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
+
+    def score(self, X, y=None) -> float:
+        """Accuracy at ``threshold_`` (scikit-learn's classifier convention)."""
+        bags = as_bags(X, y, require_labels=True)
+        return float(np.mean(self.predict(bags) == bags.labels))
+
+    def explain(self, X, methods=("weights", "occlusion", "integrated_gradients"), steps: int = 32) -> pd.DataFrame:
+        """One row per window with each method's importance (see ``arcmil explain``)."""
+        from arcmil.explain import explain_bags
+
+        self._check_fitted()
+        bags = as_bags(X)
+        device = next(self.model_.parameters()).device
+        return explain_bags(self.model_, self.normalizer_(bags), list(methods), steps=steps, device=device)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """A checkpoint that ``MILClassifier.load`` and ``arcmil predict`` read."""
+        from arcmil.checkpoint import save_checkpoint
+
+        self._check_fitted()
+        save_checkpoint(path, self.model_, self.model_name_, threshold=self.threshold_,
+                        threshold_method=self.threshold_method_, normalizer=self.normalizer_)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "MILClassifier":
+        from arcmil.checkpoint import load_checkpoint
+
+        model, meta = load_checkpoint(path, device)
+        clf = cls(meta["model_name"], **{k: v for k, v in meta["model_config"].items() if k != "input_dim"})
+        clf.model_, clf.threshold_ = model, meta["threshold"]
+        clf.normalizer_, clf.classes_ = Normalizer.from_dict(meta["normalization"]), np.array([0, 1])
+        clf.results_ = meta.get("results_summary", {})
+        clf.model_name_, clf.threshold_method_ = meta["model_name"], meta["threshold_method"]
+        return clf
