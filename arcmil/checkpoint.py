@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from arcmil import __version__
-from arcmil.data.prepare import Normalizer
+from arcmil.data.prepare import NORMALIZATIONS, Normalizer
 from arcmil.errors import ArcmilError
-from arcmil.models import build_model
+from arcmil.models import build_model, model_names
 
 FORMAT = "arcmil-checkpoint-1"
 REQUIRED = ("format", "model_name", "model_config", "state_dict", "threshold", "normalization")
@@ -56,7 +56,34 @@ def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, d
     missing = [key for key in REQUIRED if not isinstance(payload, dict) or key not in payload]
     if missing or payload.get("format") != FORMAT:
         raise ArcmilError(f"{path}: not an arcmil checkpoint (missing {', '.join(missing) or 'format ' + FORMAT})")
-    model = build_model(payload["model_name"], **payload["model_config"])
-    model.load_state_dict(payload["state_dict"])
+    model = _rebuild(path, payload)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model.to(device).eval(), meta
+
+
+def _rebuild(path: Path, payload: dict) -> nn.Module:
+    """The model the checkpoint describes, with its weights; every field checked against the others."""
+    name, config = payload["model_name"], payload["model_config"]
+    if name not in model_names():
+        raise ArcmilError(f"{path}: model {name!r} is not a registered model of this arcmil "
+                          f"({', '.join(model_names())})")
+    try:
+        model = build_model(name, **config)
+    except (ArcmilError, TypeError) as exc:
+        raise ArcmilError(f"{path}: model_config does not describe a {name} ({exc})") from None
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ArcmilError(f"{path}: weights do not fit a {name} with the stored config ({detail})") from None
+    threshold = payload["threshold"]
+    if not isinstance(threshold, float) or not 0.0 <= threshold <= 1.0:
+        raise ArcmilError(f"{path}: threshold {threshold!r} is not a probability")
+    norm = payload["normalization"]
+    if not isinstance(norm, dict) or norm.get("kind") not in NORMALIZATIONS:
+        raise ArcmilError(f"{path}: unknown normalization {norm!r} (expected kind in {', '.join(NORMALIZATIONS)})")
+    if norm["kind"] == "standardize" and not (len(norm.get("mean") or ()) == len(norm.get("std") or ())
+                                              == config["input_dim"]):
+        raise ArcmilError(f"{path}: standardize statistics have {len(norm.get('mean') or ())} features, the model "
+                          f"input_dim is {config['input_dim']}")
+    return model

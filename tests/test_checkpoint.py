@@ -29,3 +29,29 @@ def test_refuses_pickled_code_and_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "other.pth")
     with pytest.raises(ArcmilError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pth")
+
+
+def _tampered(tmp_path, **changes):
+    model = build_model("attention_mil", input_dim=12, hidden_dim=8)
+    path = save_checkpoint(tmp_path / "m.pth", model, "attention_mil", threshold=0.4, threshold_method="f1",
+                           normalizer=Normalizer("l2"))
+    payload = torch.load(path, weights_only=True)
+    for key, change in changes.items():
+        payload[key] = change(payload[key])
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model_name": lambda _: "resnet"}, "model 'resnet' is not a registered model"),
+    ({"model_name": lambda _: "transmil"}, "model_config does not describe a transmil"),
+    ({"model_config": lambda c: {**c, "hidden_dim": 16}}, "weights do not fit a attention_mil.*size mismatch"),
+    ({"state_dict": lambda sd: {k: v for k, v in sd.items() if not k.startswith("classifier")}}, "Missing key"),
+    ({"threshold": lambda _: 1.7}, "threshold 1.7 is not a probability"),
+    ({"normalization": lambda _: {"kind": "zscore"}}, "unknown normalization"),
+    ({"normalization": lambda _: {"kind": "standardize", "mean": [0.0] * 5, "std": [1.0] * 5}},
+     "standardize statistics have 5 features, the model input_dim is 12"),
+])
+def test_checkpoint_fields_are_checked_against_each_other(tmp_path, changes, message):
+    with pytest.raises(ArcmilError, match=message):
+        load_checkpoint(_tampered(tmp_path, **changes))
