@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=model_names(), help="registered model (default attention_mil)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch")
     train.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
+    train.add_argument("--tracker", choices=("tensorboard", "wandb", "mlflow"),
+                       help="log config, epochs, final metrics and plots (extras arcmil[tensorboard|wandb|mlflow])")
     _add_run_flags(train)
 
     compare = commands.add_parser("compare", help="train several models through the identical pipeline")
@@ -182,6 +184,7 @@ def cmd_train(args) -> None:
     from arcmil.pipeline import check_inputs, environment, run_experiment
     from arcmil.report import markdown_table, results_row, write_run
     from arcmil.runstate import RESUME_FILE, save_resume, set_status, start_run
+    from arcmil.tracking import make_tracker
 
     settings, out, resume = _train_settings(args)
     if args.print_config:
@@ -194,20 +197,37 @@ def cmd_train(args) -> None:
     world = _join_world(cfg.device)
     if world.is_main and resume is None:
         start_run(out, settings, environment())
+    tracker = None
+    if world.is_main and settings.get("tracker"):
+        tracker = make_tracker(settings["tracker"], out, out.name, settings)
+
+    def on_epoch(state):
+        save_resume(out, state)
+        set_status(out, "running", epoch=state["epoch"])
+        if tracker:
+            tracker.log_epoch(state["epoch"], state["history"][-1])
+
     try:
-        saver = (lambda state: (save_resume(out, state), set_status(out, "running", epoch=state["epoch"]))
-                 ) if world.is_main else None
-        result = run_experiment(bags, model, cfg, world, resume=resume, on_epoch=saver, **overrides)
+        result = run_experiment(bags, model, cfg, world, resume=resume, on_epoch=on_epoch if world.is_main else None,
+                                **overrides)
         if not world.is_main:  # every rank holds the same result; rank 0 writes it
             return
         with tempfile.TemporaryDirectory(prefix=".outputs-", dir=out) as tmp:
             write_run(tmp, result)
             for path in Path(tmp).iterdir():  # each file appears whole (rename)
                 path.replace(out / path.name)
+        if tracker:
+            tracker.log_final({"validation": result.results["validation"], "test": result.results["test"],
+                               "threshold": result.threshold})
+            for image in sorted(out.glob("*.png")):
+                tracker.log_image(image)
     except BaseException as exc:
         if world.is_main:
             set_status(out, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if tracker:
+            tracker.close()
     set_status(out, "complete", best_epoch=result.results["best_epoch"])
     (out / RESUME_FILE).unlink(missing_ok=True)
     print(markdown_table([results_row(result.results)], SINGLE_COLUMNS))

@@ -17,7 +17,7 @@ from arcmil.models.registry import closest, config_classes
 from arcmil.train import MONITORS, PRECISIONS, TrainConfig
 
 RUN_KEYS = {"model": str, "models": str, "data": str, "out": str, "seeds": str, "folds": int, "repeats": int,
-            "val_fraction": float}
+            "val_fraction": float, "tracker": str}
 INFERRED = {"input_dim"}  # taken from the data, never set by hand
 
 
@@ -91,7 +91,7 @@ def resolved_train_settings(settings: dict) -> dict:
 
     model = settings.get("model", "attention_mil")
     config = make_config(model, **model_overrides(model, settings, strict=True))
-    resolved = {"model": model, **({"data": settings["data"]} if settings.get("data") else {}),
+    resolved = {"model": model, **{k: settings[k] for k in ("data", "tracker") if settings.get(k)},
                 **dataclasses.asdict(train_config(settings))}
     resolved.update({k: v for k, v in dataclasses.asdict(config).items() if k not in INFERRED})
     return resolved
