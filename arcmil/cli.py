@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", help="comma-separated seeds: mean ± std and paired tests over them")
     compare.add_argument("--folds", type=int, help="repeated stratified k-fold CV (one repeat per seed)")
     compare.add_argument("--val-fraction", type=float, help="validation share of each training fold (0.2)")
+    compare.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
     _add_run_flags(compare)
 
     cv = commands.add_parser("cv", help="repeated stratified k-fold cross-validation of one model")
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--folds", type=int, help="number of folds (default 10)")
     cv.add_argument("--repeats", type=int, help="repeats with seeds seed, seed+1, … (default 5)")
     cv.add_argument("--val-fraction", type=float, help="validation share of each training fold (0.2)")
+    cv.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
     _add_run_flags(cv)
 
     predict = commands.add_parser("predict", help="score bags with a trained checkpoint")
@@ -234,6 +236,28 @@ def cmd_train(args) -> None:
     print(f"run written to {out}")
 
 
+def _resolved(settings: dict, cfg) -> dict:
+    """The given settings (minus --out) with every training setting filled in."""
+    from dataclasses import asdict
+
+    return {**{k: v for k, v in settings.items() if k != "out"}, **asdict(cfg)}
+
+
+def _printed_config(args, settings: dict, cfg) -> bool:
+    import yaml
+
+    if args.print_config:
+        print(yaml.safe_dump(_resolved(settings, cfg), sort_keys=False), end="")
+    return args.print_config
+
+
+def _write_provenance(directory, settings: dict, cfg) -> None:
+    from arcmil.pipeline import environment
+    from arcmil.runstate import write_provenance
+
+    write_provenance(Path(directory), _resolved(settings, cfg), environment())
+
+
 def cmd_compare(args) -> None:
     from arcmil.compare import compare_models, write_comparison
     from arcmil.report import staged_dir
@@ -241,6 +265,8 @@ def cmd_compare(args) -> None:
     settings = resolve_settings(args)
     names, cfg = _model_names(settings), train_config(settings)
     overrides = {name: model_overrides(name, settings, strict=False) for name in names}
+    if _printed_config(args, settings, cfg):
+        return
     out = _fresh_out(settings, "compare")
     bags = _bags(settings)
     world = _join_world(cfg.device)
@@ -250,6 +276,7 @@ def cmd_compare(args) -> None:
         return
     with staged_dir(out) as tmp:
         write_comparison(tmp, comparison, bags.source, cfg)
+        _write_provenance(tmp, settings, cfg)
     print(comparison.description)
     print(comparison.table())
     if comparison.mode != "single":
@@ -265,6 +292,8 @@ def cmd_cv(args) -> None:
     settings = resolve_settings(args)
     model = settings.get("model", "attention_mil")
     cfg, overrides = train_config(settings), model_overrides(model, settings, strict=True)
+    if _printed_config(args, settings, cfg):
+        return
     out = _fresh_out(settings, f"cv_{model}")
     folds, seeds = settings.get("folds", 10), [cfg.seed + r for r in range(settings.get("repeats", 5))]
     world = _join_world(cfg.device)
@@ -274,6 +303,7 @@ def cmd_cv(args) -> None:
         return
     with staged_dir(out) as tmp:
         write_cv(tmp, result, cfg)
+        _write_provenance(tmp, settings, cfg)
     print(f"{result.tag}: {len(seeds)} × {folds}-fold CV, mean ± std over folds")
     print(result.table())
     print(f"cross-validation written to {out}")

@@ -71,12 +71,17 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def start_run(out: Path, settings: dict, environment: dict) -> None:
-    """Create the run directory with its config, provenance and 'running' status."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_provenance(out: Path, settings: dict, environment: dict) -> None:
+    """config.yaml (the settings, to rerun with --config) and run_info.json (versions, data hash, commit)."""
     write_text(out / CONFIG_FILE, yaml.safe_dump(settings, sort_keys=False))
     info = {"versions": environment, "data": data_fingerprint(settings.get("data")), "git_commit": git_commit()}
     write_text(out / INFO_FILE, json.dumps(info, indent=2))
+
+
+def start_run(out: Path, settings: dict, environment: dict) -> None:
+    """Create the run directory with its config, provenance and 'running' status."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_provenance(out, settings, environment)
     set_status(out, "running")
 
 
