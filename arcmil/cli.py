@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--folds", type=int, help="repeated stratified k-fold CV (one repeat per seed)")
     compare.add_argument("--val-fraction", type=float, help="validation share of each training fold (0.2)")
     compare.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
+    compare.add_argument("--resume", metavar="OUT_DIR", help="finish an interrupted comparison (done models are kept)")
     _add_run_flags(compare)
 
     cv = commands.add_parser("cv", help="repeated stratified k-fold cross-validation of one model")
@@ -158,28 +160,35 @@ def _join_world(device: str):
     return init_world(select_device(device))
 
 
+def _resumable(args, default_name) -> tuple[dict, Path, bool]:
+    """(settings, output directory, resuming?): the interrupted run's (``--resume``) or a new one's,
+    named ``default_name(settings)`` unless --out says otherwise."""
+    from arcmil.runstate import CONFIG_FILE, read_status
+
+    if getattr(args, "resume", None):
+        out = Path(args.resume)
+        if read_status(out)["status"] == "complete":
+            raise ArcmilError(f"{out}: this run is complete; nothing to resume")
+        return read_yaml(out / CONFIG_FILE), out, True
+    settings = resolve_settings(args)
+    return settings, _fresh_out(settings, default_name(settings)), False
+
+
 def _train_settings(args) -> tuple[dict, Path, dict | None]:
     """(resolved settings, run directory, resume state): a new run's, or the interrupted run's."""
-    from arcmil.runstate import CONFIG_FILE, load_resume, read_status
+    from arcmil.models.registry import make_config
+    from arcmil.runstate import load_resume
     from arcmil.settings import resolved_train_settings
 
-    if args.resume:
-        out = Path(args.resume)
-        status = read_status(out)["status"]
-        if status == "complete":
-            raise ArcmilError(f"{out}: this run is complete; nothing to resume")
-        return read_yaml(out / CONFIG_FILE), out, load_resume(out)
-    from arcmil.models.registry import make_config
+    def tag(settings):
+        model = settings.get("model", "attention_mil")
+        return make_config(model, **model_overrides(model, settings)).tag()
 
-    given = resolve_settings(args)
-    settings = resolved_train_settings(given)
-    tag = make_config(settings["model"], **model_overrides(settings["model"], settings)).tag()
-    return settings, _fresh_out(given, tag), None
+    settings, out, resuming = _resumable(args, tag)
+    return (settings, out, load_resume(out)) if resuming else (resolved_train_settings(settings), out, None)
 
 
 def cmd_train(args) -> None:
-    import tempfile
-
     import yaml
 
     from arcmil.compare import SINGLE_COLUMNS
@@ -259,24 +268,46 @@ def _write_provenance(directory, settings: dict, cfg) -> None:
 
 
 def cmd_compare(args) -> None:
-    from arcmil.compare import compare_models, write_comparison
+    from arcmil.compare import MODEL_SUMMARY, compare_models, read_model, write_comparison, write_model
+    from arcmil.pipeline import check_inputs, environment
     from arcmil.report import staged_dir
+    from arcmil.runstate import set_status, start_run
 
-    settings = resolve_settings(args)
+    settings, out, resuming = _resumable(args, lambda _: "compare")
     names, cfg = _model_names(settings), train_config(settings)
     overrides = {name: model_overrides(name, settings, strict=False) for name in names}
     if _printed_config(args, settings, cfg):
         return
-    out = _fresh_out(settings, "compare")
     bags = _bags(settings)
+    if not settings.get("folds"):
+        for name in names:  # bad input fails here, before the output directory exists
+            check_inputs(bags, name, cfg, overrides[name])
     world = _join_world(cfg.device)
-    comparison = compare_models(bags, names, cfg, overrides, seeds=_seeds(settings, cfg), folds=settings.get("folds"),
-                                val_fraction=settings.get("val_fraction", 0.2), world=world)
-    if not world.is_main:
-        return
-    with staged_dir(out) as tmp:
-        write_comparison(tmp, comparison, bags.source, cfg)
-        _write_provenance(tmp, settings, cfg)
+    if world.is_main and not resuming:
+        start_run(out, _resolved(settings, cfg), environment())
+    done = {name: read_model(out / name) for name in names if (out / name / MODEL_SUMMARY).exists()}
+
+    def finished(m):  # each model's outputs appear whole, so a resumed comparison skips it
+        with staged_dir(out / m.name) as tmp:
+            write_model(tmp, m, cfg)
+        set_status(out, "running", models_done=sorted({*done, m.name}))
+        done[m.name] = m
+
+    try:
+        comparison = compare_models(bags, names, cfg, overrides, seeds=_seeds(settings, cfg),
+                                    folds=settings.get("folds"), val_fraction=settings.get("val_fraction", 0.2),
+                                    world=world, done=dict(done), on_model=finished if world.is_main else None)
+        if not world.is_main:
+            return
+        with tempfile.TemporaryDirectory(prefix=".outputs-", dir=out) as tmp:
+            write_comparison(Path(tmp), comparison, bags.source)
+            for path in Path(tmp).iterdir():  # each file appears whole (rename)
+                path.replace(out / path.name)
+    except BaseException as exc:
+        if world.is_main:
+            set_status(out, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    set_status(out, "complete")
     print(comparison.description)
     print(comparison.table())
     if comparison.mode != "single":

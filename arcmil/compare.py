@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from arcmil.data import BagSet
 from arcmil.distributed import SINGLE, World
 from arcmil.pipeline import RunResult, run_experiment
 from arcmil.plots import plot_roc
-from arcmil.report import markdown_table, results_row, write_run
+from arcmil.report import clean_json, markdown_table, results_row, write_run
 from arcmil.stats import mean_std, paired_test
 from arcmil.train import TrainConfig
 
@@ -24,13 +25,23 @@ SINGLE_COLUMNS = ("model", "tag", "test_roc_auc", "test_pr_auc", "test_f1", "tes
 
 @dataclass
 class ModelRuns:
-    """One model's runs: ``records`` holds the test metrics of each seed or fold, in a shared order."""
+    """One model's runs: ``records`` holds the test metrics of each seed or fold, in a shared order;
+    ``row`` the first run's summary row, ``roc`` its test (labels, probs) (None in fold mode).
+    ``runs`` / ``cv`` hold the full results until they are written; a model read back from a
+    resumed comparison has only its summary."""
 
     name: str
     tag: str
     records: list[dict]
+    row: dict | None = None
+    roc: tuple[list, list] | None = None
+    test_train_ratio: float | None = None
     runs: list[RunResult] = field(default_factory=list)  # seed mode: full results, written as run dirs
     cv: CVResult | None = None  # fold mode
+
+    def summary(self) -> dict:
+        return {"name": self.name, "tag": self.tag, "records": self.records, "row": self.row, "roc": self.roc,
+                "test_train_ratio": self.test_train_ratio}
 
 
 @dataclass
@@ -61,7 +72,7 @@ class Comparison:
 
     def table(self) -> str:
         if self.mode == "single":
-            return markdown_table([results_row(m.runs[0].results) for m in self.models], SINGLE_COLUMNS)
+            return markdown_table([m.row for m in self.models], SINGLE_COLUMNS)
         cells = [{"model": r["model"], "tag": r["tag"], "runs": r["runs"],
                   **{f"test_{m}": _pm(r[f"test_{m}_mean"], r[f"test_{m}_std"]) for m in METRICS}}
                  for r in self.summary_rows()]
@@ -78,48 +89,78 @@ def _pm(mean, std) -> str:
     return "" if mean is None else f"{mean:.4f} ± {std:.4f}"
 
 
+def _seed_runs(bags, name, cfg, overrides, seeds, world) -> ModelRuns:
+    runs = [run_experiment(bags, name, replace(cfg, seed=s), world, **overrides) for s in seeds]
+    records = [{"seed": s, **{m: r.results["test"][m] for m in METRICS}} for s, r in zip(seeds, runs)]
+    test = runs[0].evaluations["test"]
+    splits = runs[0].results["data"]["splits"]
+    ratio = splits["test"]["n_bags"] / splits["train"]["n_bags"] if bags.split is None else None
+    return ModelRuns(name, runs[0].tag, records, results_row(runs[0].results),
+                     (test.labels.tolist(), test.probs.tolist()), ratio, runs=runs)
+
+
+def _fold_runs(bags, name, cfg, overrides, seeds, folds, val_fraction, world) -> ModelRuns:
+    cv = run_cv(bags, name, cfg, folds=folds, seeds=seeds, val_fraction=val_fraction, world=world, **overrides)
+    records = [{"repeat": f["repeat"], "fold": f["fold"], **{m: f["test"][m] for m in METRICS}} for f in cv.folds]
+    return ModelRuns(name, cv.tag, records, test_train_ratio=cv.test_train_ratio, cv=cv)
+
+
 def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: dict[str, dict], *,
                    seeds: list[int] | None = None, folds: int | None = None, val_fraction: float = 0.2,
-                   world: World = SINGLE) -> Comparison:
+                   world: World = SINGLE, done: dict[str, ModelRuns] | None = None,
+                   on_model=None) -> Comparison:
     """Run every model on the same seeds (each its own split when the data has none) or the same
-    repeated stratified folds. ``overrides``: model name -> its hyper-parameters."""
-    seeds = list(seeds or [cfg.seed])
+    repeated stratified folds. ``overrides``: model name -> its hyper-parameters. ``done``: models
+    finished by an interrupted comparison (not rerun); ``on_model(ModelRuns)`` is called as each
+    model finishes."""
+    seeds, done = list(seeds or [cfg.seed]), done or {}
     models = []
+    for name in names:
+        if name in done:
+            models.append(done[name])
+            continue
+        m = (_fold_runs(bags, name, cfg, overrides[name], seeds, folds, val_fraction, world) if folds else
+             _seed_runs(bags, name, cfg, overrides[name], seeds, world))
+        if on_model is not None:
+            on_model(m)
+        models.append(m)
+    ratio = models[0].test_train_ratio
     if folds:
-        for name in names:
-            cv = run_cv(bags, name, cfg, folds=folds, seeds=seeds, val_fraction=val_fraction, world=world,
-                        **overrides[name])
-            records = [{"repeat": f["repeat"], "fold": f["fold"], **{m: f["test"][m] for m in METRICS}}
-                       for f in cv.folds]
-            models.append(ModelRuns(name, cv.tag, records, cv=cv))
-        ratio = models[0].cv.test_train_ratio
         return Comparison(models, "folds", ratio, f"{len(seeds)} × {folds}-fold stratified CV (seeds "
                           f"{', '.join(map(str, seeds))}); threshold on a {val_fraction:.0%} validation part of "
                           f"each training fold")
-    for name in names:
-        runs = [run_experiment(bags, name, replace(cfg, seed=s), world, **overrides[name]) for s in seeds]
-        records = [{"seed": s, **{m: r.results["test"][m] for m in METRICS}} for s, r in zip(seeds, runs)]
-        models.append(ModelRuns(name, runs[0].tag, records, runs=runs))
-    resplit = bags.split is None  # each seed draws its own 70/15/15 split: overlapping training sets
-    test_share = models[0].runs[0].results["data"]["splits"]
-    ratio = test_share["test"]["n_bags"] / test_share["train"]["n_bags"] if resplit else None
     mode = "single" if len(seeds) == 1 else "seeds"
-    split_text = "a stratified 70/15/15 split drawn per seed" if resplit else "the data's own split"
+    split_text = "a stratified 70/15/15 split drawn per seed" if bags.split is None else "the data's own split"
     return Comparison(models, mode, ratio, f"seeds {', '.join(map(str, seeds))}, {split_text}; threshold tuned "
                       f"on validation ({cfg.threshold_method})")
 
 
-def write_comparison(directory: Path, comparison: Comparison, source: str, cfg: TrainConfig) -> None:
-    """Run directories (or per-fold JSON) per model, comparison.csv/.md, paired_tests.csv, roc.png."""
-    for m in comparison.models:
-        for run in m.runs:
-            write_run(directory / m.name if comparison.mode == "single" else
-                      directory / m.name / f"seed_{run.results['train_config']['seed']}", run)
-        if m.cv is not None:
-            (directory / m.name).mkdir(parents=True)
-            write_cv(directory / m.name, m.cv, cfg)
-    summary = pd.DataFrame([results_row(m.runs[0].results) for m in comparison.models]
-                           if comparison.mode == "single" else comparison.summary_rows())
+MODEL_SUMMARY = "model_summary.json"
+
+
+def write_model(directory: Path, m: ModelRuns, cfg: TrainConfig) -> None:
+    """A model's outputs: its run directory (one seed), run directories per seed, or its CV; plus the
+    summary a resumed comparison reads back instead of rerunning the model."""
+    single = len(m.runs) == 1
+    for run in m.runs:
+        write_run(directory if single else directory / f"seed_{run.results['train_config']['seed']}", run)
+    if m.cv is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_cv(directory, m.cv, cfg)
+    (directory / MODEL_SUMMARY).write_text(json.dumps(clean_json(m.summary()), indent=2))
+
+
+def read_model(directory: Path) -> ModelRuns:
+    data = json.loads((directory / MODEL_SUMMARY).read_text())
+    return ModelRuns(data["name"], data["tag"], data["records"], data["row"],
+                     tuple(data["roc"]) if data["roc"] else None, data["test_train_ratio"])
+
+
+def write_comparison(directory: Path, comparison: Comparison, source: str) -> None:
+    """comparison.csv/.md, comparison_runs.csv, paired_tests.csv and roc.png (the models' own outputs
+    are written by ``write_model`` as each finishes)."""
+    summary = pd.DataFrame([m.row for m in comparison.models] if comparison.mode == "single"
+                           else comparison.summary_rows())
     summary.to_csv(directory / "comparison.csv", index=False)
     text = f"# arcmil compare\n\ndata: `{source}`; {comparison.description}\n\n{comparison.table()}\n"
     if comparison.mode != "single":
@@ -129,8 +170,7 @@ def write_comparison(directory: Path, comparison: Comparison, source: str, cfg: 
         text += f"\n## Paired tests ({_paired_name(comparison)})\n\n{comparison.paired_table()}\n"
     (directory / "comparison.md").write_text(text)
     if comparison.mode != "folds":  # one ROC curve per model: its first seed's test split
-        plot_roc({m.tag: (m.runs[0].evaluations["test"].labels, m.runs[0].evaluations["test"].probs)
-                  for m in comparison.models}, directory / "roc.png",
+        plot_roc({m.tag: m.roc for m in comparison.models}, directory / "roc.png",
                  title="Test ROC" + ("" if comparison.mode == "single" else " (first seed)"))
 
 

@@ -84,3 +84,32 @@ def test_run_directory_records_config_provenance_and_refuses_a_second_resume(run
     pd.testing.assert_frame_equal(pd.read_csv(root / "rerun" / "predictions.csv"), pd.read_csv(full / "predictions.csv"))
     printed = arcmil("train", "--config", full / "config.yaml", "--print-config")
     assert yaml.safe_load(printed.stdout) == config
+
+
+def test_killed_comparison_resumes_the_models_that_did_not_finish(runs):
+    root, data = runs
+    args = ["compare", "--models", "attention_mil,transmil,instance_max", "--epochs", "4", "--seeds", "0,1",
+            "--n-bootstrap", "0", "--no-progress", "--data", str(data)]
+    full = arcmil(*args, "--out", root / "cmp_full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    run = root / "cmp_killed"
+    proc = subprocess.Popen([sys.executable, "-m", "arcmil", *args, "--out", str(run)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (run / "attention_mil" / "model_summary.json").exists():
+        time.sleep(0.005)
+    assert proc.poll() is None, "the comparison finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "comparison.csv").exists() and not (run / "instance_max").exists()
+    first = (run / "attention_mil" / "seed_0" / "predictions.csv").stat().st_mtime_ns
+    resumed = arcmil("compare", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (run / "attention_mil" / "seed_0" / "predictions.csv").stat().st_mtime_ns == first, "done models are kept"
+    pd.testing.assert_frame_equal(pd.read_csv(run / "comparison.csv"), pd.read_csv(root / "cmp_full" / "comparison.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(run / "paired_tests.csv"),
+                                  pd.read_csv(root / "cmp_full" / "paired_tests.csv"))
+    for model in ("transmil", "instance_max"):
+        pd.testing.assert_frame_equal(pd.read_csv(run / model / "seed_1" / "predictions.csv"),
+                                      pd.read_csv(root / "cmp_full" / model / "seed_1" / "predictions.csv"))
+    assert json.loads((run / "run_state.json").read_text())["status"] == "complete"
