@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from arcmil.data.bagset import BagSet, validate
+from arcmil.data.packed import PackedBags
 from arcmil.errors import DataError
 
 ARRAY_SUFFIXES = (".npz", ".pt", ".pth")
@@ -108,7 +109,7 @@ def _from_arrays(arrays: dict, src: str) -> BagSet:
         bags = [_numeric(b, src, "embeddings").astype(np.float32) for b in emb]
         bags = [b.mean(axis=1) if b.ndim == 3 else b for b in bags]
     else:
-        emb = _numeric(emb, src, "embeddings").astype(np.float32)
+        emb = _numeric(emb, src, "embeddings").astype(np.float32, copy=False)
         bags = _split_dense(emb, lengths, arrays.get("mask"), src)
 
     n = len(bags)
@@ -127,7 +128,8 @@ def _from_arrays(arrays: dict, src: str) -> BagSet:
     return BagSet(bags=bags, labels=labels, bag_ids=bag_ids, split=split, instance_labels=inst, source=src)
 
 
-def _split_dense(emb: np.ndarray, lengths, mask, src: str) -> list[np.ndarray]:
+def _split_dense(emb: np.ndarray, lengths, mask, src: str) -> PackedBags | list[np.ndarray]:
+    """The bags of a dense or flat array; without a mask they stay views of it (no copy)."""
     if emb.ndim == 2:
         if lengths is None:
             raise DataError(src, "a flat (windows, D) array needs 'lengths' (B,)", field="lengths")
@@ -135,14 +137,15 @@ def _split_dense(emb: np.ndarray, lengths, mask, src: str) -> list[np.ndarray]:
         if (lengths < 0).any() or lengths.sum() != len(emb):
             raise DataError(src, f"lengths sum to {int(lengths.sum())} but there are {len(emb)} windows",
                             field="lengths")
-        return list(np.split(emb, np.cumsum(lengths)[:-1]))
+        return PackedBags(emb, np.cumsum(lengths) - lengths, lengths)
     if emb.ndim == 4:
         emb = emb.mean(axis=2)  # (B, N, K, D) -> instance means (B, N, D)
     if emb.ndim != 3:
         raise DataError(src, f"expected (B, N, D), (B, N, K, D) or (T, D), found shape {emb.shape}",
                         field="embeddings")
     if mask is None:
-        return list(emb)
+        b, n, d = emb.shape
+        return PackedBags(emb.reshape(b * n, d), np.arange(b) * n, np.full(b, n))
     mask = np.asarray(mask).astype(bool)
     if mask.shape != emb.shape[:2]:
         raise DataError(src, f"mask shape {mask.shape} does not match embeddings {emb.shape[:2]}", field="mask")
