@@ -16,6 +16,8 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class World:
+    """This process's place among the processes torchrun started: its rank and how many there are."""
+
     rank: int = 0
     size: int = 1
 
@@ -38,10 +40,6 @@ class World:
         out = [None] * self.size
         dist.all_gather_object(out, obj)
         return out
-
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
 
 
 SINGLE = World()
