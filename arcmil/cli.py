@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--repeats", type=int, help="repeats with seeds seed, seed+1, … (default 5)")
     cv.add_argument("--val-fraction", type=float, help="validation share of each training fold (0.2)")
     cv.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
+    cv.add_argument("--resume", metavar="OUT_DIR", help="finish an interrupted cross-validation (done folds are kept)")
     _add_run_flags(cv)
 
     predict = commands.add_parser("predict", help="score bags with a trained checkpoint")
@@ -194,7 +195,7 @@ def cmd_train(args) -> None:
     from arcmil.compare import SINGLE_COLUMNS
     from arcmil.pipeline import check_inputs, environment, run_experiment
     from arcmil.report import markdown_table, results_row, write_run
-    from arcmil.runstate import RESUME_FILE, save_resume, set_status, start_run
+    from arcmil.runstate import RESUME_FILE, lifecycle, save_resume, set_status
     from arcmil.tracking import make_tracker
 
     settings, out, resume = _train_settings(args)
@@ -206,40 +207,31 @@ def cmd_train(args) -> None:
     bags = _bags(settings)
     check_inputs(bags, model, cfg, overrides)  # bad input fails here, before the run directory exists
     world = _join_world(cfg.device)
-    if world.is_main and resume is None:
-        start_run(out, settings, environment())
-    tracker = None
-    if world.is_main and settings.get("tracker"):
-        tracker = make_tracker(settings["tracker"], out, out.name, settings)
+    with lifecycle(out, settings, environment(), resuming=resume is not None, writer=world.is_main):
+        tracker = None
+        if world.is_main and settings.get("tracker"):
+            tracker = make_tracker(settings["tracker"], out, out.name, settings)
 
-    def on_epoch(state):
-        save_resume(out, state)
-        set_status(out, "running", epoch=state["epoch"])
-        if tracker:
-            tracker.log_epoch(state["epoch"], state["history"][-1])
+        def on_epoch(state):
+            save_resume(out, state)
+            set_status(out, "running", epoch=state["epoch"])
+            if tracker:
+                tracker.log_epoch(state["epoch"], state["history"][-1])
 
-    try:
-        result = run_experiment(bags, model, cfg, world, resume=resume, on_epoch=on_epoch if world.is_main else None,
-                                **overrides)
-        if not world.is_main:  # every rank holds the same result; rank 0 writes it
-            return
-        with tempfile.TemporaryDirectory(prefix=".outputs-", dir=out) as tmp:
-            write_run(tmp, result)
-            for path in Path(tmp).iterdir():  # each file appears whole (rename)
-                path.replace(out / path.name)
-        if tracker:
-            tracker.log_final({"validation": result.results["validation"], "test": result.results["test"],
-                               "threshold": result.threshold})
-            for image in sorted(out.glob("*.png")):
-                tracker.log_image(image)
-    except BaseException as exc:
-        if world.is_main:
-            set_status(out, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        if tracker:
-            tracker.close()
-    set_status(out, "complete", best_epoch=result.results["best_epoch"])
+        try:
+            result = run_experiment(bags, model, cfg, world, resume=resume,
+                                    on_epoch=on_epoch if world.is_main else None, **overrides)
+            if not world.is_main:  # every rank holds the same result; rank 0 writes it
+                return
+            _publish(out, lambda tmp: write_run(tmp, result))
+            if tracker:
+                tracker.log_final({"validation": result.results["validation"], "test": result.results["test"],
+                                   "threshold": result.threshold})
+                for image in sorted(out.glob("*.png")):
+                    tracker.log_image(image)
+        finally:
+            if tracker:
+                tracker.close()
     (out / RESUME_FILE).unlink(missing_ok=True)
     print(markdown_table([results_row(result.results)], SINGLE_COLUMNS))
     print(f"run written to {out}")
@@ -260,18 +252,11 @@ def _printed_config(args, settings: dict, cfg) -> bool:
     return args.print_config
 
 
-def _write_provenance(directory, settings: dict, cfg) -> None:
-    from arcmil.pipeline import environment
-    from arcmil.runstate import write_provenance
-
-    write_provenance(Path(directory), _resolved(settings, cfg), environment())
-
-
 def cmd_compare(args) -> None:
     from arcmil.compare import MODEL_SUMMARY, compare_models, read_model, write_comparison, write_model
     from arcmil.pipeline import check_inputs, environment
     from arcmil.report import staged_dir
-    from arcmil.runstate import set_status, start_run
+    from arcmil.runstate import lifecycle, set_status
 
     settings, out, resuming = _resumable(args, lambda _: "compare")
     names, cfg = _model_names(settings), train_config(settings)
@@ -283,31 +268,21 @@ def cmd_compare(args) -> None:
         for name in names:  # bad input fails here, before the output directory exists
             check_inputs(bags, name, cfg, overrides[name])
     world = _join_world(cfg.device)
-    if world.is_main and not resuming:
-        start_run(out, _resolved(settings, cfg), environment())
-    done = {name: read_model(out / name) for name in names if (out / name / MODEL_SUMMARY).exists()}
+    with lifecycle(out, _resolved(settings, cfg), environment(), resuming=resuming, writer=world.is_main):
+        done = {name: read_model(out / name) for name in names if (out / name / MODEL_SUMMARY).exists()}
 
-    def finished(m):  # each model's outputs appear whole, so a resumed comparison skips it
-        with staged_dir(out / m.name) as tmp:
-            write_model(tmp, m, cfg)
-        set_status(out, "running", models_done=sorted({*done, m.name}))
-        done[m.name] = m
+        def finished(m):  # each model's outputs appear whole, so a resumed comparison skips it
+            with staged_dir(out / m.name) as tmp:
+                write_model(tmp, m, cfg)
+            done[m.name] = m
+            set_status(out, "running", models_done=sorted(done))
 
-    try:
         comparison = compare_models(bags, names, cfg, overrides, seeds=_seeds(settings, cfg),
                                     folds=settings.get("folds"), val_fraction=settings.get("val_fraction", 0.2),
                                     world=world, done=dict(done), on_model=finished if world.is_main else None)
         if not world.is_main:
             return
-        with tempfile.TemporaryDirectory(prefix=".outputs-", dir=out) as tmp:
-            write_comparison(Path(tmp), comparison, bags.source)
-            for path in Path(tmp).iterdir():  # each file appears whole (rename)
-                path.replace(out / path.name)
-    except BaseException as exc:
-        if world.is_main:
-            set_status(out, "failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    set_status(out, "complete")
+        _publish(out, lambda tmp: write_comparison(tmp, comparison, bags.source))
     print(comparison.description)
     print(comparison.table())
     if comparison.mode != "single":
@@ -317,27 +292,43 @@ def cmd_compare(args) -> None:
 
 
 def cmd_cv(args) -> None:
-    from arcmil.cv import run_cv, write_cv
-    from arcmil.report import staged_dir
+    from arcmil.cv import check_cv_inputs, read_folds, run_cv, write_cv_tables, write_fold
+    from arcmil.pipeline import environment
+    from arcmil.runstate import lifecycle, set_status
 
-    settings = resolve_settings(args)
+    settings, out, resuming = _resumable(args, lambda s: f"cv_{s.get('model', 'attention_mil')}")
     model = settings.get("model", "attention_mil")
     cfg, overrides = train_config(settings), model_overrides(model, settings, strict=True)
     if _printed_config(args, settings, cfg):
         return
-    out = _fresh_out(settings, f"cv_{model}")
     folds, seeds = settings.get("folds", 10), [cfg.seed + r for r in range(settings.get("repeats", 5))]
+    bags = _bags(settings)
+    check_cv_inputs(bags, folds)  # bad input fails here, before the output directory exists
     world = _join_world(cfg.device)
-    result = run_cv(_bags(settings), model, cfg, folds=folds, seeds=seeds,
-                    val_fraction=settings.get("val_fraction", 0.2), world=world, **overrides)
-    if not world.is_main:
-        return
-    with staged_dir(out) as tmp:
-        write_cv(tmp, result, cfg)
-        _write_provenance(tmp, settings, cfg)
+    with lifecycle(out, _resolved(settings, cfg), environment(), resuming=resuming, writer=world.is_main):
+        done = read_folds(out) if resuming else {}
+
+        def finished(record):  # each fold's JSON appears whole, so a resumed CV skips it
+            write_fold(out, record)
+            set_status(out, "running", folds_done=len(done) + 1)
+            done[(record["repeat"], record["fold"])] = record
+
+        result = run_cv(bags, model, cfg, folds=folds, seeds=seeds, val_fraction=settings.get("val_fraction", 0.2),
+                        world=world, done=dict(done), on_fold=finished if world.is_main else None, **overrides)
+        if not world.is_main:
+            return
+        _publish(out, lambda tmp: write_cv_tables(tmp, result, cfg))
     print(f"{result.tag}: {len(seeds)} × {folds}-fold CV, mean ± std over folds")
     print(result.table())
     print(f"cross-validation written to {out}")
+
+
+def _publish(out: Path, write) -> None:
+    """``write(tmp_dir)``, then move each file it made into ``out``: each appears whole (rename)."""
+    with tempfile.TemporaryDirectory(prefix=".outputs-", dir=out) as tmp:
+        write(Path(tmp))
+        for path in Path(tmp).iterdir():
+            path.replace(out / path.name)
 
 
 def _checkpoint_and_bags(args):

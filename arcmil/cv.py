@@ -20,6 +20,7 @@ from arcmil.errors import DataError
 from arcmil.metrics import binary_metrics
 from arcmil.pipeline import run_experiment
 from arcmil.report import clean_json, markdown_table
+from arcmil.runstate import write_text
 from arcmil.stats import mean_std
 from arcmil.train import TrainConfig
 
@@ -67,18 +68,28 @@ class CVResult:
                 | {f"test_{m}_at_0.5": r["test_at_0.5"][m] for m in SUMMARY_METRICS} for r in self.folds]
 
 
-def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *, folds: int = 10,
-           seeds: list[int] = (0,), val_fraction: float = 0.2, world: World = SINGLE, **model_overrides) -> CVResult:
-    """Cross-validate ``model_name``: ``len(seeds)`` repeats of stratified ``folds``-fold CV."""
+def check_cv_inputs(bags: BagSet, folds: int) -> None:
     if bags.labels is None:
         raise DataError(bags.source, "cross-validation needs labels", field="labels")
     smallest = int(np.bincount(bags.labels, minlength=2).min())
     if smallest < folds:
         raise DataError(bags.source, f"{folds} folds need at least {folds} bags of each class, the smaller class "
                         f"has {smallest}", field="labels")
+
+
+def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *, folds: int = 10,
+           seeds: list[int] = (0,), val_fraction: float = 0.2, world: World = SINGLE, done: dict | None = None,
+           on_fold=None, **model_overrides) -> CVResult:
+    """Cross-validate ``model_name``: ``len(seeds)`` repeats of stratified ``folds``-fold CV.
+    ``done``: (repeat, fold) -> record of folds an interrupted run finished (not rerun);
+    ``on_fold(record)`` is called as each fold finishes."""
+    check_cv_inputs(bags, folds)
     cfg = replace(cfg, n_bootstrap=0)  # per-fold intervals are not meaningful; the spread over folds is
-    records, tag = [], None
+    records, done = [], done or {}
     for repeat, fold, seed, split in cv_splits(bags.labels, folds, list(seeds), val_fraction):
+        if (repeat, fold) in done:
+            records.append(done[(repeat, fold)])
+            continue
         result = run_experiment(replace(bags, split=split), model_name, replace(cfg, seed=seed), world,
                                 **model_overrides)
         test = result.evaluations["test"]
@@ -91,16 +102,34 @@ def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *, f
             "test": result.results["test"], "test_at_0.5": binary_metrics(test.labels, test.probs, 0.5),
             "validation": result.results["validation"], "history": result.results["history"],
         })
+        if on_fold is not None:
+            on_fold(records[-1])
     ratio = float(np.mean([r["n_test"] / r["n_train"] for r in records]))
-    return CVResult(model_name, tag, records, summarize(records), ratio)
+    return CVResult(model_name, records[0]["tag"], records, summarize(records), ratio)
+
+
+def write_fold(directory: Path, record: dict) -> None:
+    """folds/r{repeat}_f{fold}.json, written whole (temporary name, then rename)."""
+    (directory / "folds").mkdir(parents=True, exist_ok=True)
+    write_text(directory / "folds" / f"r{record['repeat']}_f{record['fold']}.json",
+               json.dumps(clean_json(record), indent=2))
+
+
+def read_folds(directory: Path) -> dict:
+    """(repeat, fold) -> record of the folds already written under ``directory``."""
+    records = [json.loads(p.read_text()) for p in sorted((directory / "folds").glob("r*_f*.json"))]
+    return {(r["repeat"], r["fold"]): r for r in records}
 
 
 def write_cv(directory: Path, result: CVResult, cfg: TrainConfig) -> None:
     """folds/r{repeat}_f{fold}.json, cv_folds.csv and cv_summary.json into ``directory``."""
-    (directory / "folds").mkdir()
     for record in result.folds:
-        path = directory / "folds" / f"r{record['repeat']}_f{record['fold']}.json"
-        path.write_text(json.dumps(clean_json(record), indent=2))
+        write_fold(directory, record)
+    write_cv_tables(directory, result, cfg)
+
+
+def write_cv_tables(directory: Path, result: CVResult, cfg: TrainConfig) -> None:
+    """cv_folds.csv and cv_summary.json (the folds' own JSON is written as each finishes)."""
     pd.DataFrame(result.fold_rows()).to_csv(directory / "cv_folds.csv", index=False)
     seeds = sorted({r["seed"] for r in result.folds})
     summary = {"model": result.model_name, "tag": result.tag, "folds": 1 + max(r["fold"] for r in result.folds),

@@ -11,6 +11,7 @@ either the previous or the new version, never a torn one.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -83,6 +84,23 @@ def start_run(out: Path, settings: dict, environment: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_provenance(out, settings, environment)
     set_status(out, "running")
+
+
+@contextlib.contextmanager
+def lifecycle(out: Path, settings: dict, environment: dict, *, resuming: bool, writer: bool = True):
+    """Record a run's status around its work: 'running' (a new run also gets config.yaml and
+    run_info.json), then 'complete', or 'failed' with the error. ``writer``: this process writes
+    (rank 0 under torchrun)."""
+    if writer and not resuming:
+        start_run(out, settings, environment)
+    try:
+        yield
+    except BaseException as exc:
+        if writer:
+            set_status(out, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    if writer:
+        set_status(out, "complete")
 
 
 def set_status(out: Path, status: str, **fields) -> None:

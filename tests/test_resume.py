@@ -113,3 +113,27 @@ def test_killed_comparison_resumes_the_models_that_did_not_finish(runs):
         pd.testing.assert_frame_equal(pd.read_csv(run / model / "seed_1" / "predictions.csv"),
                                       pd.read_csv(root / "cmp_full" / model / "seed_1" / "predictions.csv"))
     assert json.loads((run / "run_state.json").read_text())["status"] == "complete"
+
+
+def test_killed_cross_validation_resumes_the_folds_that_did_not_finish(runs):
+    root, data = runs
+    args = ["cv", "--model", "transmil", "--folds", "5", "--repeats", "1", "--epochs", "3", "--no-progress",
+            "--data", str(data)]
+    full = arcmil(*args, "--out", root / "cv_full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    run = root / "cv_killed"
+    proc = subprocess.Popen([sys.executable, "-m", "arcmil", *args, "--out", str(run)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (run / "folds" / "r0_f1.json").exists():
+        time.sleep(0.005)
+    assert proc.poll() is None, "the cross-validation finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "cv_summary.json").exists()
+    resumed = arcmil("cv", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.read_csv(run / "cv_folds.csv"), pd.read_csv(root / "cv_full" / "cv_folds.csv"))
+    assert json.loads((run / "cv_summary.json").read_text()) == json.loads((root / "cv_full" / "cv_summary.json")
+                                                                        .read_text())
+    assert json.loads((run / "run_state.json").read_text())["status"] == "complete"
