@@ -17,6 +17,7 @@ from arcmil.checkpoint import save_checkpoint
 from arcmil.errors import ArcmilError
 from arcmil.pipeline import window_weights_frame
 from arcmil.plots import plot_pr, plot_roc, plot_training_curves, plot_window_heatmap
+from arcmil.runstate import atomic_write
 
 ROW_METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
                "mcc")
@@ -63,14 +64,7 @@ def write_new_file(path: str | os.PathLike, write, overwrite: bool = False) -> P
     if path.exists() and not overwrite:
         raise ArcmilError(f"{path}: already exists; refusing to overwrite (pass --overwrite or choose another name)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
     return path
 
 
