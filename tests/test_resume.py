@@ -41,21 +41,25 @@ def outputs(run):
     return results["test"], history, results["threshold"], pd.read_csv(run / "predictions.csv"), weights
 
 
-@pytest.mark.parametrize("kill_after_epoch", [0, 2, 5])
-def test_killed_run_resumes_to_identical_results(runs, kill_after_epoch):
-    root, data = runs
-    run = root / f"killed_{kill_after_epoch}"
-    proc = subprocess.Popen([sys.executable, "-m", "arcmil", *ARGS, "--data", str(data), "--out", str(run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    state = run / "run_state.json"
+def kill_when(args, ready):
+    """Start ``arcmil args`` and SIGKILL it as soon as ``ready()`` holds; it must still be running then."""
+    proc = subprocess.Popen([sys.executable, "-m", "arcmil", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and json.loads(state.read_text()).get("epoch", 0) >= kill_after_epoch:
-            break
+    while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+@pytest.mark.parametrize("kill_after_epoch", [0, 2, 5])
+def test_killed_run_resumes_to_identical_results(runs, kill_after_epoch):
+    root, data = runs
+    run = root / f"killed_{kill_after_epoch}"
+    state = run / "run_state.json"
+    kill_when([*ARGS, "--data", data, "--out", run],
+              lambda: state.exists() and json.loads(state.read_text()).get("epoch", 0) >= kill_after_epoch)
     status = json.loads(state.read_text())
     assert status["status"] == "running" and not (run / "predictions.csv").exists()
     resumed = arcmil("train", "--resume", run)
@@ -93,14 +97,7 @@ def test_killed_comparison_resumes_the_models_that_did_not_finish(runs):
     full = arcmil(*args, "--out", root / "cmp_full")
     assert full.returncode == 0, full.stderr[-2000:]
     run = root / "cmp_killed"
-    proc = subprocess.Popen([sys.executable, "-m", "arcmil", *args, "--out", str(run)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=ENV)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not (run / "attention_mil" / "model_summary.json").exists():
-        time.sleep(0.005)
-    assert proc.poll() is None, "the comparison finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when([*args, "--out", run], (run / "attention_mil" / "model_summary.json").exists)
     assert not (run / "comparison.csv").exists() and not (run / "instance_max").exists()
     first = (run / "attention_mil" / "seed_0" / "predictions.csv").stat().st_mtime_ns
     resumed = arcmil("compare", "--resume", run)
@@ -122,14 +119,7 @@ def test_killed_cross_validation_resumes_the_folds_that_did_not_finish(runs):
     full = arcmil(*args, "--out", root / "cv_full")
     assert full.returncode == 0, full.stderr[-2000:]
     run = root / "cv_killed"
-    proc = subprocess.Popen([sys.executable, "-m", "arcmil", *args, "--out", str(run)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=ENV)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not (run / "folds" / "r0_f1.json").exists():
-        time.sleep(0.005)
-    assert proc.poll() is None, "the cross-validation finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when([*args, "--out", run], (run / "folds" / "r0_f1.json").exists)
     assert not (run / "cv_summary.json").exists()
     resumed = arcmil("cv", "--resume", run)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
