@@ -74,7 +74,6 @@ class MILClassifier:
 
         self._check_fitted()
         bags = as_bags(X)
-        self.normalizer_.check_dim(bags)
         check_fits(bags, self.model_.config)
         device = next(self.model_.parameters()).device
         positive = evaluate(self.model_, make_loader(bags, batch_size, normalizer=self.normalizer_, bucket=True),

@@ -342,11 +342,7 @@ def _checkpoint_and_bags(args):
     device = select_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
     bags = load_bags(args.data, require_labels=False)
-    expected = meta["model_config"]["input_dim"]
-    if bags.dim != expected:
-        raise DataError(bags.source, f"embedding dimension {bags.dim} does not match the checkpoint "
-                        f"{args.checkpoint} (input_dim {expected})", field="embeddings")
-    check_fits(bags, model.config)
+    check_fits(bags, model.config, against=f"the checkpoint {args.checkpoint}")
     return model, meta, bags, Normalizer.from_dict(meta["normalization"]), device
 
 

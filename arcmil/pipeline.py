@@ -156,8 +156,12 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     return RunResult(model_name, model, data.normalizer, threshold, results, predictions, evaluations, data.parts)
 
 
-def check_fits(bags: BagSet, model_config) -> None:
-    """Refuse, before any work, a bag longer than a learned positional table."""
+def check_fits(bags: BagSet, model_config, against: str = "the model") -> None:
+    """Refuse, before any work, data of another embedding dimension than the model's (``against``
+    names the model in the message) and a bag longer than a learned positional table."""
+    if bags.dim != model_config.input_dim:
+        raise DataError(bags.source, f"embedding dimension {bags.dim} does not match {against} (input_dim "
+                        f"{model_config.input_dim})", field="embeddings")
     max_len = getattr(model_config, "max_len", None)
     if getattr(model_config, "pos_enc", None) == "learned" and bags.lengths.max() > max_len:
         i = int(np.argmax(bags.lengths))

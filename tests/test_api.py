@@ -29,6 +29,8 @@ def test_estimator_on_arrays_agrees_with_its_checkpoint(tmp_path):
     proba = clf.predict_proba(X)
     assert proba.shape == (200, 2) and np.allclose(proba.sum(1), 1.0)
     assert set(np.unique(clf.predict(X))) <= {0, 1} and 0.0 <= clf.score(X, y) <= 1.0
+    with pytest.raises(ArcmilError, match="embedding dimension 5 does not match the model"):
+        clf.predict_proba([np.zeros((3, 5), np.float32)])
     clf.save(tmp_path / "m.pth")
     np.testing.assert_allclose(MILClassifier.load(tmp_path / "m.pth").predict_proba(X), proba, rtol=1e-6)
 
