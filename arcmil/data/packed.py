@@ -32,6 +32,17 @@ class WindowFile:
             os.close(self._fd)
 
 
+def bag_chunks(lengths: np.ndarray, max_windows: int):
+    """Consecutive runs of whole bags holding about ``max_windows`` windows each (at least one bag):
+    yields the bag positions of each run."""
+    ends = np.cumsum(lengths)
+    start = 0
+    while start < len(lengths):
+        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - lengths[start] + max_windows, "right")))
+        yield np.arange(start, stop)
+        start = stop
+
+
 class PackedBags(Sequence):
     """A sequence of bags that are row ranges of one window array.
 

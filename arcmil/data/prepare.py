@@ -8,7 +8,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from arcmil.data.bagset import SPLITS, BagSet
-from arcmil.data.packed import PackedBags
+from arcmil.data.packed import PackedBags, bag_chunks
 from arcmil.errors import DataError
 
 NORMALIZATIONS = ("l2", "standardize", "none")
@@ -50,12 +50,8 @@ def split_parts(bs: BagSet) -> dict[str, BagSet]:
 def window_chunks(bags: PackedBags, max_windows: int = 2**18):
     """The windows of ``bags`` as float64 arrays of about ``max_windows`` rows, whole bags each, so
     that statistics over a store never hold it in memory."""
-    ends = np.cumsum(bags.lengths)
-    start = 0
-    while start < len(bags):
-        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - bags.lengths[start] + max_windows, "right")))
-        yield bags.gather(np.arange(start, stop)).astype(np.float64)
-        start = stop
+    for index in bag_chunks(bags.lengths, max_windows):
+        yield bags.gather(index).astype(np.float64)
 
 
 @dataclass(frozen=True)

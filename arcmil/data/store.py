@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from arcmil.data.bagset import BagSet, validate
-from arcmil.data.packed import PackedBags, WindowFile
+from arcmil.data.packed import PackedBags, WindowFile, bag_chunks
 from arcmil.errors import DataError
 
 STORE_FORMAT = "arcmil-store-1"
@@ -111,12 +111,8 @@ def iter_bag_chunks(path: str | os.PathLike, chunk_windows: int = 2**16) -> Iter
             yield validate(table_to_bagset(frame, str(path)), require_labels=False)
         return
     bags = load_bags(path, require_labels=False)
-    ends = np.cumsum(bags.lengths)
-    start = 0
-    while start < len(bags):
-        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - bags.lengths[start] + chunk_windows, "right")))
-        yield bags.subset(np.arange(start, stop))
-        start = stop
+    for index in bag_chunks(bags.lengths, chunk_windows):
+        yield bags.subset(index)
 
 
 class _StoreWriter:
