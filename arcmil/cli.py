@@ -113,13 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:
-    """YAML (if any), then every flag the user gave; None means 'not given'."""
+    """The data source's preset (if any), then YAML (if any), then every flag the user gave; None
+    means 'not given'."""
+    from arcmil.data.mil_datasets import source_preset
+
     settings = read_yaml(args.config) if args.config else {}
     for key in (*RUN_KEYS, *TRAIN_FIELDS, *MODEL_FIELDS):
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
-    return settings
+    return {**source_preset(settings.get("data")), **settings}
 
 
 def _bags(settings: dict):

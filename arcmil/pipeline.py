@@ -189,7 +189,7 @@ def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig
     model = build_model(model_name, input_dim=bags.dim, **model_overrides).to(device)
     check_fits(bags, model.config)
     criterion = weighted_bce(data.parts["train"].labels)
-    optimizer, scheduler = make_optimizer(model, cfg)
+    optimizer, scheduler = make_optimizer(model, cfg, len(loaders["train"]))
     fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,
                       desc=model.config.tag(), runner=runner_for(model, cfg, world, device), resume=resume,
                       on_epoch=on_epoch)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import os
 import random
 import time
@@ -22,6 +24,7 @@ from arcmil.runstate import rng_state, set_rng_state
 
 MONITORS = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
 PRECISIONS = ("fp32", "bf16")
+LR_SCHEDULES = ("cosine", "plateau")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     patience: int = 3
     monitor: str = "val_loss"
+    lr_schedule: str = "plateau"
+    warmup_epochs: float = 1.0
     lr_factor: float = 0.5
     lr_patience: int = 1
     normalize: str = "l2"
@@ -49,13 +54,15 @@ class TrainConfig:
 
     def __post_init__(self):
         choices = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS,
-                   "precision": PRECISIONS}
+                   "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
 
 
 def seed_everything(seed: int) -> None:
@@ -95,18 +102,36 @@ def weighted_bce(train_labels: np.ndarray) -> nn.BCEWithLogitsLoss:
     return nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(train_labels) - n_pos) / n_pos))
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig):
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:
+    """The learning-rate factor before optimizer step ``step`` (0-based): a linear warm-up to 1 over
+    ``warmup_steps``, then a half cosine down to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    """AdamW and the learning-rate schedule: 'cosine' (warm-up then cosine decay over the epoch
+    budget, stepped after every batch) or 'plateau' (ReduceLROnPlateau on validation loss, stepped
+    after every epoch)."""
     # fused: one kernel for all parameters instead of a Python loop over them (same update rule);
     # torch >= 2.4 has it for CPU and CUDA parameters
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    if cfg.lr_schedule == "cosine":
+        factor = functools.partial(warmup_cosine, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+                                   total_steps=cfg.epochs * steps_per_epoch)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
                                                            patience=cfg.lr_patience)
     return optimizer, scheduler
 
 
-def train_one_epoch(model, loader, criterion, optimizer, device, precision: str = "fp32") -> float:
-    """One pass over ``loader``; returns the mean training loss per bag (over all ranks)."""
+def train_one_epoch(model, loader, criterion, optimizer, device, precision: str = "fp32",
+                    batch_scheduler=None) -> float:
+    """One pass over ``loader``; returns the mean training loss per bag (over all ranks).
+    ``batch_scheduler`` (a per-step learning-rate schedule) is stepped after every batch."""
     model.train()
     criterion = criterion.to(device)
     total, count = 0.0, 0
@@ -118,6 +143,8 @@ def train_one_epoch(model, loader, criterion, optimizer, device, precision: str 
         optimizer.zero_grad(set_to_none=True)
         (loss * batch.loss_scale).backward()
         optimizer.step()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
         if batch.loss_scale:
             total += loss.item() * len(batch.y)
             count += len(batch.y)
@@ -223,11 +250,13 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
         if waited >= cfg.patience:
             break
         tic = time.perf_counter()
-        train_loss = train_one_epoch(runner, train_loader, criterion, optimizer, device, cfg.precision)
+        per_batch = scheduler if cfg.lr_schedule == "cosine" else None
+        lr = optimizer.param_groups[0]["lr"]  # at the epoch's start (per-batch schedules move it)
+        train_loss = train_one_epoch(runner, train_loader, criterion, optimizer, device, cfg.precision, per_batch)
         val = evaluate(runner, val_loader, criterion, device, cfg.precision)
-        row = {"epoch": epoch, "train_loss": train_loss, **_val_metrics(val),
-               "lr": optimizer.param_groups[0]["lr"]}
-        scheduler.step(row["val_loss"])
+        row = {"epoch": epoch, "train_loss": train_loss, **_val_metrics(val), "lr": lr}
+        if per_batch is None:
+            scheduler.step(row["val_loss"])
         row["seconds"] = time.perf_counter() - tic
         history.append(row)
         score = sign * row[cfg.monitor]

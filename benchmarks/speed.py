@@ -110,7 +110,7 @@ def bench_model(name: str, bags: BagSet, cfg: TrainConfig, score_batch: int, rep
 
     fast_train = make_loader(bags, cfg.batch_size, shuffle=True, seed=seed, normalizer=Normalizer("l2"))
     fast_eval = make_loader(bags, score_batch, normalizer=Normalizer("l2"))
-    fast_opt, _ = make_optimizer(model, cfg)
+    fast_opt, _ = make_optimizer(model, cfg, len(fast_train))
 
     row = {"model": name, "n_bags": n}
     seconds = {
@@ -138,7 +138,7 @@ def profile_steps(name: str, bags: BagSet, cfg: TrainConfig, steps: int = 50) ->
 
     torch.manual_seed(0)
     model = build_model(name, input_dim=bags.dim)
-    criterion, (optimizer, _) = weighted_bce(bags.labels), make_optimizer(model, cfg)
+    criterion, (optimizer, _) = weighted_bce(bags.labels), make_optimizer(model, cfg, steps)
     loader = make_loader(bags.subset(np.arange(cfg.batch_size * steps)), cfg.batch_size, shuffle=True,
                          normalizer=Normalizer("l2"))
     train_one_epoch(model, loader, criterion, optimizer, "cpu")  # warm-up

@@ -208,3 +208,17 @@ def test_long_bags_get_window_weights_in_long_format(tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(tmp_path / "run" / "best_attention_mil.pth"), "--data", str(data),
                  "--out", str(tmp_path / "scores.csv")]) == 0
     assert len(pd.read_csv(tmp_path / "scores_window_weights.csv")) == 990
+
+
+def test_classic_mil_sources_get_their_recorded_preset(capsys):
+    """mil: data gets standardised features and the classic preset; flags still win; config shows it."""
+    import yaml
+
+    assert main(["cv", "--data", "mil:musk1", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["normalize"] == "standardize" and printed["batch_size"] == 1 and printed["epochs"] == 50
+    assert main(["cv", "--data", "mil:musk1", "--normalize", "none", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["normalize"] == "none"
+    assert main(["train", "--print-config"]) == 0  # the demo data (unit embeddings): plain defaults
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["normalize"] == "l2" and printed["batch_size"] == 16 and printed["epochs"] == 10

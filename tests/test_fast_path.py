@@ -33,9 +33,9 @@ def test_fast_and_plain_paths_give_the_same_validation_losses(name):
     fast = build_model(name, input_dim=bags.dim, **overrides)
     plain = build_model(name, input_dim=bags.dim, **overrides)
     plain.load_state_dict(fast.state_dict())
-    fast_opt, _ = make_optimizer(fast, cfg)
-    plain_opt = torch.optim.AdamW(plain.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=1, normalizer=norm)
+    fast_opt, _ = make_optimizer(fast, cfg, len(loader))  # the optimizer only: no schedule is stepped
+    plain_opt = torch.optim.AdamW(plain.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     order = make_loader(train, cfg.batch_size, shuffle=True, seed=1)  # same seed: same batches
     val_loader = make_loader(val, 5, normalizer=norm)
     norm_train, norm_val = norm(train), norm(val)

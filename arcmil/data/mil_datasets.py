@@ -15,6 +15,17 @@ from arcmil.data.tables import table_to_bagset
 from arcmil.errors import DataError
 
 PREFIX = "mil:"
+# The classic sets hold raw features of very different scales (MUSK: about -300..300), not unit
+# embeddings: L2 normalisation would erase what separates them. They get the classic benchmark's
+# preset (README, "Classic MIL benchmarks"): standardised features, one bag per step, a longer
+# budget. The CLI applies it under anything the user sets and records it in config.yaml.
+PRESET = {"normalize": "standardize", "batch_size": 1, "lr": 2e-4, "epochs": 50, "patience": 10}
+
+
+def source_preset(data: str | None) -> dict:
+    """The training settings that the data source ``data`` (a --data value) calls for: PRESET for
+    ``mil:`` sources, nothing otherwise."""
+    return dict(PRESET) if str(data or "").startswith(PREFIX) else {}
 
 
 def mil_csv_dir() -> Path:

@@ -35,11 +35,12 @@ def sinusoidal_table(n: int, d: int, device=None) -> torch.Tensor:
 
 
 class PositionalEncoding(nn.Module):
-    """Adds window-order information: 'sin' (any length), 'learned' (up to max_len), or 'none'."""
+    """Adds window-order information: 'sin' (any length, table times ``scale``), 'learned' (up to
+    max_len), or 'none'."""
 
-    def __init__(self, kind: str, d_model: int, max_len: int, dropout_p: float):
+    def __init__(self, kind: str, d_model: int, max_len: int, dropout_p: float, scale: float = 1.0):
         super().__init__()
-        self.kind, self.max_len = kind, max_len
+        self.kind, self.max_len, self.scale = kind, max_len, scale
         self.table = nn.Embedding(max_len, d_model) if kind == "learned" else None
         if self.table is not None:
             nn.init.normal_(self.table.weight, std=0.02)
@@ -48,7 +49,7 @@ class PositionalEncoding(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # h: (B, N, d)
         n = h.shape[1]
         if self.kind == "sin":
-            h = h + sinusoidal_table(n, h.shape[2], h.device).to(h.dtype)
+            h = h + self.scale * sinusoidal_table(n, h.shape[2], h.device).to(h.dtype)
         elif self.kind == "learned":
             if n > self.max_len:
                 raise ConfigError(f"a bag of {n} windows exceeds the learned positional table (max_len="

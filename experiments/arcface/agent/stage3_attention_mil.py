@@ -39,7 +39,7 @@ model = AttentionMIL(AttentionMILConfig(input_dim=bags.dim, hidden_dim=128, drop
 
 # %% 4. Loss / optimizer / scheduler (weighted BCE, AdamW, ReduceLROnPlateau)
 criterion = weighted_bce(data.parts["train"].labels)
-optimizer, scheduler = make_optimizer(model, cfg)
+optimizer, scheduler = make_optimizer(model, cfg, steps_per_epoch=len(loaders["train"]))
 
 # %% 5. train_one_epoch / evaluate / train_model (early stopping restores the best state)
 fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,

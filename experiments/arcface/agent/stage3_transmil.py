@@ -41,7 +41,7 @@ model = TransMIL(TransMILConfig(
 
 # %% 4. Loss / optimizer / scheduler (weighted BCE, AdamW, ReduceLROnPlateau)
 criterion = weighted_bce(data.parts["train"].labels)
-optimizer, scheduler = make_optimizer(model, cfg)
+optimizer, scheduler = make_optimizer(model, cfg, steps_per_epoch=len(loaders["train"]))
 
 # %% 5. train_one_epoch / evaluate / train_model (early stopping restores the best state)
 fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,

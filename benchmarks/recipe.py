@@ -1,0 +1,272 @@
+"""The default recipe, judged across tasks and seeds: does every model learn what it can at the note's budget?
+
+Every (task, seed, model) cell runs exactly what ``arcmil train`` runs (``run_experiment``) on
+``arcmil.tasks.make_task(task, seed=seed)`` with ``TrainConfig(seed=seed)``: data seed and training
+seed both vary. Two reference rows per task, ``note_transformer_mil`` and ``note_transmil``, train the
+design note's own models with the note's plain loop, written below: per-item ``DataLoader``, Adam
+lr 1e-3, batch 16, at most 10 epochs, early stopping on validation loss with patience 3, threshold
+tuned on validation. Per task and model the table shows test ROC-AUC median and worst seed, median
+F1, median best epoch and median seconds per run. Cells are written to the JSON as they finish, and
+a rerun with the same ``--out`` and ``--label`` skips the cells it already has.
+
+    python benchmarks/recipe.py --seeds 0-9 --workers 2 --out benchmarks/results/recipe.json
+    python benchmarks/recipe.py --models transmil --set lr_warmup=0 --label no_warmup ...   # ablation
+
+``--set key=value`` overrides a training or model setting (the names of ``arcmil train --config``).
+``--workers N`` runs N one-thread processes side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from arcmil.data import assign_split, split_parts
+from arcmil.metrics import binary_metrics, tune_threshold
+from arcmil.models import model_names
+from arcmil.pipeline import environment, run_experiment
+from arcmil.settings import model_overrides, train_config
+from arcmil.tasks import TASKS, make_task
+from arcmil.train import seed_everything
+
+REFERENCES = ("note_transformer_mil", "note_transmil")
+
+
+# ---------------------------------------------------------------- the design note's models and loop
+class NoteSinusoidal(nn.Module):
+    """The note's table: 128 positions, added to the projected windows, then dropout."""
+
+    def __init__(self, d_model: int, dropout_p: float, max_len: int = 128):
+        super().__init__()
+        position = torch.arange(max_len, dtype=torch.float32)[:, None]
+        freq = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(10000.0) / d_model))
+        table = torch.zeros(max_len, d_model)
+        table[:, 0::2], table[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
+        self.register_buffer("table", table)
+        self.dropout = nn.Dropout(dropout_p)
+
+    def forward(self, h):
+        return self.dropout(h + self.table[: h.shape[1]])
+
+
+class NotePooler(nn.Module):
+    def __init__(self, d_model: int, hidden: int = 128, dropout_p: float = 0.1):
+        super().__init__()
+        self.fc1, self.fc2, self.drop = nn.Linear(d_model, hidden), nn.Linear(hidden, 1), nn.Dropout(dropout_p)
+        for fc in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, h):
+        weights = torch.softmax(self.fc2(torch.tanh(self.fc1(self.drop(h)))).squeeze(-1), dim=1)
+        return (weights[..., None] * h).sum(dim=1), weights
+
+
+def _xavier(linear: nn.Linear) -> nn.Linear:
+    nn.init.xavier_uniform_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class NoteTransformerMIL(nn.Module):
+    """Section 1-2 of the note: Xavier projection, sin positions, nn.TransformerEncoder (pre-norm), pooler."""
+
+    def __init__(self, input_dim=256, d_model=128, nhead=4, num_layers=2, dim_feedforward=256, dropout_p=0.1):
+        super().__init__()
+        self.proj = _xavier(nn.Linear(input_dim, d_model))
+        self.pos = NoteSinusoidal(d_model, dropout_p)
+        layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout_p, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.pooler = NotePooler(d_model, dropout_p=dropout_p)
+        self.classifier = _xavier(nn.Linear(d_model, 1))
+
+    def forward(self, x):
+        z, weights = self.pooler(self.encoder(self.pos(self.proj(x))))
+        return self.classifier(z).squeeze(-1), weights
+
+
+class NoteLayer(nn.Module):
+    """The note's TransformerEncoderLayerWithAttn: post-norm, GELU, nn.MultiheadAttention."""
+
+    def __init__(self, d_model, nhead, dim_feedforward, dropout_p):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout_p, batch_first=True)
+        self.ff = nn.Sequential(_xavier(nn.Linear(d_model, dim_feedforward)), nn.GELU(), nn.Dropout(dropout_p),
+                                _xavier(nn.Linear(dim_feedforward, d_model)))
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.drop1, self.drop2 = nn.Dropout(dropout_p), nn.Dropout(dropout_p)
+
+    def forward(self, h):
+        out, attn = self.attn(h, h, h, need_weights=True, average_attn_weights=True)
+        h = self.norm1(h + self.drop1(out))
+        return self.norm2(h + self.drop2(self.ff(h))), attn
+
+
+class NoteTransMIL(nn.Module):
+    """Section 2-2 of the note: Xavier projection, sin positions, CLS token, NoteLayers, LayerNorm."""
+
+    def __init__(self, input_dim=256, d_model=128, nhead=4, num_layers=2, dim_feedforward=256, dropout_p=0.1):
+        super().__init__()
+        self.proj = _xavier(nn.Linear(input_dim, d_model))
+        self.pos = NoteSinusoidal(d_model, dropout_p)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
+        self.layers = nn.ModuleList(NoteLayer(d_model, nhead, dim_feedforward, dropout_p) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.classifier = _xavier(nn.Linear(d_model, 1))
+
+    def forward(self, x):
+        h = torch.cat([self.cls_token.expand(len(x), -1, -1), self.pos(self.proj(x))], dim=1)
+        for layer in self.layers:
+            h, attn = layer(h)
+        return self.classifier(self.norm(h)[:, 0]).squeeze(-1), torch.softmax(attn[:, 0, 1:], dim=1)
+
+
+def _pad_collate(items):
+    """The note's models take no mask: bags of unequal length are zero-padded (the note cannot do better)."""
+    xs, ys = zip(*items)
+    return nn.utils.rnn.pad_sequence(xs, batch_first=True), torch.stack(ys)
+
+
+def note_reference(name: str, bags, seed: int) -> dict:
+    """Train the note's model ``name`` with the note's loop; test metrics at the validation threshold."""
+    seed_everything(seed)
+    parts = split_parts(assign_split(bags, seed))
+    sets = {k: [(torch.from_numpy(np.asarray(b, np.float32)), torch.tensor(float(y)))
+                for b, y in zip(part.bags, part.labels)] for k, part in parts.items()}
+    generator = torch.Generator().manual_seed(seed)
+    loaders = {k: DataLoader(v, batch_size=16, shuffle=k == "train", generator=generator, collate_fn=_pad_collate)
+               for k, v in sets.items()}
+    model = (NoteTransformerMIL if name == "note_transformer_mil" else NoteTransMIL)(input_dim=bags.dim)
+    labels = parts["train"].labels
+    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(labels) - labels.sum()) / labels.sum()))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    @torch.no_grad()
+    def scores(loader):
+        model.eval()
+        logits = torch.cat([model(x)[0] for x, _ in loader])
+        y = torch.cat([y for _, y in loader])
+        return torch.sigmoid(logits).numpy(), y.numpy(), criterion(logits, y).item()
+
+    best, best_state, best_epoch, waited = float("inf"), None, 0, 0
+    for epoch in range(1, 11):
+        model.train()
+        for x, y in loaders["train"]:
+            optimizer.zero_grad()
+            criterion(model(x)[0], y).backward()
+            optimizer.step()
+        val_loss = scores(loaders["val"])[2]
+        if val_loss < best:
+            best, best_epoch, waited = val_loss, epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= 3:
+                break
+    model.load_state_dict(best_state)
+    val_probs, val_y, _ = scores(loaders["val"])
+    test_probs, test_y, _ = scores(loaders["test"])
+    return {**binary_metrics(test_y, test_probs, tune_threshold(val_y, val_probs)), "best_epoch": best_epoch}
+
+
+# ---------------------------------------------------------------- cells, table, JSON
+def run_cell(task: str, model: str, seed: int, settings: dict) -> dict:
+    torch.set_num_threads(1)
+    tic = time.perf_counter()
+    bags = make_task(task, seed=seed)
+    if model in REFERENCES:
+        test = note_reference(model, bags, seed)
+        best_epoch = test["best_epoch"]
+    else:
+        result = run_experiment(bags, model, train_config({"seed": seed, "progress": False, **settings}),
+                                **model_overrides(model, settings, strict=False))
+        test, best_epoch = result.results["test"], result.results["best_epoch"]
+    return {"task": task, "model": model, "seed": seed, "roc_auc": test["roc_auc"], "f1": test["f1"],
+            "best_epoch": best_epoch, "seconds": time.perf_counter() - tic}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """{task: {model: median/worst ROC-AUC, median F1, best epoch and seconds, seeds}}."""
+    out = {}
+    for r in runs:
+        out.setdefault(r["task"], {}).setdefault(r["model"], []).append(r)
+    return {task: {model: {"roc_auc_median": float(np.median([r["roc_auc"] for r in rows])),
+                           "roc_auc_worst": min(r["roc_auc"] for r in rows),
+                           "worst_seed": min(rows, key=lambda r: r["roc_auc"])["seed"],
+                           "f1_median": float(np.median([r["f1"] for r in rows])),
+                           "best_epoch_median": float(np.median([r["best_epoch"] for r in rows])),
+                           "seconds_median": float(np.median([r["seconds"] for r in rows])), "seeds": len(rows)}
+                   for model, rows in models.items()}
+            for task, models in out.items()}
+
+
+def print_table(summary: dict) -> None:
+    print("| task | model | ROC-AUC median | worst (seed) | F1 median | best epoch | s/run |")
+    print("|---|---|---|---|---|---|---|")
+    for task, models in summary.items():
+        for model, s in models.items():
+            print(f"| {task} | {model} | {s['roc_auc_median']:.3f} | {s['roc_auc_worst']:.3f} ({s['worst_seed']}) | "
+                  f"{s['f1_median']:.3f} | {s['best_epoch_median']:g} | {s['seconds_median']:.1f} |")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-9' or '0,3,5'."""
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--models", default=",".join([*model_names(), *REFERENCES]))
+    parser.add_argument("--seeds", default="0-9")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training or model setting (repeatable)")
+    parser.add_argument("--label", default="defaults", help="name of this recipe in the JSON")
+    parser.add_argument("--workers", type=int, default=1, help="one-thread processes side by side")
+    parser.add_argument("--out", default="benchmarks/results/recipe.json")
+    args = parser.parse_args()
+    settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    out = Path(args.out)
+    saved = json.loads(out.read_text()) if out.exists() else {"recipes": {}}
+    recipe = saved["recipes"].setdefault(args.label, {"settings": settings, "runs": []})
+    if recipe["settings"] != settings:
+        raise SystemExit(f"{out}: recipe {args.label!r} was run with {recipe['settings']}, not {settings}")
+    # the note's reference rows do not depend on arcmil's settings: reuse them from any recipe
+    for other in saved["recipes"].values():
+        known = {(r["task"], r["model"], r["seed"]) for r in recipe["runs"]}
+        recipe["runs"] += [r for r in other["runs"] if r["model"] in REFERENCES
+                           and (r["task"], r["model"], r["seed"]) not in known]
+    done = {(r["task"], r["model"], r["seed"]) for r in recipe["runs"]}
+    cells = [(t, m, s) for t in args.tasks.split(",") for s in parse_seeds(args.seeds)
+             for m in args.models.split(",") if (t, m, s) not in done]
+    saved["environment"] = {**environment(), "torch_threads": 1, "workers": args.workers}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(args.workers) as pool:
+        for row in pool.map(run_cell, *zip(*cells), [settings] * len(cells)) if cells else []:
+            recipe["runs"].append(row)
+            print(f"{row['task']} {row['model']} seed {row['seed']}: roc_auc {row['roc_auc']:.4f} "
+                  f"epoch {row['best_epoch']} ({row['seconds']:.1f} s)", flush=True)
+            recipe["summary"] = summarize(recipe["runs"])
+            out.write_text(json.dumps(saved, indent=1))
+    wanted = [r for r in recipe["runs"] if r["task"] in args.tasks.split(",") and r["model"] in args.models.split(",")]
+    print(f"\nrecipe {args.label!r} {settings}; seeds {args.seeds}; 1 torch thread per process, "
+          f"{args.workers} process(es)\n")
+    print_table(summarize(wanted))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
