@@ -11,7 +11,7 @@ it holds and where. Prototype 0 is P (positive), 1 is A, 2 is B; the rest are ba
   * cooccurrence: positive iff A and B both occur; negatives hold A alone, B alone or neither.
   * order: positive iff an A window comes before a B window; negatives hold B before A, or one alone.
   * imbalanced: sparse presence with 8% positive documents (3,000 documents by default).
-  * variable_length: sparse presence in documents of 5–60 windows.
+  * variable_length: sparse presence in documents of 5–60 windows (1,000 documents by default).
   * demo: ``arcmil.demo.make_demo_bags`` (witness windows or an ordered motif).
 
 ``instance_labels`` mark the windows that make a positive document positive.
@@ -87,7 +87,7 @@ def make_task(task: str, *, n_bags: int | None = None, dim: int = 256, n_prototy
         raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if task == "demo":
         return make_demo_bags(n_bags or 1500, dim=dim, seed=seed)
-    n_bags = n_bags or (3000 if task == "imbalanced" else 1500)
+    n_bags = n_bags or {"imbalanced": 3000, "variable_length": 1000}.get(task, 1500)
     rng = np.random.default_rng(seed)
     docs = _Documents(rng, dim, n_prototypes, noise=1.5 if task == "noisy_presence" else 1.0)
     positive_rate = 0.08 if task == "imbalanced" else 0.4

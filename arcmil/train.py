@@ -38,7 +38,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     patience: int = 3
     monitor: str = "val_loss"
-    lr_schedule: str = "plateau"
+    lr_schedule: str = "cosine"
     warmup_epochs: float = 1.0
     lr_factor: float = 0.5
     lr_patience: int = 1

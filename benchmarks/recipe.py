@@ -219,6 +219,20 @@ def print_table(summary: dict) -> None:
                   f"{s['f1_median']:.3f} | {s['best_epoch_median']:g} | {s['seconds_median']:.1f} |")
 
 
+def print_ablation(saved: dict, labels: list[str], tasks: list[str], models: list[str], seeds: list[int]) -> None:
+    """Median / worst test ROC-AUC of each recipe on the same (task, model, seed) cells."""
+    print("| task | model | " + " | ".join(labels) + " |")
+    print("|---|---|" + "---|" * len(labels))
+    for task in tasks:
+        for model in models:
+            cells = []
+            for label in labels:
+                auc = [r["roc_auc"] for r in saved["recipes"][label]["runs"]
+                       if (r["task"], r["model"]) == (task, model) and r["seed"] in seeds]
+                cells.append(f"{np.median(auc):.3f} / {min(auc):.3f}" if len(auc) == len(seeds) else "–")
+            print(f"| {task} | {model} | " + " | ".join(cells) + " |")
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0-9' or '0,3,5'."""
     if "-" in text:
@@ -237,10 +251,16 @@ def main() -> None:
     parser.add_argument("--label", default="defaults", help="name of this recipe in the JSON")
     parser.add_argument("--workers", type=int, default=1, help="one-thread processes side by side")
     parser.add_argument("--out", default="benchmarks/results/recipe.json")
+    parser.add_argument("--ablation", metavar="LABEL,LABEL,...",
+                        help="run nothing: print median / worst test ROC-AUC of these saved recipes side by side")
     args = parser.parse_args()
     settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     out = Path(args.out)
     saved = json.loads(out.read_text()) if out.exists() else {"recipes": {}}
+    if args.ablation:
+        print_ablation(saved, args.ablation.split(","), args.tasks.split(","), args.models.split(","),
+                       parse_seeds(args.seeds))
+        return
     recipe = saved["recipes"].setdefault(args.label, {"settings": settings, "runs": []})
     if recipe["settings"] != settings:
         raise SystemExit(f"{out}: recipe {args.label!r} was run with {recipe['settings']}, not {settings}")

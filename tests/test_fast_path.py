@@ -27,14 +27,14 @@ def test_fast_and_plain_paths_give_the_same_validation_losses(name):
     train, val = bags.subset(np.arange(60)), bags.subset(np.arange(60, 80))
     norm = Normalizer("l2")
     overrides = {"dropout_p": 0.0, **({"d_model": 32, "nhead": 2} if name != "attention_mil" else {})}
-    cfg = TrainConfig(batch_size=8, lr=3e-3)
+    cfg = TrainConfig(batch_size=8, lr=3e-3, warmup_epochs=0)  # the optimizer starts at lr, as the plain one
     criterion = weighted_bce(train.labels)
     torch.manual_seed(0)
     fast = build_model(name, input_dim=bags.dim, **overrides)
     plain = build_model(name, input_dim=bags.dim, **overrides)
     plain.load_state_dict(fast.state_dict())
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=1, normalizer=norm)
-    fast_opt, _ = make_optimizer(fast, cfg, len(loader))  # the optimizer only: no schedule is stepped
+    fast_opt, _ = make_optimizer(fast, cfg, len(loader))  # its schedule is never stepped here
     plain_opt = torch.optim.AdamW(plain.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     order = make_loader(train, cfg.batch_size, shuffle=True, seed=1)  # same seed: same batches
     val_loader = make_loader(val, 5, normalizer=norm)

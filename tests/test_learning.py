@@ -1,5 +1,7 @@
 """The default recipe learns: each Transformer masters a small order task and a small co-occurrence
-task within the note's budget (batch 16, at most 10 epochs, patience 3) on three fixed seeds."""
+task within the note's budget (batch 16, at most 10 epochs, patience 3) on three fixed seeds.
+The recipe before pos_scale and the warm-up + cosine schedule fails this (TransMIL: 0.571 on order
+seed 1, 0.643 on co-occurrence seed 1); the defaults reach 0.959 or more."""
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from arcmil.train import TrainConfig, make_optimizer, warmup_cosine
 @pytest.mark.parametrize("model", ["transformer_mil", "transmil"])
 def test_transformers_learn_small_tasks_on_every_seed(model, task):
     for seed in (0, 1, 2):
-        bags = make_task(task, n_bags=500, dim=64, seed=seed)
+        bags = make_task(task, n_bags=800, dim=64, seed=seed)
         result = run_experiment(bags, model, TrainConfig(seed=seed, n_bootstrap=10, progress=False))
         assert result.results["test"]["roc_auc"] >= 0.95, (model, task, seed, result.results["history"])
 

@@ -63,7 +63,7 @@ class TransformerConfig:
     dim_feedforward: int = 256
     dropout_p: float = 0.1
     pos_enc: str = "sin"
-    pos_scale: float = 1.0
+    pos_scale: float = 0.1
     max_len: int = 512
     pooler_hidden: int = 128
     attention: str = "full"
