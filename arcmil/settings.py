@@ -14,7 +14,7 @@ from arcmil.models import get_entry
 from arcmil.models.attention import ATTENTIONS
 from arcmil.models.config import POOLS, POS_ENCODINGS
 from arcmil.models.registry import closest, config_classes
-from arcmil.train import MONITORS, PRECISIONS, TrainConfig
+from arcmil.train import LR_SCHEDULES, MONITORS, PRECISIONS, TrainConfig
 
 RUN_KEYS = {"model": str, "models": str, "data": str, "out": str, "seeds": str, "folds": int, "repeats": int,
             "val_fraction": float, "tracker": str}
@@ -34,7 +34,8 @@ MODEL_FIELDS = {f.name: kind for f, kind in _settable(*config_classes())}
 TRAIN_FIELDS = {f.name: kind for f, kind in _settable(TrainConfig)}
 DEFAULTS = {f.name: f.default for f, _ in _settable(*config_classes(), TrainConfig)}
 CHOICES = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS,
-           "pos_enc": POS_ENCODINGS, "pool": POOLS, "attention": ATTENTIONS, "precision": PRECISIONS}
+           "pos_enc": POS_ENCODINGS, "pool": POOLS, "attention": ATTENTIONS, "precision": PRECISIONS,
+           "lr_schedule": LR_SCHEDULES}
 ALL_KEYS = {**RUN_KEYS, **MODEL_FIELDS, **TRAIN_FIELDS}
 
 

@@ -245,12 +245,12 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
         waited, history, done = resume["waited"], resume["history"], resume["epoch"]
     start = time.perf_counter()
     show = cfg.progress and train_loader.world.is_main
+    per_batch = scheduler if cfg.lr_schedule == "cosine" else None  # else stepped once per epoch
     bar = tqdm(range(done + 1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not show, leave=False)
     for epoch in bar:
         if waited >= cfg.patience:
             break
         tic = time.perf_counter()
-        per_batch = scheduler if cfg.lr_schedule == "cosine" else None
         lr = optimizer.param_groups[0]["lr"]  # at the epoch's start (per-batch schedules move it)
         train_loss = train_one_epoch(runner, train_loader, criterion, optimizer, device, cfg.precision, per_batch)
         val = evaluate(runner, val_loader, criterion, device, cfg.precision)
