@@ -12,7 +12,7 @@ from arcmil.errors import ConfigError
 from arcmil.metrics import THRESHOLD_METHODS
 from arcmil.models import get_entry
 from arcmil.models.attention import ATTENTIONS
-from arcmil.models.config import POOLS, POS_ENCODINGS
+from arcmil.models.config import INITS, POOLS, POS_ENCODINGS
 from arcmil.models.registry import closest, config_classes
 from arcmil.train import LR_SCHEDULES, MONITORS, PRECISIONS, TrainConfig
 
@@ -35,7 +35,7 @@ TRAIN_FIELDS = {f.name: kind for f, kind in _settable(TrainConfig)}
 DEFAULTS = {f.name: f.default for f, _ in _settable(*config_classes(), TrainConfig)}
 CHOICES = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS,
            "pos_enc": POS_ENCODINGS, "pool": POOLS, "attention": ATTENTIONS, "precision": PRECISIONS,
-           "lr_schedule": LR_SCHEDULES}
+           "lr_schedule": LR_SCHEDULES, "init": INITS}
 ALL_KEYS = {**RUN_KEYS, **MODEL_FIELDS, **TRAIN_FIELDS}
 
 

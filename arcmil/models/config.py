@@ -7,6 +7,7 @@ from arcmil.errors import ConfigError
 from arcmil.models.attention import ATTENTIONS
 
 POS_ENCODINGS = ("sin", "learned", "none")
+INITS = ("xavier", "torch")
 POOLS = ("attention", "topk")
 
 
@@ -54,7 +55,9 @@ class InstanceMaxConfig(WindowMLPConfig):
 @dataclass(frozen=True)
 class TransformerConfig:
     """Shared by both Transformer models. ``max_len`` bounds only the ``learned`` position table;
-    ``attention``: 'full' (exact) or 'nystrom' (linear-time, ``num_landmarks`` landmarks)."""
+    ``attention``: 'full' (exact) or 'nystrom' (linear-time, ``num_landmarks`` landmarks);
+    ``init``: 'xavier' (the note's: Xavier-uniform input projection and output head, zero biases)
+    or 'torch' (PyTorch's default Linear initialisation)."""
 
     input_dim: int = 256
     d_model: int = 128
@@ -63,7 +66,8 @@ class TransformerConfig:
     dim_feedforward: int = 256
     dropout_p: float = 0.1
     pos_enc: str = "sin"
-    pos_scale: float = 0.1
+    pos_scale: float = 0.3
+    init: str = "xavier"
     max_len: int = 512
     pooler_hidden: int = 128
     attention: str = "full"
@@ -72,6 +76,7 @@ class TransformerConfig:
     def __post_init__(self):
         _check(self.pos_enc in POS_ENCODINGS,
                f"pos_enc must be one of {', '.join(POS_ENCODINGS)}, got {self.pos_enc!r}")
+        _check(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         _check(self.d_model % self.nhead == 0, f"d_model {self.d_model} must be divisible by nhead {self.nhead}")
         _check(self.num_layers >= 1, "num_layers must be at least 1")
         _check(self.attention in ATTENTIONS,

@@ -14,6 +14,14 @@ from arcmil.errors import ConfigError
 from arcmil.models.attention import cls_attention_row, make_attention
 
 
+def xavier_init(*linears: nn.Linear) -> None:
+    """The note's initialisation of a Transformer's input projection and output head: Xavier-uniform
+    weights, zero biases (twice PyTorch's default scale for a 256 -> 128 projection)."""
+    for linear in linears:
+        nn.init.xavier_uniform_(linear.weight)
+        nn.init.zeros_(linear.bias)
+
+
 def full_mask(x: torch.Tensor) -> torch.Tensor:
     """All-True mask (B, N) for an unpadded batch x (B, N, ...)."""
     return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)

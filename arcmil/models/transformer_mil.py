@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from arcmil.models.config import TransformerMILConfig
-from arcmil.models.layers import AttentionPooler, EncoderLayer, PositionalEncoding, TopKPooler, full_mask
+from arcmil.models.layers import (AttentionPooler, EncoderLayer, PositionalEncoding, TopKPooler, full_mask,
+                                  xavier_init)
 from arcmil.models.registry import register
 
 
@@ -36,6 +37,8 @@ class TransformerMIL(nn.Module):
         else:
             self.pooler = AttentionPooler(c.d_model, hidden=c.pooler_hidden, dropout_p=c.dropout_p)
             self.classifier = nn.Linear(c.d_model, 1)
+        if c.init == "xavier":
+            xavier_init(self.proj, self.topk.score if c.pool == "topk" else self.classifier)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from arcmil.models.config import TransMILConfig
-from arcmil.models.layers import AttentionPooler, EncoderLayer, PositionalEncoding, full_mask
+from arcmil.models.layers import AttentionPooler, EncoderLayer, PositionalEncoding, full_mask, xavier_init
 from arcmil.models.registry import register
 
 
@@ -38,6 +38,8 @@ class TransMIL(nn.Module):
         self.norm = nn.LayerNorm(c.d_model)
         self.pooler = AttentionPooler(c.d_model, hidden=c.pooler_hidden, dropout_p=c.dropout_p) if c.dual else None
         self.classifier = nn.Linear(c.d_model * (2 if c.dual else 1), 1)
+        if c.init == "xavier":
+            xavier_init(self.proj, self.classifier)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""

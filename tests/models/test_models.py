@@ -79,6 +79,19 @@ def test_bags_longer_than_128_windows(name, pos_enc):
 
 
 @pytest.mark.parametrize("name", TRANSFORMERS)
+def test_xavier_init_is_the_notes_projection_and_head(name):
+    xavier, plain = small(name), small(name, init="torch")
+    head = "topk.score" if name.endswith("topk") else "classifier"
+    for layer in ("proj", head):
+        weight = xavier.get_submodule(layer).weight
+        fan_out, fan_in = weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5  # Xavier-uniform's bound
+        assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
+        assert (xavier.get_submodule(layer).bias == 0).all() and (plain.get_submodule(layer).bias != 0).any()
+    torch.testing.assert_close(xavier.layers[0].qkv.weight, plain.layers[0].qkv.weight)  # the rest as before
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
 def test_learned_table_says_its_limit(name):
     model = small(name, pos_enc="learned", max_len=16)
     model(*padded_batch([16]))  # at the limit: fine
