@@ -64,10 +64,11 @@ def _pinv(x: torch.Tensor, iterations: int) -> torch.Tensor:
 class NystromAttention(nn.Module):
     """Nystrom softmax attention with a depthwise convolution residual on the values (as TransMIL).
 
-    Landmarks are means of ``num_landmarks`` equal segments of each bag's real tokens (padding never
-    enters a landmark); a bag shorter than that gets one landmark per token, which makes the
-    approximation exact up to the pseudo-inverse iteration (6 steps, as TransMIL; ~1e-6 after 20).
-    Absent landmarks are masked out of every softmax.
+    Landmarks are means of ``num_landmarks`` equal segments of each bag's real tokens, taken in order
+    of rank among the real tokens (padding anywhere, holes included, never enters a landmark). A bag
+    no longer than ``num_landmarks`` gets one landmark per token: there the Nystrom product
+    A A^+ A V equals A V, which is computed directly (the 6-step pseudo-inverse of TransMIL would
+    leave an error of ~1e-2). Absent landmarks are masked out of every softmax.
     """
 
     def __init__(self, nhead: int, num_landmarks: int, dropout_p: float, pinv_iterations: int = 6,
@@ -83,7 +84,8 @@ class NystromAttention(nn.Module):
         m = self.num_landmarks
         q = q / math.sqrt(e)
         lengths = key_mask.sum(dim=1, keepdim=True)  # (B, 1)
-        segment = torch.arange(t, device=q.device)[None, :] * m // lengths  # (B, T), in [0, m) on real tokens
+        rank = key_mask.cumsum(dim=1) - 1  # (B, T): a real token's position among the real tokens
+        segment = rank * m // lengths.clamp(min=1)  # (B, T), in [0, m) on real tokens
         segment = torch.where(key_mask, segment, m)  # padding goes to an extra segment, dropped below
         member = F.one_hot(segment, m + 1)[..., :m].to(q.dtype)  # (B, T, m)
         counts = member.sum(dim=1)  # (B, m)
@@ -100,7 +102,12 @@ class NystromAttention(nn.Module):
         kernel_3 = torch.softmax((q_land @ k.transpose(-1, -2)).masked_fill(~key_mask[:, None, None, :],
                                                                            float("-inf")), -1)
         v = v * key_mask[:, None, :, None]
-        out = self.dropout(kernel_1) @ (_pinv(kernel_2, self.pinv_iterations) @ (self.dropout(kernel_3) @ v))
+        kernel_1 = self.dropout(kernel_1)
+        approximate = kernel_1 @ (_pinv(kernel_2, self.pinv_iterations) @ (self.dropout(kernel_3) @ v))
+        # one token per landmark: kernel_1 is the exact attention over the tokens in landmark order
+        v_land = torch.einsum("bhte,btm->bhme", v, member)
+        exact = kernel_1 @ v_land
+        out = torch.where((lengths <= m)[:, :, None, None], exact, approximate)
         return out + self.residual(v)
 
 
