@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from arcmil.models.config import AttentionMILConfig
-from arcmil.models.layers import AttentionPooler, full_mask
+from arcmil.models.layers import AttentionPooler, Float32Linear, full_mask
 from arcmil.models.registry import register
 
 
@@ -19,7 +19,7 @@ class AttentionMIL(nn.Module):
         self.config = c = config
         self.embed = nn.Sequential(nn.Linear(c.input_dim, c.hidden_dim), nn.ReLU(), nn.Dropout(c.dropout_p))
         self.pooler = AttentionPooler(c.hidden_dim, hidden=c.hidden_dim, gated=c.gated)
-        self.classifier = nn.Linear(c.hidden_dim, 1)
+        self.classifier = Float32Linear(c.hidden_dim, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""

@@ -5,6 +5,7 @@ Masks are bool with True = real window.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -25,6 +26,12 @@ def xavier_init(*linears: nn.Linear) -> None:
 def full_mask(x: torch.Tensor) -> torch.Tensor:
     """All-True mask (B, N) for an unpadded batch x (B, N, ...)."""
     return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+
+
+def zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x (B, N, D) with padding set to 0: padding may hold anything (NaN included), and in an encoder
+    0 x NaN in the attention products would spread it to every real window."""
+    return torch.where(mask.unsqueeze(-1), x, 0.0)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,6 +73,27 @@ class PositionalEncoding(nn.Module):
         return self.dropout(h)
 
 
+def float32_forward(forward):
+    """Run a pooler's ``forward(h, mask)`` in float32 with autocast off: window weights and bag
+    logits are never bf16-rounded, and float32 LayerNorm outputs never meet bf16 scores."""
+
+    @functools.wraps(forward)
+    def wrapper(self, h: torch.Tensor, mask: torch.Tensor):
+        with torch.autocast(h.device.type, enabled=False):
+            return forward(self, h.float(), mask)
+
+    return wrapper
+
+
+class Float32Linear(nn.Linear):
+    """The classification head: an ``nn.Linear`` (same parameters, same state_dict) that computes in
+    float32 under autocast, so logits and stored probabilities are not bf16-rounded."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
 class AttentionPooler(nn.Module):
     """ABMIL attention pooling (Ilse et al. 2018, eq. 8; gated: eq. 9).
 
@@ -80,6 +108,7 @@ class AttentionPooler(nn.Module):
         self.U = nn.Linear(d_model, hidden) if gated else None
         self.w = nn.Linear(hidden, 1)
 
+    @float32_forward
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = torch.tanh(self.V(self.dropout(h)))
         if self.U is not None:
@@ -102,6 +131,7 @@ class TopKPooler(nn.Module):
         self.k = k
         self.score = nn.Linear(d_model, 1)
 
+    @float32_forward
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))  # (B, N)
         k = min(self.k, h.shape[1])

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from arcmil.models.config import TransformerMILConfig
-from arcmil.models.layers import (AttentionPooler, EncoderLayer, PositionalEncoding, TopKPooler, full_mask,
-                                  xavier_init)
+from arcmil.models.layers import (AttentionPooler, EncoderLayer, Float32Linear, PositionalEncoding, TopKPooler,
+                                  full_mask, xavier_init, zero_padding)
 from arcmil.models.registry import register
 
 
@@ -36,14 +36,14 @@ class TransformerMIL(nn.Module):
             self.topk = TopKPooler(c.d_model, c.k)
         else:
             self.pooler = AttentionPooler(c.d_model, hidden=c.pooler_hidden, dropout_p=c.dropout_p)
-            self.classifier = nn.Linear(c.d_model, 1)
+            self.classifier = Float32Linear(c.d_model, 1)
         if c.init == "xavier":
             xavier_init(self.proj, self.topk.score if c.pool == "topk" else self.classifier)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""
         mask = full_mask(x) if mask is None else mask
-        h = self.pos(self.proj(x))  # (B, N, d)
+        h = self.pos(self.proj(zero_padding(x, mask)))  # (B, N, d)
         for layer in self.layers:
             h, _ = layer(h, mask)
         h = self.norm(h)

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from arcmil.models.config import TransMILConfig
-from arcmil.models.layers import AttentionPooler, EncoderLayer, PositionalEncoding, full_mask, xavier_init
+from arcmil.models.layers import (AttentionPooler, EncoderLayer, Float32Linear, PositionalEncoding, full_mask,
+                                  xavier_init, zero_padding)
 from arcmil.models.registry import register
 
 
@@ -37,7 +38,7 @@ class TransMIL(nn.Module):
                          num_landmarks=c.num_landmarks) for _ in range(c.num_layers))
         self.norm = nn.LayerNorm(c.d_model)
         self.pooler = AttentionPooler(c.d_model, hidden=c.pooler_hidden, dropout_p=c.dropout_p) if c.dual else None
-        self.classifier = nn.Linear(c.d_model * (2 if c.dual else 1), 1)
+        self.classifier = Float32Linear(c.d_model * (2 if c.dual else 1), 1)
         if c.init == "xavier":
             xavier_init(self.proj, self.classifier)
 
@@ -45,14 +46,14 @@ class TransMIL(nn.Module):
         """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""
         mask = full_mask(x) if mask is None else mask
         b = x.shape[0]
-        h = torch.cat([self.cls_token.expand(b, -1, -1), self.pos(self.proj(x))], dim=1)  # (B, T, d)
+        h = torch.cat([self.cls_token.expand(b, -1, -1), self.pos(self.proj(zero_padding(x, mask)))], dim=1)  # (B, T, d)
         key_mask = torch.cat([mask.new_ones(b, 1), mask], dim=1)  # (B, T)
         for i, layer in enumerate(self.layers):
             h, cls_attention = layer(h, key_mask, return_cls_attention=i == len(self.layers) - 1)
         h = self.norm(h)
-        to_windows = cls_attention[:, 1:]
+        to_windows = cls_attention[:, 1:].float()  # weights and head in float32 (see Float32Linear)
         weights = to_windows / to_windows.sum(dim=1, keepdim=True)
-        bag = h[:, 0]
+        bag = h[:, 0].float()
         if self.pooler is not None:
             z, pool_weights = self.pooler(h[:, 1:], mask)
             bag = torch.cat([bag, z], dim=-1)

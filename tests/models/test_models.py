@@ -4,6 +4,7 @@ import torch
 
 from arcmil.errors import ConfigError
 from arcmil.models import build_model, make_config, model_names
+from arcmil.models.layers import TopKPooler
 
 ALL = model_names()
 TRANSFORMERS = [n for n in ALL if n.startswith("trans")]
@@ -51,9 +52,35 @@ def test_padding_changes_nothing(name):
     alone_logits, alone_weights = model(x[:1, :5])  # the first bag without padding, no mask
     torch.testing.assert_close(logits[:1], alone_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(weights[:1, :5], alone_weights, atol=1e-5, rtol=1e-5)
-    garbage = x.clone()
-    garbage[~mask] = 1e3  # whatever sits in padding must not leak into real outputs
-    torch.testing.assert_close(model(garbage, mask)[0], logits, atol=1e-5, rtol=1e-5)
+    for filler in (1e3, float("nan"), float("inf")):  # whatever sits in padding must not leak into real outputs
+        garbage = x.clone()
+        garbage[~mask] = filler
+        garbage_logits, garbage_weights = model(garbage, mask)
+        torch.testing.assert_close(garbage_logits, logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(garbage_weights, weights, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bf16_autocast_keeps_logits_and_weights_in_float32(name):
+    """Heads and poolers compute in float32 under autocast: logits are not bf16-rounded."""
+    model = small(name)
+    x, mask = padded_batch([7, 3, 5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, weights = model(x, mask)
+    assert logits.dtype == torch.float32 and weights.dtype == torch.float32
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(3))
+    assert (weights[~mask] == 0).all()
+    torch.testing.assert_close(logits, model(x, mask)[0], atol=0.1, rtol=0.05)  # bf16 encoder, same model
+
+
+def test_topk_pooler_takes_float32_windows_under_autocast():
+    """As on CUDA, where LayerNorm returns float32 under autocast while Linear returns bf16."""
+    pooler = TopKPooler(16, k=3)
+    h, mask = torch.randn(2, 6, 16), torch.ones(2, 6, dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, weights = pooler(h, mask)
+    torch.testing.assert_close(logits, pooler(h, mask)[0])
+    assert weights.dtype == torch.float32 and torch.equal((weights > 0).sum(dim=1), torch.tensor([3, 3]))
 
 
 @pytest.mark.parametrize("name", ALL)
