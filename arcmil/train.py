@@ -58,9 +58,10 @@ class TrainConfig:
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+                hint = " (to train every epoch, set it to epochs or more)" if name == "patience" else ""
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}{hint}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ConfigError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
 

@@ -140,3 +140,16 @@ def test_no_traceback_unless_debug(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "arcmil", *debug, "train", "--data", str(bad)],
                               capture_output=True, text=True)
         assert proc.returncode == 2 and ("Traceback" in proc.stderr) == shows, proc.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--patience", "0"], "patience must be at least 1, got 0 (to train every epoch"),
+    (["--patience", "-2"], "patience must be at least 1, got -2"),
+    (["--model", "transmil_nystrom", "--attention", "full"], "transmil_nystrom is defined by attention='nystrom'"),
+])
+def test_bad_settings_exit_2_with_one_line_and_write_nothing(flags, message, tmp_path, capsys):
+    data = save_bags(make_demo_bags(n_bags=40, seed=1), tmp_path / "data.npz")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *FAST, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run").exists()

@@ -51,13 +51,20 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def make_config(name: str, **overrides):
-    """The frozen config of model ``name``: defaults, then the variant's preset, then ``overrides``."""
+    """The frozen config of model ``name``: defaults, then the variant's preset, then ``overrides``
+    (which may repeat a preset value but not contradict it: that would train another model under
+    the variant's name)."""
     entry = get_entry(name)
     valid = {f.name for f in fields(entry.config_cls)}
     for key in overrides:
         if key not in valid:
             raise ConfigError(f"{key!r} is not a setting of {name}{closest(key, valid)}; "
                               f"valid: {', '.join(sorted(valid))}")
+    for key, value in entry.preset.items():
+        if key in overrides and overrides[key] != value:
+            base = [e.name for e in _REGISTRY.values() if e.model_cls is entry.model_cls and not e.preset]
+            raise ConfigError(f"{name} is defined by {key}={value!r}; {key}={overrides[key]!r} contradicts it"
+                              + (f" (use model {base[0]!r} to choose {key})" if base else ""))
     return entry.config_cls(**{**entry.preset, **overrides})
 
 

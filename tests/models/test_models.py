@@ -198,6 +198,14 @@ def test_unknown_model_and_key_are_named():
         make_config("transmil", d_model=10, nhead=4)
 
 
+def test_a_variant_refuses_overrides_that_contradict_its_definition():
+    with pytest.raises(ConfigError, match="transmil_nystrom is defined by attention='nystrom'.*use model 'transmil'"):
+        make_config("transmil_nystrom", attention="full")
+    with pytest.raises(ConfigError, match="pool='topk'"):
+        make_config("transformer_mil_topk", pool="attention")
+    assert make_config("transmil_nystrom", attention="nystrom", nhead=2).attention == "nystrom"  # repeating is fine
+
+
 @pytest.mark.parametrize("name,tag", [
     ("attention_mil", "abmil_h128_drop01"),
     ("attention_mil_gated", "abmil_gated_h128_drop01"),
