@@ -51,8 +51,10 @@ def test_evaluate_is_in_eval_mode_and_restores_training_mode(small_bags):
     data = prepare_data(small_bags, TrainConfig())
     model = build_model("transmil", input_dim=small_bags.dim, dropout_p=0.5).train()
     loader = make_loader(data.parts["val"], 8)
+    seen = []  # (inference mode, training flag) inside every forward call
+    model.register_forward_hook(lambda m, args, out: seen.append((torch.is_inference_mode_enabled(), m.training)))
     first, second = evaluate(model, loader), evaluate(model, loader)
     np.testing.assert_array_equal(first.probs, second.probs)  # dropout off
+    assert seen and set(seen) == {(True, False)}
     assert model.training
     assert all(abs(w.sum() - 1) < 1e-5 for w in first.weights)
-    assert torch.is_inference_mode_enabled() is False
