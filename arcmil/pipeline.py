@@ -29,6 +29,7 @@ from arcmil.train import (
     evaluate,
     make_optimizer,
     runner_for,
+    seed_dropout_for_rank,
     seed_everything,
     select_device,
     train_model,
@@ -187,6 +188,7 @@ def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig
     data = prepare_data(bags, cfg)
     loaders = make_loaders(data, cfg, world)
     model = build_model(model_name, input_dim=bags.dim, **model_overrides).to(device)
+    seed_dropout_for_rank(cfg.seed, world)
     check_fits(bags, model.config)
     criterion = weighted_bce(data.parts["train"].labels)
     optimizer, scheduler = make_optimizer(model, cfg, len(loaders["train"]))

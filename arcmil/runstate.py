@@ -116,16 +116,20 @@ def read_status(out: Path) -> dict:
 
 
 def rng_state() -> dict:
-    """Python, numpy and torch RNG states as plain data and tensors (loadable with weights_only)."""
+    """Python, numpy, torch CPU and CUDA RNG states as plain data and tensors (loadable with
+    weights_only); CUDA's is one tensor per visible GPU (dropout on a GPU draws from it)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, py_gauss = random.getstate()
     return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
                                                         has_gauss, gauss],
-            "python": [version, list(internal), py_gauss]}
+            "python": [version, list(internal), py_gauss],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():  # absent in states saved on a machine without CUDA
+        torch.cuda.set_rng_state_all(state["cuda"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, py_gauss = state["python"]

@@ -75,6 +75,14 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def seed_dropout_for_rank(seed: int, world: World) -> None:
+    """Under torchrun, give each rank its own torch RNG stream once the (identical) model is built:
+    with one shared seed every rank would draw the same dropout masks for its different bags.
+    A single process keeps its stream untouched."""
+    if world.active:
+        torch.manual_seed(int(np.random.SeedSequence([seed, world.rank]).generate_state(1)[0]))
+
+
 def select_device(name: str = "auto") -> torch.device:
     """'auto': this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU."""
     device = local_device(name)

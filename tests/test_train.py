@@ -3,9 +3,11 @@ import pytest
 import torch
 
 from arcmil.data import make_loader
+from arcmil.distributed import SINGLE, World
 from arcmil.models import build_model
 from arcmil.pipeline import prepare_data, run_experiment
-from arcmil.train import TrainConfig, evaluate, weighted_bce
+from arcmil.runstate import rng_state, set_rng_state
+from arcmil.train import TrainConfig, evaluate, seed_dropout_for_rank, weighted_bce
 
 FAST = dict(epochs=3, n_bootstrap=50, progress=False)
 
@@ -58,3 +60,31 @@ def test_evaluate_is_in_eval_mode_and_restores_training_mode(small_bags):
     assert seen and set(seen) == {(True, False)}
     assert model.training
     assert all(abs(w.sum() - 1) < 1e-5 for w in first.weights)
+
+
+def test_each_torchrun_rank_draws_its_own_dropout_masks():
+    draws = {}
+    for rank in (0, 1, 0):
+        torch.manual_seed(0)  # what seed_everything leaves every rank with
+        seed_dropout_for_rank(0, World(rank=rank, size=2))
+        draws.setdefault(rank, []).append(torch.rand(8))
+    torch.testing.assert_close(draws[0][0], draws[0][1])  # reproducible per rank
+    assert not torch.equal(draws[0][0], draws[1][0])
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    seed_dropout_for_rank(0, SINGLE)  # one process: its stream, and so every single-process result, unchanged
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_resume_state_carries_the_cuda_rng(monkeypatch):
+    """On a GPU machine dropout draws from CUDA's generator: a resumed run must restore it too."""
+    cuda_states, restored = [torch.tensor([1, 2, 3], dtype=torch.uint8)], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cuda_states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = rng_state()
+    assert state["cuda"] is cuda_states
+    set_rng_state(state)
+    assert restored == [cuda_states]
+    set_rng_state({**state, "cuda": []})  # a state saved without CUDA leaves the GPU generator alone
+    assert len(restored) == 1
