@@ -6,6 +6,7 @@ import functools
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -255,7 +256,9 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
     start = time.perf_counter()
     show = cfg.progress and train_loader.world.is_main
     per_batch = scheduler if cfg.lr_schedule == "cosine" else None  # else stepped once per epoch
-    bar = tqdm(range(done + 1, cfg.epochs + 1), desc=desc, unit="epoch", disable=not show, leave=False)
+    # a bar only on a terminal: elsewhere (CI, nohup, a log file) its redraws would garble the log lines
+    bar = tqdm(range(done + 1, cfg.epochs + 1), desc=desc, unit="epoch", leave=False,
+               disable=not (show and sys.stderr.isatty()))
     for epoch in bar:
         if waited >= cfg.patience:
             break

@@ -88,3 +88,10 @@ def test_resume_state_carries_the_cuda_rng(monkeypatch):
     assert restored == [cuda_states]
     set_rng_state({**state, "cuda": []})  # a state saved without CUDA leaves the GPU generator alone
     assert len(restored) == 1
+
+
+def test_progress_off_a_terminal_is_plain_log_lines(small_bags, capsys):
+    run_experiment(small_bags, "attention_mil", TrainConfig(seed=0, epochs=2, n_bootstrap=0, progress=True))
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err and "it/s" not in err and "epoch/s" not in err  # no bar redraws
+    assert [line.split()[2] for line in out.splitlines() if "] epoch" in line] == ["1", "2"]
