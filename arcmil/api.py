@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from arcmil.data import BagSet, Normalizer, load_bags, make_loader, validate
+from arcmil.data import BagSet, Normalizer, load_bags, scoring_loader, validate
 from arcmil.errors import ConfigError
 from arcmil.train import TrainConfig
 
@@ -76,7 +76,7 @@ class MILClassifier:
         bags = as_bags(X)
         check_fits(bags, self.model_.config)
         device = next(self.model_.parameters()).device
-        positive = evaluate(self.model_, make_loader(bags, batch_size, normalizer=self.normalizer_, bucket=True),
+        positive = evaluate(self.model_, scoring_loader(bags, batch_size, self.normalizer_),
                             device=device).probs
         return np.column_stack([1.0 - positive, positive])
 

@@ -352,7 +352,7 @@ def _checkpoint_and_bags(args):
 def cmd_predict(args) -> None:
     import pandas as pd
 
-    from arcmil.data import make_loader
+    from arcmil.data import scoring_loader
     from arcmil.metrics import binary_metrics
     from arcmil.pipeline import has_short_bags, predictions_frame, window_weights_frame
     from arcmil.report import write_new_file
@@ -366,8 +366,7 @@ def cmd_predict(args) -> None:
                               "name)")
     model, meta, bags, normalizer, device = _checkpoint_and_bags(args)
     world = _join_world(args.device)
-    # length-sorted batches: less padding, and per-bag scores do not depend on what a bag is batched with
-    loader = make_loader(bags, args.batch_size, normalizer=normalizer, bucket=True, world=world)
+    loader = scoring_loader(bags, args.batch_size, normalizer, world)
     ev = evaluate(model, loader, device=device, precision=args.precision)
     if not world.is_main:
         return

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from arcmil import __version__
-from arcmil.data import SPLITS, BagSet, Normalizer, assign_split, make_loader, split_parts
+from arcmil.data import SPLITS, BagSet, Normalizer, assign_split, make_loader, scoring_loader, split_parts
 from arcmil.distributed import SINGLE, World
 from arcmil.errors import DataError
 from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
@@ -56,9 +56,10 @@ def prepare_data(bags: BagSet, cfg: TrainConfig) -> PreparedData:
 
 
 def make_loaders(data: PreparedData, cfg: TrainConfig, world: World = SINGLE) -> dict:
-    """'train' is shuffled with the run's seed; val and test keep their order."""
-    return {name: make_loader(part, cfg.batch_size, shuffle=name == "train", seed=cfg.seed,
-                              normalizer=data.normalizer, bucket=cfg.bucket_by_length, world=world)
+    """'train' is shuffled with the run's seed; val and test are scored (see scoring_loader)."""
+    return {name: make_loader(part, cfg.batch_size, shuffle=True, seed=cfg.seed, normalizer=data.normalizer,
+                              bucket=cfg.bucket_by_length, world=world)
+            if name == "train" else scoring_loader(part, cfg.batch_size, data.normalizer, world)
             for name, part in data.parts.items()}
 
 
@@ -122,8 +123,7 @@ def environment() -> dict:
 def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, fit: FitResult, cfg: TrainConfig,
              device, world: World = SINGLE) -> RunResult:
     """Tune the threshold on validation, report test metrics (with bootstrap intervals), score every bag."""
-    evaluations = {name: evaluate(model, make_loader(part, cfg.batch_size, normalizer=data.normalizer,
-                                                     bucket=cfg.bucket_by_length, world=world),
+    evaluations = {name: evaluate(model, scoring_loader(part, cfg.batch_size, data.normalizer, world),
                                   criterion, device, cfg.precision)
                    for name, part in data.parts.items()}
     val, test = evaluations["val"], evaluations["test"]

@@ -10,7 +10,8 @@ from arcmil.data.bagset import BagSet
 from arcmil.data.packed import PackedBags
 from arcmil.distributed import SINGLE, World
 
-BUCKET_BATCHES = 50  # length bucketing sorts the bags of this many batches at a time
+BUCKET_BATCHES = 50  # length bucketing in training sorts the bags of this many batches at a time
+SCORING_TOKENS = 2**15  # padded windows (bags x longest bag) per scoring batch; one longer bag goes alone
 
 
 @dataclass
@@ -52,14 +53,33 @@ def collate(bs: BagSet, index, normalizer=None, loss_scale: float = 1.0) -> Batc
     return Batch(x, mask, y, torch.from_numpy(index), loss_scale)
 
 
+def length_batches(lengths: np.ndarray, batch_size: int, max_tokens: int = SCORING_TOKENS) -> list[np.ndarray]:
+    """Scoring batches: bag positions sorted by length (stable), cut into runs of at most
+    ``batch_size`` bags whose padded size (bags x longest) stays within ``max_tokens``, so that a
+    batch costs about what its real windows cost; a bag longer than ``max_tokens`` goes alone."""
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    out, start = [], 0
+    while start < len(order):
+        stop = min(start + batch_size, len(order))
+        # (stop - start) * sorted_lengths[stop - 1] grows with stop: the last stop within the budget
+        stops = np.arange(start + 1, stop + 1)
+        fits = (stops - start) * sorted_lengths[stops - 1] <= max_tokens
+        stop = int(stops[fits][-1]) if fits.any() else start + 1
+        out.append(order[start:stop])
+        start = stop
+    return out
+
+
 class BagLoader:
     """Iterates padded ``Batch``es of a BagSet.
 
     shuffle: a new permutation each epoch from the loader's own generator seeded with ``seed``,
     independent of global RNG state (so dropout draws do not change the batch order).
-    bucket: batches of bags of similar length (less padding for long, uneven bags): every
-    ``BUCKET_BATCHES`` batches' worth of bags is sorted by length and cut into batches, whose order is
-    then shuffled (training) or kept (evaluation).
+    bucket: batches of bags of similar length (less padding for long, uneven bags). Training
+    (``shuffle``): every ``BUCKET_BATCHES`` batches' worth of bags is sorted by length, cut into
+    batches, and the batches are shuffled. Scoring: all bags sorted by length and cut under a
+    token budget (``length_batches``); outputs are placed by bag position, so their order is kept.
     world: under DDP every rank walks the same global batches and collates only its shard of each;
     with ``shuffle`` (training) a rank whose shard is empty gets a stand-in batch with loss_scale 0,
     because every rank must take part in every gradient all-reduce.
@@ -81,6 +101,8 @@ class BagLoader:
         order = torch.randperm(n, generator=self.generator).numpy() if self.shuffle else np.arange(n)
         if not self.bucket:
             return [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
+        if not self.shuffle:
+            return length_batches(self.bs.lengths, self.batch_size)
         lengths, span, out = self.bs.lengths, self.batch_size * BUCKET_BATCHES, []
         for s in range(0, n, span):
             block = order[s:s + span]
@@ -100,3 +122,9 @@ class BagLoader:
 
 
 make_loader = BagLoader
+
+
+def scoring_loader(bs: BagSet, batch_size: int, normalizer=None, world: World = SINGLE) -> BagLoader:
+    """How every bag is scored (validation, test, predict, the Python API): in order of length under
+    a token budget, so one long bag never makes its batch-mates cost what it costs."""
+    return BagLoader(bs, batch_size, normalizer=normalizer, bucket=True, world=world)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from arcmil.data import BagSet, Normalizer, collate, make_loader
+from arcmil.data import BagSet, Normalizer, collate, make_loader, scoring_loader
+from arcmil.data.batching import length_batches
 from arcmil.data.packed import PackedBags
 from arcmil.data.prepare import window_chunks
 
@@ -68,3 +69,30 @@ def test_standardize_statistics_are_streamed_in_chunks():
     windows = np.concatenate(bs.bags).astype(np.float64)
     np.testing.assert_allclose(norm.mean, windows.mean(0), rtol=1e-10)
     np.testing.assert_allclose(norm.std, windows.std(0), rtol=1e-10)
+
+
+def test_scoring_batches_keep_a_long_bag_away_from_short_ones():
+    assert [b.tolist() for b in length_batches(np.array([20_000, 5, 7, 9]), 16)] == [[1, 2, 3], [0]]
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 3_000, size=500)
+    batches = length_batches(lengths, 16, max_tokens=4_096)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))  # every bag once
+    for batch, following in zip(batches, [*batches[1:], None]):
+        assert len(batch) <= 16 and (len(batch) == 1 or len(batch) * lengths[batch].max() <= 4_096)
+        if following is not None and len(batch) < 16:  # cut only where the next bag would break the budget
+            assert (len(batch) + 1) * lengths[following[0]] > 4_096
+
+
+def test_scores_from_length_sorted_batches_equal_plain_batches():
+    from arcmil.models import build_model
+    from arcmil.train import evaluate
+
+    bs = ragged([40, 3, 17, 1, 25, 8, 60, 2], dim=8)
+    torch.manual_seed(0)
+    model = build_model("transmil", input_dim=8, d_model=16, nhead=2, dim_feedforward=32)
+    plain = evaluate(model, make_loader(bs, 3))
+    sorted_ = evaluate(model, scoring_loader(bs, 3))
+    np.testing.assert_array_equal(sorted_.index, np.arange(8))
+    np.testing.assert_allclose(sorted_.probs, plain.probs, rtol=1e-5, atol=1e-6)
+    for a, b in zip(sorted_.weights, plain.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
