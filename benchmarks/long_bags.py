@@ -11,6 +11,12 @@ the peak above the RSS just before the pass. Cases whose (N, N) weights alone ex
 are not run and marked so.
 
     python benchmarks/long_bags.py --threads 2
+
+``--mixed N`` instead times the scoring path that predict, evaluation and the Python API share
+(``scoring_loader`` + ``evaluate``, batch size 16) on one N-window bag alone and on the same bag with
+three short ones (5, 7 and 9 windows), each in a fresh subprocess:
+
+    python benchmarks/long_bags.py --mixed 100000 --threads 1
 """
 from __future__ import annotations
 
@@ -76,6 +82,54 @@ def run_case(model_name: str, option: str, n: int, mode: str, threads: int) -> d
     return {"seconds": seconds, "peak_rss_mb": peak, "peak_above_start_mb": peak - before}
 
 
+def run_scoring_case(model_name: str, lengths: list[int], threads: int) -> dict:
+    """Score bags of these lengths as predict does; seconds and peak RSS of the whole scoring pass."""
+    import numpy as np
+    import torch
+
+    from arcmil.data import BagSet, scoring_loader
+    from arcmil.models import build_model
+    from arcmil.train import evaluate
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(model_name, input_dim=256)
+    rng = np.random.default_rng(0)
+    bags = BagSet([rng.standard_normal((n, 256)).astype(np.float32) for n in lengths], None,
+                  np.array([f"bag{i}" for i in range(len(lengths))]))
+    before = rss_mb()
+    tic = time.perf_counter()
+    scored = evaluate(model, scoring_loader(bags, 16))
+    seconds = time.perf_counter() - tic
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert np.isfinite(scored.probs).all() and [len(w) for w in scored.weights] == lengths
+    return {"seconds": seconds, "peak_rss_mb": peak, "peak_above_start_mb": peak - before}
+
+
+def mixed(n: int, models: list[str], threads: int, timeout: int, out: Path) -> int:
+    """One long bag alone vs with three short batch-mates: the target is within 10% of alone, < 2 GB."""
+    rows = []
+    for model in models:
+        for case, lengths in (("alone", [n]), ("mixed", [n, 5, 7, 9])):
+            proc = subprocess.run([sys.executable, __file__, "--scoring-case", f"{model};{lengths};{threads}"],
+                                  capture_output=True, text=True, timeout=timeout)
+            if proc.returncode != 0:
+                raise SystemExit(f"{model} {case}: " + (proc.stderr.strip().splitlines() or ["killed"])[-1])
+            rows.append({"model": model, "case": case, "lengths": lengths,
+                         **json.loads(proc.stdout.strip().splitlines()[-1])})
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"\nscoring one {n:,}-window bag alone and with 3 short ones (5, 7, 9), batch size 16, {threads} thread(s)")
+    print("| model | alone s | alone peak MB | mixed s | mixed peak MB | mixed / alone |")
+    print("|---|---|---|---|---|---|")
+    for alone, mix in zip(rows[::2], rows[1::2]):
+        print(f"| {alone['model']} | {alone['seconds']:.1f} | {alone['peak_rss_mb']:.0f} | {mix['seconds']:.1f} | "
+              f"{mix['peak_rss_mb']:.0f} | {mix['seconds'] / alone['seconds']:.2f} |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"threads": threads, "n_windows": n, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -90,7 +144,17 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per case")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "long_bags.json"))
     parser.add_argument("--case", help=argparse.SUPPRESS)  # model,option,n,mode,threads: run one case here
+    parser.add_argument("--mixed", type=int, metavar="N",
+                        help="time the scoring path on one N-window bag alone and with 3 short ones")
+    parser.add_argument("--scoring-case", help=argparse.SUPPRESS)  # model;[lengths];threads
     args = parser.parse_args(argv)
+    if args.scoring_case:
+        model, lengths, threads = args.scoring_case.split(";")
+        print(json.dumps(run_scoring_case(model, json.loads(lengths), int(threads))))
+        return 0
+    if args.mixed:
+        out = Path(args.out).with_name("long_bags_mixed.json")
+        return mixed(args.mixed, args.models.split(","), args.threads, args.timeout, out)
     if args.case:
         model, option, n, mode, threads = args.case.split(",")
         print(json.dumps(run_case(model, option, int(n), mode, int(threads))))

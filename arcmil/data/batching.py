@@ -11,7 +11,9 @@ from arcmil.data.packed import PackedBags
 from arcmil.distributed import SINGLE, World
 
 BUCKET_BATCHES = 50  # length bucketing in training sorts the bags of this many batches at a time
-SCORING_TOKENS = 2**15  # padded windows (bags x longest bag) per scoring batch; one longer bag goes alone
+SCORING_TOKENS = 2**15  # at most this many padded windows (bags x longest) per scoring batch
+FREE_PADDING = 1024  # below this many padded windows a batch is cheap whatever its padding
+PADDING_RATIO = 1.5  # above it, padded windows may exceed the real ones by at most this factor
 
 
 @dataclass
@@ -55,17 +57,20 @@ def collate(bs: BagSet, index, normalizer=None, loss_scale: float = 1.0) -> Batc
 
 def length_batches(lengths: np.ndarray, batch_size: int, max_tokens: int = SCORING_TOKENS) -> list[np.ndarray]:
     """Scoring batches: bag positions sorted by length (stable), cut into runs of at most
-    ``batch_size`` bags whose padded size (bags x longest) stays within ``max_tokens``, so that a
-    batch costs about what its real windows cost; a bag longer than ``max_tokens`` goes alone."""
+    ``batch_size`` bags whose padded size (bags x longest) stays within ``max_tokens`` and, past
+    ``FREE_PADDING``, within ``PADDING_RATIO`` x their real windows: a batch costs about what its
+    real windows cost, and a long bag goes alone."""
     order = np.argsort(lengths, kind="stable")
-    sorted_lengths = lengths[order]
+    sorted_lengths = lengths[order].astype(np.int64)
+    cumulative = np.concatenate([[0], np.cumsum(sorted_lengths)])
     out, start = [], 0
     while start < len(order):
-        stop = min(start + batch_size, len(order))
-        # (stop - start) * sorted_lengths[stop - 1] grows with stop: the last stop within the budget
-        stops = np.arange(start + 1, stop + 1)
-        fits = (stops - start) * sorted_lengths[stops - 1] <= max_tokens
-        stop = int(stops[fits][-1]) if fits.any() else start + 1
+        stops = np.arange(start + 1, min(start + batch_size, len(order)) + 1)
+        padded = (stops - start) * sorted_lengths[stops - 1]  # ascending lengths: the last bag is the longest
+        real = cumulative[stops] - cumulative[start]
+        fits = (padded <= max_tokens) & ((padded <= FREE_PADDING) | (padded <= PADDING_RATIO * real))
+        fits[0] = True  # one bag always fits
+        stop = int(stops[-1]) if fits.all() else int(stops[np.argmin(fits) - 1])
         out.append(order[start:stop])
         start = stop
     return out

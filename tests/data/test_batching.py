@@ -73,14 +73,21 @@ def test_standardize_statistics_are_streamed_in_chunks():
 
 def test_scoring_batches_keep_a_long_bag_away_from_short_ones():
     assert [b.tolist() for b in length_batches(np.array([20_000, 5, 7, 9]), 16)] == [[1, 2, 3], [0]]
+    assert [b.tolist() for b in length_batches(np.array([2_000, 5, 7, 9]), 16)] == [[1, 2, 3], [0]]
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 3_000, size=500)
     batches = length_batches(lengths, 16, max_tokens=4_096)
     assert sorted(np.concatenate(batches).tolist()) == list(range(500))  # every bag once
+    def fits(padded, real):  # the token budget, and past 1,024 padded windows at most 1.5 x the real ones
+        return padded <= 4_096 and (padded <= 1_024 or padded <= 1.5 * real)
+
     for batch, following in zip(batches, [*batches[1:], None]):
-        assert len(batch) <= 16 and (len(batch) == 1 or len(batch) * lengths[batch].max() <= 4_096)
-        if following is not None and len(batch) < 16:  # cut only where the next bag would break the budget
-            assert (len(batch) + 1) * lengths[following[0]] > 4_096
+        real = lengths[batch].sum()
+        assert len(batch) <= 16 and (len(batch) == 1 or fits(len(batch) * lengths[batch].max(), real))
+        if following is not None and len(batch) < 16:  # cut only where the next bag would break a rule
+            assert not fits((len(batch) + 1) * lengths[following[0]], real + lengths[following[0]])
+    short = length_batches(np.full(40, 10), 16)  # short bags: the usual batches of 16
+    assert [len(b) for b in short] == [16, 16, 8]
 
 
 def test_scores_from_length_sorted_batches_equal_plain_batches():
