@@ -96,7 +96,7 @@ class MILClassifier:
         self._check_fitted()
         bags = as_bags(X)
         device = next(self.model_.parameters()).device
-        return explain_bags(self.model_, self.normalizer_(bags), list(methods), steps=steps, device=device)
+        return explain_bags(self.model_, bags, list(methods), normalizer=self.normalizer_, steps=steps, device=device)
 
     def save(self, path: str | os.PathLike) -> None:
         """A checkpoint that ``MILClassifier.load`` and ``arcmil predict`` read."""

@@ -391,12 +391,11 @@ def cmd_explain(args) -> None:
         raise ArcmilError(f"unknown explanation method {unknown[0]!r}; valid: {', '.join(METHODS)}")
     out = _fresh_out({"out": args.out}, "explain")
     model, meta, bags, normalizer, device = _checkpoint_and_bags(args)
-    bags = normalizer(bags)
     if args.split:
         if bags.split is None:
             raise DataError(bags.source, f"--split {args.split} given but the data has no split", field="split")
         bags = bags.subset(np.flatnonzero(bags.split == args.split))
-    frame = explain_bags(model, bags, methods, steps=args.ig_steps, device=device)
+    frame = explain_bags(model, bags, methods, normalizer=normalizer, steps=args.ig_steps, device=device)
     with staged_dir(out) as tmp:
         scores = write_explanations(tmp, frame, methods, n_plots=args.n_plots, title=meta["tag"])
     print(f"explained {len(bags)} bags ({len(frame)} windows) with {meta['tag']} -> {out}")

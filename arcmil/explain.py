@@ -18,9 +18,10 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from arcmil.data import BagSet
+from arcmil.data import BagSet, collate, scoring_loader
 from arcmil.plots import plot_window_heatmap
 from arcmil.report import clean_json
+from arcmil.train import evaluate
 
 METHODS = ("weights", "occlusion", "integrated_gradients")
 
@@ -56,24 +57,27 @@ def integrated_gradients(model, x: torch.Tensor, steps: int = 32, baseline: torc
     return ((x - baseline) * total / steps).sum(dim=-1).detach().cpu()
 
 
-def explain_bags(model, bags: BagSet, methods=METHODS, *, steps: int = 32, device="cpu") -> pd.DataFrame:
+def explain_bags(model, bags: BagSet, methods=METHODS, *, normalizer=None, steps: int = 32,
+                 device="cpu") -> pd.DataFrame:
     """One row per window: bag_id, window, [label], [instance_label], prob, and one column per method.
 
-    ``bags`` must already be normalised the way the model was trained."""
+    ``bags``: raw windows from any source (an on-disk store included), normalised by ``normalizer``
+    (the model's) one bag at a time; ``prob`` and ``weights`` come from the scoring path that
+    predict uses, so they equal predict's."""
     model.eval()
+    loader = scoring_loader(bags, 16, normalizer)
+    scored = evaluate(model, loader, device=device)
     rows = []
-    for i, bag in enumerate(bags.bags):
-        x = torch.from_numpy(bag).to(device)
-        with torch.inference_mode():
-            logit, weights = model(x.unsqueeze(0))
-        frame = {"bag_id": bags.bag_ids[i], "window": np.arange(len(bag))}
+    for i in range(len(bags)):
+        x = collate(loader.bs, [i], normalizer).x[0].to(device)  # (n, D); loader.bs: packed once
+        frame = {"bag_id": bags.bag_ids[i], "window": np.arange(len(x))}
         if bags.labels is not None:
             frame["label"] = bags.labels[i]
         if bags.instance_labels is not None:
             frame["instance_label"] = bags.instance_labels[i]
-        frame["prob"] = torch.sigmoid(logit).item()
+        frame["prob"] = scored.probs[i]
         if "weights" in methods:
-            frame["weights"] = weights[0].cpu().numpy()
+            frame["weights"] = scored.weights[i]
         if "occlusion" in methods:
             frame["occlusion"] = occlusion(model, x).numpy()
         if "integrated_gradients" in methods:

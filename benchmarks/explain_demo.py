@@ -31,7 +31,7 @@ def main() -> None:
     results = {}
     for name in args.models.split(","):
         result = run_experiment(bags, name, TrainConfig(seed=args.seed, progress=False))
-        frame = explain_bags(result.model, result.parts["test"], steps=args.ig_steps)
+        frame = explain_bags(result.model, result.parts["test"], normalizer=result.normalizer, steps=args.ig_steps)
         scores = localisation_auc(frame)
         best = max(METHODS, key=lambda m: scores[m]["pooled"])
         results[name] = {"tag": result.tag, "test_roc_auc": result.results["test"]["roc_auc"], "best": best,

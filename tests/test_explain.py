@@ -4,8 +4,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from arcmil.data import Normalizer, scoring_loader
 from arcmil.explain import explain_bags, integrated_gradients, localisation_auc, occlusion
 from arcmil.models import build_model, model_names
+from arcmil.train import evaluate
 
 
 def small_model(name):
@@ -74,3 +76,16 @@ def test_explain_bags_rows(small_bags):
     assert list(frame.columns) == ["bag_id", "window", "label", "instance_label", "prob", "weights", "occlusion",
                                    "integrated_gradients"]
     np.testing.assert_allclose(frame.groupby("bag_id")["weights"].sum(), 1.0, rtol=1e-5)
+
+
+def test_explain_normalises_each_bag_as_scoring_does(small_bags):
+    torch.manual_seed(0)
+    model = build_model("transmil", input_dim=small_bags.dim, d_model=16, nhead=2, dim_feedforward=32).eval()
+    part = small_bags.subset(range(6))
+    normalizer = Normalizer.fit("standardize", part)
+    frame = explain_bags(model, part, ["weights", "occlusion"], normalizer=normalizer)
+    scored = evaluate(model, scoring_loader(part, 4, normalizer))
+    np.testing.assert_allclose(frame.groupby("bag_id", sort=False)["prob"].first(), scored.probs, rtol=1e-6)
+    x = normalizer.apply(torch.from_numpy(np.asarray(part.bags[2], np.float32)))
+    np.testing.assert_allclose(frame[frame.bag_id == part.bag_ids[2]]["occlusion"], occlusion(model, x).numpy(),
+                               rtol=1e-5, atol=1e-6)
