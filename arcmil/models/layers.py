@@ -74,24 +74,23 @@ class PositionalEncoding(nn.Module):
 
 
 def float32_forward(forward):
-    """Run a pooler's ``forward(h, mask)`` in float32 with autocast off: window weights and bag
-    logits are never bf16-rounded, and float32 LayerNorm outputs never meet bf16 scores."""
+    """Run ``forward(x, *rest)`` in float32 with autocast off, for pooling and classification heads:
+    window weights and bag logits are never bf16-rounded, and float32 LayerNorm outputs never meet
+    bf16 scores."""
 
     @functools.wraps(forward)
-    def wrapper(self, h: torch.Tensor, mask: torch.Tensor):
-        with torch.autocast(h.device.type, enabled=False):
-            return forward(self, h.float(), mask)
+    def wrapper(self, x: torch.Tensor, *rest):
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(self, x.float(), *rest)
 
     return wrapper
 
 
 class Float32Linear(nn.Linear):
     """The classification head: an ``nn.Linear`` (same parameters, same state_dict) that computes in
-    float32 under autocast, so logits and stored probabilities are not bf16-rounded."""
+    float32 under autocast (see ``float32_forward``)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.float())
+    forward = float32_forward(nn.Linear.forward)
 
 
 class AttentionPooler(nn.Module):
