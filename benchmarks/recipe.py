@@ -239,9 +239,9 @@ def print_targets(summary: dict) -> None:
             reference = models.get(note_reference_of(model))  # absent unless run with --models … note_*
             gap = s["roc_auc_median"] - reference["roc_auc_median"] if reference else None
             floor = "yes" if s["roc_auc_median"] >= 0.98 else "**no**"
-            print(f"| {task} | {model} | {spread:.3f} | {'yes' if spread <= 0.02 else '**no**'} | "
-                  f"{'–' if gap is None else f'{gap:+.4f}'} | {'–' if gap is None else 'yes' if gap >= 0 else '**no**'} | "
-                  f"{floor if task in ('cooccurrence', 'order') else '–'} |")
+            gap_text, gap_ok = ("–", "–") if gap is None else (f"{gap:+.4f}", "yes" if gap >= 0 else "**no**")
+            print(f"| {task} | {model} | {spread:.3f} | {'yes' if spread <= 0.02 else '**no**'} | {gap_text} | "
+                  f"{gap_ok} | {floor if task in ('cooccurrence', 'order') else '–'} |")
 
 
 def print_ablation(saved: dict, labels: list[str], tasks: list[str], models: list[str], seeds: list[int]) -> None:

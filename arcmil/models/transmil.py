@@ -46,7 +46,8 @@ class TransMIL(nn.Module):
         """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""
         mask = full_mask(x) if mask is None else mask
         b = x.shape[0]
-        h = torch.cat([self.cls_token.expand(b, -1, -1), self.pos(self.proj(zero_padding(x, mask)))], dim=1)  # (B, T, d)
+        windows = self.pos(self.proj(zero_padding(x, mask)))  # (B, N, d)
+        h = torch.cat([self.cls_token.expand(b, -1, -1), windows], dim=1)  # (B, T, d)
         key_mask = torch.cat([mask.new_ones(b, 1), mask], dim=1)  # (B, T)
         for i, layer in enumerate(self.layers):
             h, cls_attention = layer(h, key_mask, return_cls_attention=i == len(self.layers) - 1)
