@@ -94,6 +94,13 @@ class NystromAttention(nn.Module):
         k_land = torch.einsum("bhte,btm->bhme", k, member) / counts.clamp(min=1)[:, None, :, None]
         landmark_mask = present[:, None, None, :]
         kernel_1 = torch.softmax((q @ k_land.transpose(-1, -2)).masked_fill(~landmark_mask, float("-inf")), -1)
+        kernel_1 = self.dropout(kernel_1)
+        v = v * key_mask[:, None, :, None]
+        # one token per landmark: kernel_1 is the exact attention over the tokens in landmark order
+        out = kernel_1 @ torch.einsum("bhte,btm->bhme", v, member)
+        short = lengths <= m  # (B, 1)
+        if _data_dependent_branch_allowed() and bool(short.all()):
+            return out + self.residual(v)  # the pseudo-inverse would cost ~10x the rest of the model
         kernel_2 = torch.softmax((q_land @ k_land.transpose(-1, -2)).masked_fill(~landmark_mask, float("-inf")), -1)
         # an absent landmark's row becomes the identity row: the matrix stays block-diagonal, so its
         # pseudo-inverse (and the output) ignores that landmark
@@ -101,14 +108,14 @@ class NystromAttention(nn.Module):
         kernel_2 = torch.where(present[:, None, :, None], kernel_2, eye)
         kernel_3 = torch.softmax((q_land @ k.transpose(-1, -2)).masked_fill(~key_mask[:, None, None, :],
                                                                            float("-inf")), -1)
-        v = v * key_mask[:, None, :, None]
-        kernel_1 = self.dropout(kernel_1)
         approximate = kernel_1 @ (_pinv(kernel_2, self.pinv_iterations) @ (self.dropout(kernel_3) @ v))
-        # one token per landmark: kernel_1 is the exact attention over the tokens in landmark order
-        v_land = torch.einsum("bhte,btm->bhme", v, member)
-        exact = kernel_1 @ v_land
-        out = torch.where((lengths <= m)[:, :, None, None], exact, approximate)
+        out = torch.where(short[:, :, None, None], out, approximate)
         return out + self.residual(v)
+
+
+def _data_dependent_branch_allowed() -> bool:
+    """Eager mode only: a graph traced for export or compilation must keep both paths."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def make_attention(kind: str, nhead: int, dropout_p: float, num_landmarks: int) -> nn.Module:

@@ -61,6 +61,17 @@ def test_nystrom_is_exact_when_every_token_is_a_landmark(t, lengths):
     torch.testing.assert_close(out[real], reference[real], atol=1e-5, rtol=1e-5)
 
 
+def test_nystrom_short_bag_beside_a_long_one_gets_its_exact_attention():
+    """A batch of short bags skips the pseudo-inverse; in a batch with a long bag it is computed, and the
+    short bag's output is the same either way."""
+    q, k, v, mask = qkv_and_mask(100, [100, 17])
+    layer = NystromAttention(nhead=2, num_landmarks=64, dropout_p=0.0).eval()
+    with torch.no_grad():
+        mixed = attention_part(layer, q, k, v, mask)
+        alone = attention_part(layer, q[1:, :, :17], k[1:, :, :17], v[1:, :, :17], mask[1:, :17])
+    torch.testing.assert_close(mixed[1:, :, :17], alone, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("num_landmarks", [8, 64])  # long bags (segment means) and short bags (exact)
 def test_nystrom_landmarks_follow_rank_among_real_tokens(num_landmarks):
     """Holes (as occlusion makes) and left padding: the attention equals that of the compacted bag."""
