@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -12,18 +11,8 @@ import numpy as np
 from arcmil import __version__
 from arcmil.errors import ArcmilError, DataError
 from arcmil.models import model_names
-from arcmil.settings import (
-    CHOICES,
-    DEFAULTS,
-    MODEL_FIELDS,
-    RUN_KEYS,
-    TRAIN_FIELDS,
-    model_overrides,
-    read_yaml,
-    train_config,
-)
-
-DEFAULT_MODELS = "attention_mil,transformer_mil,transmil"
+from arcmil.settings import CHOICES, DEFAULT_MODELS, DEFAULTS, MODEL_FIELDS, RUN_KEYS, TRAIN_FIELDS, read_yaml
+from arcmil.tracking import TRACKERS
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, fields: dict[str, type], title: str) -> None:
@@ -38,7 +27,11 @@ def _add_setting_flags(parser: argparse.ArgumentParser, fields: dict[str, type],
                                metavar=None if name in CHOICES else kind.__name__.upper())
 
 
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser, resume_help: str) -> None:
+    parser.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
+    parser.add_argument("--tracker", choices=TRACKERS,
+                        help="log config, metrics and plots (extras arcmil[tensorboard|wandb|mlflow])")
     parser.add_argument("--data", help="Stage-2 bags (.npz, .pt, .csv, .parquet); default: built-in demo data")
     parser.add_argument("--out", help="new run directory (default: runs/<name>_<timestamp>)")
     parser.add_argument("--config", help="YAML file of settings (flag names with underscores); flags win")
@@ -54,29 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train and evaluate one model")
     train.add_argument("--model", choices=model_names(), help="registered model (default attention_mil)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished epoch")
-    train.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
-    train.add_argument("--tracker", choices=("tensorboard", "wandb", "mlflow"),
-                       help="log config, epochs, final metrics and plots (extras arcmil[tensorboard|wandb|mlflow])")
-    _add_run_flags(train)
+    _add_run_flags(train, "continue an interrupted run from its last finished epoch")
 
     compare = commands.add_parser("compare", help="train several models through the identical pipeline")
-    compare.add_argument("--models", help=f"comma-separated model names (default {DEFAULT_MODELS})")
+    compare.add_argument("--models", help=f"comma-separated model names (default {','.join(DEFAULT_MODELS)})")
     compare.add_argument("--seeds", help="comma-separated seeds: mean ± std and paired tests over them")
     compare.add_argument("--folds", type=int, help="repeated stratified k-fold CV (one repeat per seed)")
     compare.add_argument("--val-fraction", type=float, help="validation share of each training fold (0.2)")
-    compare.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
-    compare.add_argument("--resume", metavar="OUT_DIR", help="finish an interrupted comparison (done models are kept)")
-    _add_run_flags(compare)
+    _add_run_flags(compare, "finish an interrupted comparison (done models are kept)")
 
     cv = commands.add_parser("cv", help="repeated stratified k-fold cross-validation of one model")
     cv.add_argument("--model", choices=model_names(), help="registered model (default attention_mil)")
     cv.add_argument("--folds", type=int, help="number of folds (default 10)")
     cv.add_argument("--repeats", type=int, help="repeats with seeds seed, seed+1, … (default 5)")
     cv.add_argument("--val-fraction", type=float, help="validation share of each training fold (0.2)")
-    cv.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
-    cv.add_argument("--resume", metavar="OUT_DIR", help="finish an interrupted cross-validation (done folds are kept)")
-    _add_run_flags(cv)
+    _add_run_flags(cv, "finish an interrupted cross-validation (done folds are kept)")
 
     predict = commands.add_parser("predict", help="score bags with a trained checkpoint")
     predict.add_argument("--checkpoint", required=True)
@@ -112,226 +97,110 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_settings(args: argparse.Namespace) -> dict:
-    """The data source's preset (if any), then YAML (if any), then every flag the user gave; None
-    means 'not given'."""
-    from arcmil.data.mil_datasets import source_preset
+def _open_run(args, command: str):
+    """The interrupted run (``--resume``) or a new one from ``--config`` and the flags given (flags win)."""
+    from arcmil.run import Run
 
+    if args.resume:
+        return Run.resume(command, args.resume)
     settings = read_yaml(args.config) if args.config else {}
-    for key in (*RUN_KEYS, *TRAIN_FIELDS, *MODEL_FIELDS):
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
-    return {**source_preset(settings.get("data")), **settings}
-
-
-def _bags(settings: dict):
-    from arcmil.data import load_bags
-    from arcmil.demo import make_demo_bags
-
-    return load_bags(settings["data"]) if settings.get("data") else make_demo_bags()
-
-
-def _fresh_out(settings: dict, default_name: str) -> Path:
-    """The output directory, checked before any training so that a clash fails fast."""
-    from arcmil.report import default_run_dir, refuse_existing_dir
-
-    return refuse_existing_dir(settings["out"] if settings.get("out") else default_run_dir("runs", default_name))
-
-
-def _model_names(settings: dict) -> list[str]:
-    from arcmil.models import get_entry
-
-    names = [m.strip() for m in settings.get("models", DEFAULT_MODELS).split(",") if m.strip()]
-    for name in names:
-        get_entry(name)  # unknown names fail before any training
-    return names
-
-
-def _seeds(settings: dict, cfg) -> list[int]:
-    text = str(settings.get("seeds", cfg.seed))
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ArcmilError(f"--seeds expects comma-separated integers, got {text!r}") from None
-
-
-def _join_world(device: str):
-    """This process's place among the processes torchrun started (a single process otherwise)."""
-    from arcmil.distributed import init_world
-    from arcmil.train import select_device
-
-    return init_world(select_device(device))
-
-
-def _resumable(args, default_name) -> tuple[dict, Path, bool]:
-    """(settings, output directory, resuming?): the interrupted run's (``--resume``) or a new one's,
-    named ``default_name(settings)`` unless --out says otherwise."""
-    from arcmil.runstate import CONFIG_FILE, read_status
-
-    if getattr(args, "resume", None):
-        out = Path(args.resume)
-        if read_status(out)["status"] == "complete":
-            raise ArcmilError(f"{out}: this run is complete; nothing to resume")
-        return read_yaml(out / CONFIG_FILE), out, True
-    settings = resolve_settings(args)
-    return settings, _fresh_out(settings, default_name(settings)), False
-
-
-def _train_settings(args) -> tuple[dict, Path, dict | None]:
-    """(resolved settings, run directory, resume state): a new run's, or the interrupted run's."""
-    from arcmil.models.registry import make_config
-    from arcmil.runstate import load_resume
-    from arcmil.settings import resolved_train_settings
-
-    def tag(settings):
-        model = settings.get("model", "attention_mil")
-        return make_config(model, **model_overrides(model, settings)).tag()
-
-    settings, out, resuming = _resumable(args, tag)
-    return (settings, out, load_resume(out)) if resuming else (resolved_train_settings(settings), out, None)
+    settings.update({k: getattr(args, k) for k in (*RUN_KEYS, *TRAIN_FIELDS, *MODEL_FIELDS)
+                     if getattr(args, k, None) is not None})
+    return Run.new(command, settings)
 
 
 def cmd_train(args) -> None:
-    import yaml
-
     from arcmil.compare import SINGLE_COLUMNS
-    from arcmil.pipeline import check_inputs, environment, run_experiment
+    from arcmil.pipeline import check_inputs, run_experiment
     from arcmil.report import markdown_table, results_row, write_run
-    from arcmil.runstate import RESUME_FILE, lifecycle, save_resume, set_status
-    from arcmil.tracking import make_tracker
+    from arcmil.runstate import RESUME_FILE, save_resume
 
-    settings, out, resume = _train_settings(args)
+    run = _open_run(args, "train")
     if args.print_config:
-        print(yaml.safe_dump(settings, sort_keys=False), end="")
-        return
-    model = settings["model"]
-    cfg, overrides = train_config(settings), model_overrides(model, settings, strict=True)
-    bags = _bags(settings)
-    check_inputs(bags, model, cfg, overrides)  # bad input fails here, before the run directory exists
-    world = _join_world(cfg.device)
-    with lifecycle(out, settings, environment(), resuming=resume is not None, writer=world.is_main):
-        tracker = None
-        if world.is_main and settings.get("tracker"):
-            tracker = make_tracker(settings["tracker"], out, out.name, settings)
-
+        return print(run.config.to_yaml(), end="")
+    config, bags = run.config, run.load_bags()
+    check_inputs(bags, config.model, config.train, config.overrides(config.model))  # before any output exists
+    with run.started():
         def on_epoch(state):
-            save_resume(out, state)
-            set_status(out, "running", epoch=state["epoch"])
-            if tracker:
-                tracker.log_epoch(state["epoch"], state["history"][-1])
+            save_resume(run.out, state)
+            run.progress(epoch=state["epoch"])
+            run.log_epoch(state["epoch"], state["history"][-1])
 
-        try:
-            result = run_experiment(bags, model, cfg, world, resume=resume,
-                                    on_epoch=on_epoch if world.is_main else None, **overrides)
-            if not world.is_main:  # every rank holds the same result; rank 0 writes it
-                return
-            _publish(out, lambda tmp: write_run(tmp, result))
-            if tracker:
-                tracker.log_final({"validation": result.results["validation"], "test": result.results["test"],
-                                   "threshold": result.threshold})
-                for image in sorted(out.glob("*.png")):
-                    tracker.log_image(image)
-        finally:
-            if tracker:
-                tracker.close()
-    (out / RESUME_FILE).unlink(missing_ok=True)
+        result = run_experiment(bags, config.model, config.train, run.world, resume=run.resume_state(),
+                                on_epoch=on_epoch if run.writes else None, **config.overrides(config.model))
+        if not run.writes:  # every rank holds the same result; rank 0 writes it
+            return
+        run.publish(lambda tmp: write_run(tmp, result),
+                    {"validation": result.results["validation"], "test": result.results["test"],
+                     "threshold": result.threshold})
+    (run.out / RESUME_FILE).unlink(missing_ok=True)
     print(markdown_table([results_row(result.results)], SINGLE_COLUMNS))
-    print(f"run written to {out}")
-
-
-def _resolved(settings: dict, cfg) -> dict:
-    """The given settings (minus --out) with every training setting filled in."""
-    from dataclasses import asdict
-
-    return {**{k: v for k, v in settings.items() if k != "out"}, **asdict(cfg)}
-
-
-def _printed_config(args, settings: dict, cfg) -> bool:
-    import yaml
-
-    if args.print_config:
-        print(yaml.safe_dump(_resolved(settings, cfg), sort_keys=False), end="")
-    return args.print_config
+    print(f"run written to {run.out}")
 
 
 def cmd_compare(args) -> None:
     from arcmil.compare import MODEL_SUMMARY, compare_models, read_model, write_comparison, write_model
-    from arcmil.pipeline import check_inputs, environment
+    from arcmil.pipeline import check_inputs
     from arcmil.report import staged_dir
-    from arcmil.runstate import lifecycle, set_status
 
-    settings, out, resuming = _resumable(args, lambda _: "compare")
-    names, cfg = _model_names(settings), train_config(settings)
-    overrides = {name: model_overrides(name, settings, strict=False) for name in names}
-    if _printed_config(args, settings, cfg):
-        return
-    bags = _bags(settings)
-    if not settings.get("folds"):
-        for name in names:  # bad input fails here, before the output directory exists
-            check_inputs(bags, name, cfg, overrides[name])
-    world = _join_world(cfg.device)
-    with lifecycle(out, _resolved(settings, cfg), environment(), resuming=resuming, writer=world.is_main):
-        done = {name: read_model(out / name) for name in names if (out / name / MODEL_SUMMARY).exists()}
+    run = _open_run(args, "compare")
+    if args.print_config:
+        return print(run.config.to_yaml(), end="")
+    config, bags = run.config, run.load_bags()
+    for name in config.models:  # bad input fails here, before the output directory exists
+        check_inputs(bags, name, config.train, config.overrides(name), folds=config.folds)
+    with run.started():
+        done = {name: read_model(run.out / name) for name in config.models
+                if (run.out / name / MODEL_SUMMARY).exists()}
 
         def finished(m):  # each model's outputs appear whole, so a resumed comparison skips it
-            with staged_dir(out / m.name) as tmp:
-                write_model(tmp, m, cfg)
+            with staged_dir(run.out / m.name) as tmp:
+                write_model(tmp, m, config.train)
             done[m.name] = m
-            set_status(out, "running", models_done=sorted(done))
+            run.progress(models_done=sorted(done))
 
-        comparison = compare_models(bags, names, cfg, overrides, seeds=_seeds(settings, cfg),
-                                    folds=settings.get("folds"), val_fraction=settings.get("val_fraction", 0.2),
-                                    world=world, done=dict(done), on_model=finished if world.is_main else None)
-        if not world.is_main:
+        comparison = compare_models(bags, list(config.models), config.train,
+                                    {name: config.overrides(name) for name in config.models},
+                                    seeds=list(config.seeds), folds=config.folds, val_fraction=config.val_fraction,
+                                    world=run.world, done=dict(done), on_model=finished if run.writes else None)
+        if not run.writes:
             return
-        _publish(out, lambda tmp: write_comparison(tmp, comparison, bags.source))
+        run.publish(lambda tmp: write_comparison(tmp, comparison, bags.source),
+                    {row["model"]: row for row in comparison.summary_rows()})
     print(comparison.description)
     print(comparison.table())
     if comparison.mode != "single":
         print()
         print(comparison.paired_table())
-    print(f"comparison written to {out}")
+    print(f"comparison written to {run.out}")
 
 
 def cmd_cv(args) -> None:
-    from arcmil.cv import check_cv_inputs, read_folds, run_cv, write_cv_tables, write_fold
-    from arcmil.pipeline import environment
-    from arcmil.runstate import lifecycle, set_status
+    from arcmil.cv import read_folds, run_cv, write_cv_tables, write_fold
+    from arcmil.pipeline import check_inputs
 
-    settings, out, resuming = _resumable(args, lambda s: f"cv_{s.get('model', 'attention_mil')}")
-    model = settings.get("model", "attention_mil")
-    cfg, overrides = train_config(settings), model_overrides(model, settings, strict=True)
-    if _printed_config(args, settings, cfg):
-        return
-    folds, seeds = settings.get("folds", 10), [cfg.seed + r for r in range(settings.get("repeats", 5))]
-    bags = _bags(settings)
-    check_cv_inputs(bags, folds)  # bad input fails here, before the output directory exists
-    world = _join_world(cfg.device)
-    with lifecycle(out, _resolved(settings, cfg), environment(), resuming=resuming, writer=world.is_main):
-        done = read_folds(out) if resuming else {}
+    run = _open_run(args, "cv")
+    if args.print_config:
+        return print(run.config.to_yaml(), end="")
+    config, bags = run.config, run.load_bags()
+    check_inputs(bags, config.model, config.train, config.overrides(config.model), folds=config.folds)
+    with run.started():
+        done = read_folds(run.out) if run.resuming else {}
 
         def finished(record):  # each fold's JSON appears whole, so a resumed CV skips it
-            write_fold(out, record)
-            set_status(out, "running", folds_done=len(done) + 1)
+            write_fold(run.out, record)
             done[(record["repeat"], record["fold"])] = record
+            run.progress(folds_done=len(done))
 
-        result = run_cv(bags, model, cfg, folds=folds, seeds=seeds, val_fraction=settings.get("val_fraction", 0.2),
-                        world=world, done=dict(done), on_fold=finished if world.is_main else None, **overrides)
-        if not world.is_main:
+        result = run_cv(bags, config.model, config.train, folds=config.folds, seeds=list(config.seeds),
+                        val_fraction=config.val_fraction, world=run.world, done=dict(done),
+                        on_fold=finished if run.writes else None, **config.overrides(config.model))
+        if not run.writes:
             return
-        _publish(out, lambda tmp: write_cv_tables(tmp, result, cfg))
-    print(f"{result.tag}: {len(seeds)} × {folds}-fold CV, mean ± std over folds")
+        run.publish(lambda tmp: write_cv_tables(tmp, result, config.train), result.summary)
+    print(f"{result.tag}: {len(config.seeds)} × {config.folds}-fold CV, mean ± std over folds")
     print(result.table())
-    print(f"cross-validation written to {out}")
-
-
-def _publish(out: Path, write) -> None:
-    """``write(tmp_dir)``, then move each file it made into ``out``: each appears whole (rename)."""
-    with tempfile.TemporaryDirectory(prefix=".outputs-", dir=out) as tmp:
-        write(Path(tmp))
-        for path in Path(tmp).iterdir():
-            path.replace(out / path.name)
+    print(f"cross-validation written to {run.out}")
 
 
 def _checkpoint_and_bags(args):
@@ -353,6 +222,7 @@ def cmd_predict(args) -> None:
     import pandas as pd
 
     from arcmil.data import scoring_loader
+    from arcmil.distributed import init_world
     from arcmil.metrics import binary_metrics
     from arcmil.pipeline import has_short_bags, predictions_frame, window_weights_frame
     from arcmil.report import write_new_file
@@ -365,7 +235,7 @@ def cmd_predict(args) -> None:
             raise ArcmilError(f"{path}: already exists; refusing to overwrite (pass --overwrite or choose another "
                               "name)")
     model, meta, bags, normalizer, device = _checkpoint_and_bags(args)
-    world = _join_world(args.device)
+    world = init_world(device)
     loader = scoring_loader(bags, args.batch_size, normalizer, world)
     ev = evaluate(model, loader, device=device, precision=args.precision)
     if not world.is_main:
@@ -383,13 +253,13 @@ def cmd_predict(args) -> None:
 
 def cmd_explain(args) -> None:
     from arcmil.explain import METHODS, explain_bags, write_explanations
-    from arcmil.report import markdown_table, staged_dir
+    from arcmil.report import markdown_table, refuse_existing_dir, staged_dir
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ArcmilError(f"unknown explanation method {unknown[0]!r}; valid: {', '.join(METHODS)}")
-    out = _fresh_out({"out": args.out}, "explain")
+    out = refuse_existing_dir(args.out)
     model, meta, bags, normalizer, device = _checkpoint_and_bags(args)
     if args.split:
         if bags.split is None:

@@ -16,9 +16,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from arcmil.data import BagSet
 from arcmil.distributed import SINGLE, World
-from arcmil.errors import DataError
 from arcmil.metrics import binary_metrics
-from arcmil.pipeline import run_experiment
+from arcmil.pipeline import check_cv_inputs, run_experiment
 from arcmil.report import clean_json, markdown_table
 from arcmil.runstate import write_text
 from arcmil.stats import mean_std
@@ -66,15 +65,6 @@ class CVResult:
         keep = ("repeat", "fold", "seed", "n_train", "n_val", "n_test", "threshold", "best_epoch")
         return [{k: r[k] for k in keep} | {f"test_{m}": r["test"][m] for m in SUMMARY_METRICS}
                 | {f"test_{m}_at_0.5": r["test_at_0.5"][m] for m in SUMMARY_METRICS} for r in self.folds]
-
-
-def check_cv_inputs(bags: BagSet, folds: int) -> None:
-    if bags.labels is None:
-        raise DataError(bags.source, "cross-validation needs labels", field="labels")
-    smallest = int(np.bincount(bags.labels, minlength=2).min())
-    if smallest < folds:
-        raise DataError(bags.source, f"{folds} folds need at least {folds} bags of each class, the smaller class "
-                        f"has {smallest}", field="labels")
 
 
 def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *, folds: int = 10,

@@ -171,10 +171,25 @@ def check_fits(bags: BagSet, model_config, against: str = "the model") -> None:
                         field="embeddings")
 
 
-def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_overrides: dict) -> None:
+def check_cv_inputs(bags: BagSet, folds: int) -> None:
+    """Labels with at least ``folds`` bags of each class."""
+    if bags.labels is None:
+        raise DataError(bags.source, "cross-validation needs labels", field="labels")
+    smallest = int(np.bincount(bags.labels, minlength=2).min())
+    if smallest < folds:
+        raise DataError(bags.source, f"{folds} folds need at least {folds} bags of each class, the smaller class "
+                        f"has {smallest}", field="labels")
+
+
+def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_overrides: dict,
+                 folds: int | None = None) -> None:
     """What can be wrong with a run's input, checked before anything is written: the split (both
-    classes in each part) and bag lengths against the model."""
-    split_parts(assign_split(bags, cfg.seed))
+    classes in each part; with ``folds``, enough bags of each class for them) and bag lengths
+    against the model."""
+    if folds:
+        check_cv_inputs(bags, folds)
+    else:
+        split_parts(assign_split(bags, cfg.seed))
     check_fits(bags, make_config(model_name, input_dim=bags.dim, **model_overrides))
 
 

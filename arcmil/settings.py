@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from dataclasses import dataclass, field
 
 import yaml
 
@@ -13,7 +14,7 @@ from arcmil.metrics import THRESHOLD_METHODS
 from arcmil.models import get_entry
 from arcmil.models.attention import ATTENTIONS
 from arcmil.models.config import INITS, POOLS, POS_ENCODINGS
-from arcmil.models.registry import closest, config_classes
+from arcmil.models.registry import closest, config_classes, make_config
 from arcmil.train import LR_SCHEDULES, MONITORS, PRECISIONS, TrainConfig
 
 RUN_KEYS = {"model": str, "models": str, "data": str, "out": str, "seeds": str, "folds": int, "repeats": int,
@@ -54,12 +55,14 @@ def read_yaml(path: str | os.PathLike) -> dict:
         if key not in ALL_KEYS:
             raise ConfigError(f"{path}: unknown setting {key!r}{closest(str(key), ALL_KEYS)}")
         want = ALL_KEYS[key]
+        if value is None:  # null: not set (config.yaml writes unset run keys so)
+            continue
         ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
             raise ConfigError(f"{path}: setting {key!r} expects {want.__name__}, got {value!r}")
-    return data
+    return {k: v for k, v in data.items() if v is not None}
 
 
 def train_config(settings: dict) -> TrainConfig:
@@ -83,16 +86,100 @@ def model_overrides(model_name: str, settings: dict, strict: bool = True) -> dic
     return out
 
 
+COMMANDS = ("train", "compare", "cv")
+DEFAULT_MODEL = "attention_mil"
+DEFAULT_MODELS = ("attention_mil", "transformer_mil", "transmil")
+# the run keys each command takes, with its defaults (None: not set, e.g. compare without folds)
+COMMAND_KEYS = {
+    "train": {"model": DEFAULT_MODEL, "data": None, "tracker": None},
+    "compare": {"models": ",".join(DEFAULT_MODELS), "data": None, "seeds": None, "folds": None,
+                "val_fraction": 0.2, "tracker": None},
+    "cv": {"model": DEFAULT_MODEL, "data": None, "folds": 10, "repeats": 5, "val_fraction": 0.2, "tracker": None},
+}
 
 
-def resolved_train_settings(settings: dict) -> dict:
-    """Every setting of one ``arcmil train`` run, defaults filled in: what config.yaml records and
-    ``--print-config`` shows. Feeding it back (``--config``) reproduces the run."""
-    from arcmil.models.registry import make_config
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one ``train``, ``compare`` or ``cv`` run does, every default filled in.
 
-    model = settings.get("model", "attention_mil")
-    config = make_config(model, **model_overrides(model, settings, strict=True))
-    resolved = {"model": model, **{k: settings[k] for k in ("data", "tracker") if settings.get(k)},
-                **dataclasses.asdict(train_config(settings))}
-    resolved.update({k: v for k, v in dataclasses.asdict(config).items() if k not in INFERRED})
-    return resolved
+    ``models``: one name (train, cv) or several (compare); ``seeds``: the training seeds (compare:
+    one run per seed, or one CV repeat per seed; cv: seed, seed+1, ... one per repeat);
+    ``model_settings``: the model's every hyper-parameter (train, cv), or those the user set, shared by
+    the compared models (compare: each model's full config is in its own results);
+    ``train``: the training and evaluation settings, identical for every model.
+    """
+
+    command: str
+    models: tuple[str, ...]
+    train: TrainConfig
+    model_settings: dict = field(default_factory=dict)
+    data: str | None = None
+    seeds: tuple[int, ...] = ()
+    folds: int | None = None
+    val_fraction: float = 0.2
+    tracker: str | None = None
+
+    @property
+    def model(self) -> str:
+        return self.models[0]
+
+    def overrides(self, model_name: str) -> dict:
+        """The model settings that apply to ``model_name``; in a comparison, keys a model lacks are skipped."""
+        return model_overrides(model_name, self.model_settings, strict=self.command != "compare")
+
+    def run_name(self) -> str:
+        """The default output directory's stem: the model tag, 'compare' or 'cv_<model>'."""
+        if self.command == "train":
+            return make_config(self.model, **self.overrides(self.model)).tag()
+        return "compare" if self.command == "compare" else f"cv_{self.model}"
+
+    def to_dict(self) -> dict:
+        """The flat mapping config.yaml holds and ``--config`` reads back: every setting of the run."""
+        out = {"model": self.model} if self.command != "compare" else {"models": ",".join(self.models)}
+        out["data"] = self.data
+        if self.command == "compare":
+            out["seeds"] = ",".join(map(str, self.seeds))
+        if self.command == "cv":
+            out["repeats"] = len(self.seeds)
+        if self.command != "train":
+            out.update(folds=self.folds, val_fraction=self.val_fraction)
+        out["tracker"] = self.tracker
+        return {**out, **dataclasses.asdict(self.train), **self.model_settings}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def resolve(command: str, settings: dict) -> ExperimentConfig:
+    """The run ``command`` does with ``settings`` (YAML and flags merged, flags winning; None = not given):
+    the data source's preset first, then the settings, then the defaults; names and types checked."""
+    from arcmil.data.mil_datasets import source_preset
+
+    given = {k: v for k, v in settings.items() if v is not None}
+    unknown = sorted(set(given) - set(COMMAND_KEYS[command]) - set(TRAIN_FIELDS) - set(MODEL_FIELDS))
+    if unknown:
+        raise ConfigError(f"setting {unknown[0]!r} does not apply to arcmil {command}")
+    given = {**source_preset(given.get("data")), **given}
+    run = {**COMMAND_KEYS[command], **{k: given[k] for k in COMMAND_KEYS[command] if k in given}}
+    cfg = train_config(given)
+    models = tuple(m.strip() for m in run.get("models", run.get("model", "")).split(",") if m.strip())
+    for name in models:
+        get_entry(name)  # unknown names fail before any work
+    if command == "compare":
+        seeds = _seeds(run["seeds"]) if run["seeds"] is not None else (cfg.seed,)
+    else:
+        seeds = tuple(cfg.seed + r for r in range(run.get("repeats", 1)))
+    model_settings = {k: v for k, v in given.items() if k in MODEL_FIELDS}
+    for name in models:  # a setting a model lacks (train, cv) or contradicts fails here
+        config = make_config(name, **model_overrides(name, model_settings, strict=command != "compare"))
+    if command != "compare":  # one model: its every setting, defaults included
+        model_settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in INFERRED}
+    return ExperimentConfig(command, models, cfg, model_settings, data=run["data"], seeds=seeds,
+                            folds=run.get("folds"), val_fraction=run.get("val_fraction", 0.2), tracker=run["tracker"])
+
+
+def _seeds(text) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in str(text).split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"seeds expects comma-separated integers, got {text!r}") from None

@@ -1,0 +1,107 @@
+"""One run of ``train``, ``compare`` or ``cv`` around the library call that does the work.
+
+A ``Run`` owns what every command shares: the output directory (new, or an interrupted one being
+resumed with its data unchanged), the resolved config, this process's place under torchrun, the
+status lifecycle, the tracker, and publishing outputs so that each file appears whole.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+
+from arcmil.distributed import SINGLE, World
+from arcmil.errors import ArcmilError
+from arcmil.runstate import CONFIG_FILE, INFO_FILE, data_fingerprint, lifecycle, load_resume, read_status, set_status
+from arcmil.settings import ExperimentConfig, read_yaml, resolve
+
+
+class Run:
+    """``config``: the run's resolved settings; ``out``: its directory; ``resuming``: whether it
+    continues an interrupted run there. Use ``with run.started(): ...`` around the work."""
+
+    def __init__(self, config: ExperimentConfig, out: Path, resuming: bool):
+        self.config, self.out, self.resuming = config, Path(out), resuming
+        self.world: World = SINGLE
+        self.tracker = None
+
+    @classmethod
+    def new(cls, command: str, settings: dict) -> "Run":
+        """A fresh run of ``command`` with ``settings`` (YAML and flags merged); its directory is
+        ``settings['out']`` or runs/<name>_<time>, refused if it holds files (checked now, created later)."""
+        from arcmil.report import default_run_dir, refuse_existing_dir
+
+        settings = dict(settings)
+        out = settings.pop("out", None)
+        config = resolve(command, settings)
+        return cls(config, refuse_existing_dir(out or default_run_dir("runs", config.run_name())), resuming=False)
+
+    @classmethod
+    def resume(cls, command: str, out: str | Path) -> "Run":
+        """The interrupted run in ``out``: its config, after checking it is unfinished and its data unchanged."""
+        out = Path(out)
+        if read_status(out)["status"] == "complete":
+            raise ArcmilError(f"{out}: this run is complete; nothing to resume")
+        config = resolve(command, read_yaml(out / CONFIG_FILE))
+        recorded = json.loads((out / INFO_FILE).read_text())["data"]
+        if recorded["sha256"] and data_fingerprint(config.data)["sha256"] != recorded["sha256"]:
+            raise ArcmilError(f"{config.data}: the data changed since the run in {out} started "
+                              "(SHA-256 differs); start a new run instead of resuming")
+        return cls(config, out, resuming=True)
+
+    def load_bags(self):
+        from arcmil.data import load_bags
+        from arcmil.demo import make_demo_bags
+
+        return load_bags(self.config.data) if self.config.data else make_demo_bags()
+
+    def resume_state(self) -> dict | None:
+        """A resumed training run's state after its last finished epoch (None for a new run)."""
+        return load_resume(self.out) if self.resuming else None
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes outputs (rank 0 under torchrun)."""
+        return self.world.is_main
+
+    @contextlib.contextmanager
+    def started(self):
+        """Join the torchrun world, record status around the block (config.yaml and run_info.json for a
+        new run; 'complete' or 'failed' at the end) and open the tracker on the writing rank."""
+        from arcmil.distributed import init_world
+        from arcmil.pipeline import environment
+        from arcmil.tracking import make_tracker
+        from arcmil.train import select_device
+
+        self.world = init_world(select_device(self.config.train.device))
+        with lifecycle(self.out, self.config.to_dict(), environment(), resuming=self.resuming, writer=self.writes):
+            if self.writes and self.config.tracker:
+                self.tracker = make_tracker(self.config.tracker, self.out, self.out.name, self.config.to_dict())
+            try:
+                yield self
+            finally:
+                if self.tracker:
+                    self.tracker.close()
+
+    def progress(self, **fields) -> None:
+        """Record progress in the status file (e.g. ``epoch=3``, ``models_done=[...]``)."""
+        if self.writes:
+            set_status(self.out, "running", **fields)
+
+    def log_epoch(self, epoch: int, row: dict) -> None:
+        if self.tracker:
+            self.tracker.log_epoch(epoch, row)
+
+    def publish(self, write, final_metrics: dict | None = None) -> None:
+        """``write(tmp_dir)``, then move each file it made into the run directory (each appears whole by
+        rename); then give the tracker ``final_metrics`` and the run's plots."""
+        with tempfile.TemporaryDirectory(prefix=".outputs-", dir=self.out) as tmp:
+            write(Path(tmp))
+            for path in Path(tmp).iterdir():
+                path.replace(self.out / path.name)
+        if self.tracker:
+            if final_metrics:
+                self.tracker.log_final(final_metrics)
+            for image in sorted(self.out.glob("*.png")):
+                self.tracker.log_image(image)
