@@ -1,17 +1,14 @@
 """A scikit-learn-shaped estimator for notebooks, over the same pipeline as the command line."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
 import pandas as pd
 
-from arcmil.data import BagSet, Normalizer, load_bags, scoring_loader, validate
+from arcmil.data import BagSet, Normalizer, load_bags, validate
 from arcmil.errors import ConfigError
-from arcmil.train import TrainConfig
-
-TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+from arcmil.settings import ExperimentConfig, resolve
 
 
 def as_bags(X, y=None, *, require_labels: bool = False) -> BagSet:
@@ -47,20 +44,21 @@ class MILClassifier:
         self.params.update(params)
         return self
 
-    def _train_config(self) -> tuple[TrainConfig, dict]:
-        train = {k: v for k, v in self.params.items() if k in TRAIN_KEYS}
-        return TrainConfig(**{"progress": False, **train}), {k: v for k, v in self.params.items() if k not in train}
+    def config(self) -> ExperimentConfig:
+        """The run ``fit`` does: the same resolved config as ``arcmil train`` with these settings."""
+        return resolve("train", {"model": self.model, "progress": False, **self.params})
 
     def fit(self, X, y=None) -> "MILClassifier":
         from arcmil.pipeline import check_inputs, run_experiment
 
         bags = as_bags(X, y, require_labels=True)
-        cfg, overrides = self._train_config()
-        check_inputs(bags, self.model, cfg, overrides)
-        result = run_experiment(bags, self.model, cfg, **overrides)
+        config = self.config()
+        overrides = config.overrides(self.model)
+        check_inputs(bags, self.model, config.train, overrides)
+        result = run_experiment(bags, self.model, config.train, **overrides)
         self.model_, self.threshold_, self.normalizer_ = result.model, result.threshold, result.normalizer
         self.results_, self.classes_ = result.results, np.array([0, 1])
-        self.model_name_, self.threshold_method_ = self.model, cfg.threshold_method
+        self.model_name_, self.threshold_method_ = self.model, config.train.threshold_method
         return self
 
     def _check_fitted(self) -> None:
@@ -69,15 +67,13 @@ class MILClassifier:
 
     def predict_proba(self, X, batch_size: int = 64) -> np.ndarray:
         """(n_bags, 2): probabilities of class 0 and class 1."""
-        from arcmil.pipeline import check_fits
-        from arcmil.train import evaluate
+        from arcmil.pipeline import check_fits, score_bags
 
         self._check_fitted()
         bags = as_bags(X)
         check_fits(bags, self.model_.config)
         device = next(self.model_.parameters()).device
-        positive = evaluate(self.model_, scoring_loader(bags, batch_size, self.normalizer_),
-                            device=device).probs
+        positive = score_bags(self.model_, bags, self.normalizer_, batch_size=batch_size, device=device).probs
         return np.column_stack([1.0 - positive, positive])
 
     def predict(self, X) -> np.ndarray:
@@ -103,8 +99,11 @@ class MILClassifier:
         from arcmil.checkpoint import save_checkpoint
 
         self._check_fitted()
+        from arcmil.report import clean_json
+
         save_checkpoint(path, self.model_, self.model_name_, threshold=self.threshold_,
-                        threshold_method=self.threshold_method_, normalizer=self.normalizer_)
+                        threshold_method=self.threshold_method_, normalizer=self.normalizer_,
+                        extra={"results": clean_json(self.results_)})
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "MILClassifier":
@@ -114,6 +113,6 @@ class MILClassifier:
         clf = cls(meta["model_name"], **{k: v for k, v in meta["model_config"].items() if k != "input_dim"})
         clf.model_, clf.threshold_ = model, meta["threshold"]
         clf.normalizer_, clf.classes_ = Normalizer.from_dict(meta["normalization"]), np.array([0, 1])
-        clf.results_ = meta.get("results_summary", {})
+        clf.results_ = meta.get("results", {})  # the run's results as after fit (none in older checkpoints)
         clf.model_name_, clf.threshold_method_ = meta["model_name"], meta["threshold_method"]
         return clf

@@ -6,10 +6,8 @@ import sys
 import traceback
 from pathlib import Path
 
-import numpy as np
-
 from arcmil import __version__
-from arcmil.errors import ArcmilError, DataError
+from arcmil.errors import ArcmilError
 from arcmil.models import model_names
 from arcmil.settings import CHOICES, DEFAULT_MODELS, DEFAULTS, MODEL_FIELDS, RUN_KEYS, TRAIN_FIELDS, read_yaml
 from arcmil.tracking import TRACKERS
@@ -98,28 +96,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open_run(args, command: str):
-    """The interrupted run (``--resume``) or a new one from ``--config`` and the flags given (flags win)."""
+    """The interrupted run (``--resume``) or a new one from ``--config`` and the flags given (flags win);
+    None after ``--print-config`` has printed its settings."""
     from arcmil.run import Run
 
     if args.resume:
-        return Run.resume(command, args.resume)
-    settings = read_yaml(args.config) if args.config else {}
-    settings.update({k: getattr(args, k) for k in (*RUN_KEYS, *TRAIN_FIELDS, *MODEL_FIELDS)
-                     if getattr(args, k, None) is not None})
-    return Run.new(command, settings)
+        run = Run.resume(command, args.resume)
+    else:
+        settings = read_yaml(args.config) if args.config else {}
+        settings.update({k: getattr(args, k) for k in (*RUN_KEYS, *TRAIN_FIELDS, *MODEL_FIELDS)
+                         if getattr(args, k, None) is not None})
+        run = Run.new(command, settings)
+    if args.print_config:
+        return print(run.config.to_yaml(), end="")
+    return run
 
 
 def cmd_train(args) -> None:
     from arcmil.compare import SINGLE_COLUMNS
-    from arcmil.pipeline import check_inputs, run_experiment
+    from arcmil.pipeline import run_experiment
     from arcmil.report import markdown_table, results_row, write_run
     from arcmil.runstate import RESUME_FILE, save_resume
 
     run = _open_run(args, "train")
-    if args.print_config:
-        return print(run.config.to_yaml(), end="")
+    if run is None:
+        return
     config, bags = run.config, run.load_bags()
-    check_inputs(bags, config.model, config.train, config.overrides(config.model))  # before any output exists
     with run.started():
         def on_epoch(state):
             save_resume(run.out, state)
@@ -140,15 +142,12 @@ def cmd_train(args) -> None:
 
 def cmd_compare(args) -> None:
     from arcmil.compare import MODEL_SUMMARY, compare_models, read_model, write_comparison, write_model
-    from arcmil.pipeline import check_inputs
     from arcmil.report import staged_dir
 
     run = _open_run(args, "compare")
-    if args.print_config:
-        return print(run.config.to_yaml(), end="")
+    if run is None:
+        return
     config, bags = run.config, run.load_bags()
-    for name in config.models:  # bad input fails here, before the output directory exists
-        check_inputs(bags, name, config.train, config.overrides(name), folds=config.folds)
     with run.started():
         done = {name: read_model(run.out / name) for name in config.models
                 if (run.out / name / MODEL_SUMMARY).exists()}
@@ -167,23 +166,17 @@ def cmd_compare(args) -> None:
             return
         run.publish(lambda tmp: write_comparison(tmp, comparison, bags.source),
                     {row["model"]: row for row in comparison.summary_rows()})
-    print(comparison.description)
-    print(comparison.table())
-    if comparison.mode != "single":
-        print()
-        print(comparison.paired_table())
+    print(comparison.report())
     print(f"comparison written to {run.out}")
 
 
 def cmd_cv(args) -> None:
     from arcmil.cv import read_folds, run_cv, write_cv_tables, write_fold
-    from arcmil.pipeline import check_inputs
 
     run = _open_run(args, "cv")
-    if args.print_config:
-        return print(run.config.to_yaml(), end="")
+    if run is None:
+        return
     config, bags = run.config, run.load_bags()
-    check_inputs(bags, config.model, config.train, config.overrides(config.model), folds=config.folds)
     with run.started():
         done = read_folds(run.out) if run.resuming else {}
 
@@ -203,76 +196,21 @@ def cmd_cv(args) -> None:
     print(f"cross-validation written to {run.out}")
 
 
-def _checkpoint_and_bags(args):
-    """The checkpoint's model, metadata and normaliser, and the (raw) data; mismatches refused."""
-    from arcmil.checkpoint import load_checkpoint
-    from arcmil.data import load_bags
-    from arcmil.data.prepare import Normalizer
-    from arcmil.pipeline import check_fits
-    from arcmil.train import select_device
-
-    device = select_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, device)
-    bags = load_bags(args.data, require_labels=False)
-    check_fits(bags, model.config, against=f"the checkpoint {args.checkpoint}")
-    return model, meta, bags, Normalizer.from_dict(meta["normalization"]), device
-
-
 def cmd_predict(args) -> None:
-    import pandas as pd
+    from arcmil.predict import predict_to_csv
 
-    from arcmil.data import scoring_loader
-    from arcmil.distributed import init_world
-    from arcmil.metrics import binary_metrics
-    from arcmil.pipeline import has_short_bags, predictions_frame, window_weights_frame
-    from arcmil.report import write_new_file
-    from arcmil.train import evaluate
-
-    out = Path(args.out)
-    long_out = out.with_name(f"{out.stem}_window_weights.csv")  # per-window weights of bags too long for columns
-    for path in (out, long_out):
-        if path.exists() and not args.overwrite:
-            raise ArcmilError(f"{path}: already exists; refusing to overwrite (pass --overwrite or choose another "
-                              "name)")
-    model, meta, bags, normalizer, device = _checkpoint_and_bags(args)
-    world = init_world(device)
-    loader = scoring_loader(bags, args.batch_size, normalizer, world)
-    ev = evaluate(model, loader, device=device, precision=args.precision)
-    if not world.is_main:
-        return
-    frame = predictions_frame(bags, ev, meta["threshold"], split=bags.split, wide=has_short_bags(ev))
-    if "w_0" not in frame.columns:
-        write_new_file(long_out, lambda tmp: window_weights_frame(bags, ev).to_csv(tmp, index=False),
-                       overwrite=args.overwrite)
-    write_new_file(out, lambda tmp: frame.to_csv(tmp, index=False), overwrite=args.overwrite)
-    print(f"scored {len(bags)} bags with {meta['tag']} at threshold {meta['threshold']:.4f} -> {out}")
-    if bags.labels is not None and len(np.unique(bags.labels)) == 2:
-        metrics = binary_metrics(bags.labels, ev.probs, meta["threshold"])
-        print(pd.Series({k: v for k, v in metrics.items() if not isinstance(v, dict)}).to_string())
+    summary = predict_to_csv(args.checkpoint, args.data, args.out, batch_size=args.batch_size, device=args.device,
+                             precision=args.precision, overwrite=args.overwrite)
+    if summary:
+        print(summary)
 
 
 def cmd_explain(args) -> None:
-    from arcmil.explain import METHODS, explain_bags, write_explanations
-    from arcmil.report import markdown_table, refuse_existing_dir, staged_dir
+    from arcmil.explain import explain_to_dir
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ArcmilError(f"unknown explanation method {unknown[0]!r}; valid: {', '.join(METHODS)}")
-    out = refuse_existing_dir(args.out)
-    model, meta, bags, normalizer, device = _checkpoint_and_bags(args)
-    if args.split:
-        if bags.split is None:
-            raise DataError(bags.source, f"--split {args.split} given but the data has no split", field="split")
-        bags = bags.subset(np.flatnonzero(bags.split == args.split))
-    frame = explain_bags(model, bags, methods, normalizer=normalizer, steps=args.ig_steps, device=device)
-    with staged_dir(out) as tmp:
-        scores = write_explanations(tmp, frame, methods, n_plots=args.n_plots, title=meta["tag"])
-    print(f"explained {len(bags)} bags ({len(frame)} windows) with {meta['tag']} -> {out}")
-    if scores:
-        print("instance-localisation ROC-AUC over the windows of positive bags:")
-        print(markdown_table([{"method": m, **s} for m, s in scores.items()],
-                             ("method", "pooled", "per_bag_mean", "n_bags", "n_windows")))
+    print(explain_to_dir(args.checkpoint, args.data, args.out, methods, steps=args.ig_steps, n_plots=args.n_plots,
+                         split=args.split, device=args.device))
 
 
 def cmd_convert(args) -> None:

@@ -78,6 +78,11 @@ class Comparison:
                  for r in self.summary_rows()]
         return markdown_table(cells, ("model", "tag", "runs", *(f"test_{m}" for m in METRICS)))
 
+    def report(self) -> str:
+        """What ``arcmil compare`` prints: the description, the table and (several runs) the paired tests."""
+        paired = "" if self.mode == "single" else "\n\n" + self.paired_table()
+        return f"{self.description}\n{self.table()}{paired}"
+
     def paired_table(self) -> str:
         rows = [{"pair": f"{r['model_a']} − {r['model_b']}", "metric": r["metric"], "mean diff": r["mean_diff"],
                  "p": r["p_value"], "significant (p<0.05)": "yes" if r["significant"] else "no"}

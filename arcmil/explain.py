@@ -11,6 +11,7 @@ Positive occlusion / integrated-gradient values push the bag towards the positiv
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,11 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from arcmil.data import BagSet, collate, scoring_loader
+from arcmil.data import BagSet, collate
+from arcmil.data.packed import PackedBags
+from arcmil.errors import ConfigError
 from arcmil.plots import plot_window_heatmap
 from arcmil.report import clean_json
-from arcmil.train import evaluate
 
 METHODS = ("weights", "occlusion", "integrated_gradients")
 
@@ -64,12 +66,14 @@ def explain_bags(model, bags: BagSet, methods=METHODS, *, normalizer=None, steps
     ``bags``: raw windows from any source (an on-disk store included), normalised by ``normalizer``
     (the model's) one bag at a time; ``prob`` and ``weights`` come from the scoring path that
     predict uses, so they equal predict's."""
+    from arcmil.pipeline import score_bags
+
     model.eval()
-    loader = scoring_loader(bags, 16, normalizer)
-    scored = evaluate(model, loader, device=device)
+    bags = replace(bags, bags=PackedBags.from_list(bags.bags))  # packed once, so each bag is a row range
+    scored = score_bags(model, bags, normalizer, device=device)
     rows = []
     for i in range(len(bags)):
-        x = collate(loader.bs, [i], normalizer).x[0].to(device)  # (n, D); loader.bs: packed once
+        x = collate(bags, [i], normalizer).x[0].to(device)  # (n, D)
         frame = {"bag_id": bags.bag_ids[i], "window": np.arange(len(x))}
         if bags.labels is not None:
             frame["label"] = bags.labels[i]
@@ -134,3 +138,26 @@ def write_explanations(directory: Path, frame: pd.DataFrame, methods=METHODS, *,
     scores = localisation_auc(frame, methods)
     (directory / "localisation.json").write_text(json.dumps(clean_json(scores), indent=2))
     return scores
+
+
+def explain_to_dir(checkpoint, data, out, methods=METHODS, *, steps: int = 32, n_plots: int = 12,
+                   split: str | None = None, device: str = "auto") -> str:
+    """``arcmil explain``: importances.csv, heatmaps and localisation scores of ``data`` under
+    ``checkpoint`` into the new directory ``out`` (it appears whole). Returns the summary to print."""
+    from arcmil.predict import Scorer
+    from arcmil.report import markdown_table, refuse_existing_dir, staged_dir
+
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ConfigError(f"unknown explanation method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    out = refuse_existing_dir(out)
+    s = Scorer.load(checkpoint, data, device, split=split)
+    frame = explain_bags(s.model, s.bags, methods, normalizer=s.normalizer, steps=steps, device=s.device)
+    with staged_dir(out) as tmp:
+        scores = write_explanations(tmp, frame, methods, n_plots=n_plots, title=s.meta["tag"])
+    summary = f"explained {len(s.bags)} bags ({len(frame)} windows) with {s.meta['tag']} -> {out}"
+    if scores:
+        summary += ("\ninstance-localisation ROC-AUC over the windows of positive bags:\n"
+                    + markdown_table([{"method": m, **v} for m, v in scores.items()],
+                                     ("method", "pooled", "per_bag_mean", "n_bags", "n_windows")))
+    return summary

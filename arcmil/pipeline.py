@@ -120,11 +120,19 @@ def environment() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def score_bags(model: nn.Module, bags: BagSet, normalizer: Normalizer | None = None, *, batch_size: int = 64,
+               device="cpu", precision: str = "fp32", world: World = SINGLE, criterion=None) -> Evaluation:
+    """The one scoring path (validation and test, ``predict``, the Python API, ``explain``): bags of any
+    source (an on-disk store included) normalised batch by batch, grouped by length under a token
+    budget, scored in eval mode; results in ``bags`` order."""
+    return evaluate(model, scoring_loader(bags, batch_size, normalizer, world), criterion, device, precision)
+
+
 def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, fit: FitResult, cfg: TrainConfig,
              device, world: World = SINGLE) -> RunResult:
     """Tune the threshold on validation, report test metrics (with bootstrap intervals), score every bag."""
-    evaluations = {name: evaluate(model, scoring_loader(part, cfg.batch_size, data.normalizer, world),
-                                  criterion, device, cfg.precision)
+    evaluations = {name: score_bags(model, part, data.normalizer, batch_size=cfg.batch_size, device=device,
+                                    precision=cfg.precision, world=world, criterion=criterion)
                    for name, part in data.parts.items()}
     val, test = evaluations["val"], evaluations["test"]
     threshold = tune_threshold(val.labels, val.probs, cfg.threshold_method, cfg.fixed_threshold)

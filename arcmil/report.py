@@ -69,13 +69,15 @@ def write_new_file(path: str | os.PathLike, write, overwrite: bool = False) -> P
 
 
 def clean_json(obj):
-    """JSON-safe: numpy scalars to Python, NaN to null."""
+    """JSON-safe plain data (also for weights-only checkpoints): numpy scalars to Python, NaN to null."""
     if isinstance(obj, dict):
         return {str(k): clean_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [clean_json(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
+    if isinstance(obj, str):
+        return str(obj)  # plain str, also from subclasses such as torch.__version__
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -120,7 +122,7 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
     cfg = result.results["train_config"]
     save_checkpoint(directory / f"best_{result.model_name}.pth", result.model, result.model_name,
                     threshold=result.threshold, threshold_method=cfg["threshold_method"],
-                    normalizer=result.normalizer, extra={"results_summary": results_row(result.results)})
+                    normalizer=result.normalizer, extra={"results": clean_json(result.results)})
     write_results(directory, result)
     result.predictions.to_csv(directory / "predictions.csv", index=False)
     if "w_0" not in result.predictions.columns:  # long bags: window weights in long format

@@ -51,10 +51,16 @@ class Run:
         return cls(config, out, resuming=True)
 
     def load_bags(self):
+        """The run's bags, checked against every model (split or folds, lengths) before any output exists."""
         from arcmil.data import load_bags
         from arcmil.demo import make_demo_bags
+        from arcmil.pipeline import check_inputs
 
-        return load_bags(self.config.data) if self.config.data else make_demo_bags()
+        config = self.config
+        bags = load_bags(config.data) if config.data else make_demo_bags()
+        for name in config.models:
+            check_inputs(bags, name, config.train, config.overrides(name), folds=config.folds)
+        return bags
 
     def resume_state(self) -> dict | None:
         """A resumed training run's state after its last finished epoch (None for a new run)."""

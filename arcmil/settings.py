@@ -156,9 +156,11 @@ def resolve(command: str, settings: dict) -> ExperimentConfig:
     from arcmil.data.mil_datasets import source_preset
 
     given = {k: v for k, v in settings.items() if v is not None}
-    unknown = sorted(set(given) - set(COMMAND_KEYS[command]) - set(TRAIN_FIELDS) - set(MODEL_FIELDS))
-    if unknown:
-        raise ConfigError(f"setting {unknown[0]!r} does not apply to arcmil {command}")
+    for key in given:
+        if key not in ALL_KEYS:
+            raise ConfigError(f"unknown setting {key!r}{closest(str(key), ALL_KEYS)}")
+        if key in RUN_KEYS and key not in COMMAND_KEYS[command]:
+            raise ConfigError(f"setting {key!r} does not apply to arcmil {command}")
     given = {**source_preset(given.get("data")), **given}
     run = {**COMMAND_KEYS[command], **{k: given[k] for k in COMMAND_KEYS[command] if k in given}}
     cfg = train_config(given)

@@ -34,7 +34,10 @@ def test_estimator_on_arrays_agrees_with_its_checkpoint(tmp_path):
     with pytest.raises(ArcmilError, match="embedding dimension 5 does not match the model"):
         clf.predict_proba([np.zeros((3, 5), np.float32)])
     clf.save(tmp_path / "m.pth")
-    np.testing.assert_allclose(MILClassifier.load(tmp_path / "m.pth").predict_proba(X), proba, rtol=1e-6)
+    loaded = MILClassifier.load(tmp_path / "m.pth")
+    np.testing.assert_allclose(loaded.predict_proba(X), proba, rtol=1e-6)
+    assert loaded.results_["test"]["roc_auc"] == clf.results_["test"]["roc_auc"]  # the run's results, as after fit
+    assert [row["val_loss"] for row in loaded.results_["history"]] == [row["val_loss"] for row in clf.results_["history"]]
 
 
 def test_estimator_errors_are_clear():

@@ -1,0 +1,79 @@
+"""Scoring new bags with a trained checkpoint: ``arcmil predict`` and ``arcmil explain`` start here."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from arcmil.data import BagSet, Normalizer
+from arcmil.errors import ArcmilError, DataError
+
+
+@dataclass
+class Scorer:
+    """A checkpoint's model (on ``device``), metadata and normaliser, and the raw bags to score."""
+
+    model: nn.Module
+    meta: dict
+    normalizer: Normalizer
+    bags: BagSet
+    device: object
+
+    @classmethod
+    def load(cls, checkpoint: str | os.PathLike, data: str | os.PathLike, device: str = "auto",
+             split: str | None = None) -> "Scorer":
+        """Refuses data of another dimension than the model's, or too long for its position table;
+        ``split``: keep only that split's bags."""
+        from arcmil.checkpoint import load_checkpoint
+        from arcmil.data import load_bags
+        from arcmil.pipeline import check_fits
+        from arcmil.train import select_device
+
+        device = select_device(device)
+        model, meta = load_checkpoint(checkpoint, device)
+        bags = load_bags(data, require_labels=False)
+        check_fits(bags, model.config, against=f"the checkpoint {checkpoint}")
+        if split:
+            if bags.split is None:
+                raise DataError(bags.source, f"--split {split} given but the data has no split", field="split")
+            bags = bags.subset(np.flatnonzero(bags.split == split))
+        return cls(model, meta, Normalizer.from_dict(meta["normalization"]), bags, device)
+
+
+def predict_to_csv(checkpoint, data, out, *, batch_size: int = 64, device: str = "auto", precision: str = "fp32",
+                   overwrite: bool = False) -> str | None:
+    """Score ``data`` into ``out`` (one row per bag: probability, prediction at the checkpoint's threshold,
+    window weights; bags too long for columns get ``<out>_window_weights.csv``). Returns the summary to
+    print (None on the ranks that do not write, under torchrun)."""
+    from arcmil.distributed import init_world
+    from arcmil.metrics import binary_metrics
+    from arcmil.pipeline import has_short_bags, predictions_frame, score_bags, window_weights_frame
+    from arcmil.report import write_new_file
+
+    out = Path(out)
+    long_out = out.with_name(f"{out.stem}_window_weights.csv")
+    for path in (out, long_out):
+        if path.exists() and not overwrite:
+            raise ArcmilError(f"{path}: already exists; refusing to overwrite (pass --overwrite or choose another "
+                              "name)")
+    s = Scorer.load(checkpoint, data, device)
+    world = init_world(s.device)
+    ev = score_bags(s.model, s.bags, s.normalizer, batch_size=batch_size, device=s.device, precision=precision,
+                    world=world)
+    if not world.is_main:
+        return None
+    threshold = s.meta["threshold"]
+    frame = predictions_frame(s.bags, ev, threshold, split=s.bags.split, wide=has_short_bags(ev))
+    if "w_0" not in frame.columns:
+        write_new_file(long_out, lambda tmp: window_weights_frame(s.bags, ev).to_csv(tmp, index=False),
+                       overwrite=overwrite)
+    write_new_file(out, lambda tmp: frame.to_csv(tmp, index=False), overwrite=overwrite)
+    summary = f"scored {len(s.bags)} bags with {s.meta['tag']} at threshold {threshold:.4f} -> {out}"
+    if s.bags.labels is not None and len(np.unique(s.bags.labels)) == 2:
+        metrics = binary_metrics(s.bags.labels, ev.probs, threshold)
+        summary += "\n" + pd.Series({k: v for k, v in metrics.items() if not isinstance(v, dict)}).to_string()
+    return summary
