@@ -57,7 +57,7 @@ class MILClassifier:
         check_inputs(bags, self.model, config.train, overrides)
         result = run_experiment(bags, self.model, config.train, **overrides)
         self.model_, self.threshold_, self.normalizer_ = result.model, result.threshold, result.normalizer
-        self.results_, self.classes_ = result.results, np.array([0, 1])
+        self.results_, self.classes_ = result.to_dict(), np.array([0, 1])
         self.model_name_, self.threshold_method_ = self.model, config.train.threshold_method
         return self
 

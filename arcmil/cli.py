@@ -133,10 +133,10 @@ def cmd_train(args) -> None:
         if not run.writes:  # every rank holds the same result; rank 0 writes it
             return
         run.publish(lambda tmp: write_run(tmp, result),
-                    {"validation": result.results["validation"], "test": result.results["test"],
+                    {"validation": result.validation, "test": result.test,
                      "threshold": result.threshold})
     (run.out / RESUME_FILE).unlink(missing_ok=True)
-    print(markdown_table([results_row(result.results)], SINGLE_COLUMNS))
+    print(markdown_table([results_row(result)], SINGLE_COLUMNS))
     print(f"run written to {run.out}")
 
 

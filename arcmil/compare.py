@@ -96,11 +96,11 @@ def _pm(mean, std) -> str:
 
 def _seed_runs(bags, name, cfg, overrides, seeds, world) -> ModelRuns:
     runs = [run_experiment(bags, name, replace(cfg, seed=s), world, **overrides) for s in seeds]
-    records = [{"seed": s, **{m: r.results["test"][m] for m in METRICS}} for s, r in zip(seeds, runs)]
+    records = [{"seed": s, **{m: r.test[m] for m in METRICS}} for s, r in zip(seeds, runs)]
     test = runs[0].evaluations["test"]
-    splits = runs[0].results["data"]["splits"]
+    splits = runs[0].data["splits"]
     ratio = splits["test"]["n_bags"] / splits["train"]["n_bags"] if bags.split is None else None
-    return ModelRuns(name, runs[0].tag, records, results_row(runs[0].results),
+    return ModelRuns(name, runs[0].tag, records, results_row(runs[0]),
                      (test.labels.tolist(), test.probs.tolist()), ratio, runs=runs)
 
 
@@ -148,7 +148,7 @@ def write_model(directory: Path, m: ModelRuns, cfg: TrainConfig) -> None:
     summary a resumed comparison reads back instead of rerunning the model."""
     single = len(m.runs) == 1
     for run in m.runs:
-        write_run(directory if single else directory / f"seed_{run.results['train_config']['seed']}", run)
+        write_run(directory if single else directory / f"seed_{run.train_config.seed}", run)
     if m.cv is not None:
         directory.mkdir(parents=True, exist_ok=True)
         write_cv(directory, m.cv, cfg)

@@ -88,9 +88,9 @@ def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *, f
             "repeat": repeat, "fold": fold, "seed": seed, "tag": tag,
             "n_train": int((split == "train").sum()), "n_val": int((split == "val").sum()),
             "n_test": int((split == "test").sum()),
-            "threshold": result.threshold, "best_epoch": result.results["best_epoch"],
-            "test": result.results["test"], "test_at_0.5": binary_metrics(test.labels, test.probs, 0.5),
-            "validation": result.results["validation"], "history": result.results["history"],
+            "threshold": result.threshold, "best_epoch": result.best_epoch,
+            "test": result.test, "test_at_0.5": binary_metrics(test.labels, test.probs, 0.5),
+            "validation": result.validation, "history": result.history,
         })
         if on_fold is not None:
             on_fold(records[-1])

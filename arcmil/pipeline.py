@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -65,18 +65,43 @@ def make_loaders(data: PreparedData, cfg: TrainConfig, world: World = SINGLE) ->
 
 @dataclass
 class RunResult:
+    """One trained and evaluated model. ``validation`` / ``test``: metrics at ``threshold`` (tuned on
+    validation) and the loss, ``test['ci']`` the bootstrap intervals; ``history``: one row per epoch;
+    ``evaluations`` / ``parts``: each split's scores and bags; ``predictions``: one row per bag.
+    ``to_dict()`` is what stage3_<model>_results.json holds."""
+
     model_name: str
     model: nn.Module
     normalizer: Normalizer
     threshold: float
-    results: dict
+    validation: dict
+    test: dict
+    history: list[dict]
+    best_epoch: int
+    stopped_early: bool
+    train_seconds: float
+    train_config: TrainConfig
+    data: dict
+    environment: dict
     predictions: pd.DataFrame
     evaluations: dict[str, Evaluation]
     parts: dict[str, BagSet]
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     @property
     def tag(self) -> str:
-        return self.results["tag"]
+        return self.model.config.tag()
+
+    def to_dict(self) -> dict:
+        return {
+            "tag": self.tag, "model": self.model_name, "created": self.created,
+            "model_config": asdict(self.model.config), "train_config": asdict(self.train_config), "data": self.data,
+            "threshold": {"value": self.threshold, "method": self.train_config.threshold_method},
+            "validation": self.validation, "test": self.test, "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history), "stopped_early": self.stopped_early, "train_seconds": self.train_seconds,
+            "n_parameters": sum(p.numel() for p in self.model.parameters()), "history": self.history,
+            "environment": self.environment,
+        }
 
 
 WIDE_WEIGHTS_MAX_WINDOWS = 512  # longer bags get their window weights in long format instead of w_* columns
@@ -141,28 +166,16 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     wide = has_short_bags(*evaluations.values())
     predictions = pd.concat([predictions_frame(data.parts[name], evaluations[name], threshold, name, wide)
                              for name in SPLITS], ignore_index=True)
-    results = {
-        "tag": model.config.tag(),
-        "model": model_name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model_config": asdict(model.config),
-        "train_config": asdict(cfg),
-        "data": {**data.bags.summary(), "split_origin": data.split_origin, "normalization": cfg.normalize,
-                 "splits": {name: {"n_bags": len(part), "n_positive": int(part.labels.sum())}
-                            for name, part in data.parts.items()}},
-        "threshold": {"value": threshold, "method": cfg.threshold_method},
-        "validation": {**binary_metrics(val.labels, val.probs, threshold), "loss": val.loss},
-        "test": {**test_metrics, "loss": test.loss},
-        "best_epoch": fit.best_epoch,
-        "epochs_run": len(fit.history),
-        "stopped_early": fit.stopped_early,
-        "train_seconds": fit.seconds,
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "history": fit.history,
-        "environment": {**environment(), "processes": world.size, "device": str(device),
-                        "precision": cfg.precision},
-    }
-    return RunResult(model_name, model, data.normalizer, threshold, results, predictions, evaluations, data.parts)
+    summary = {**data.bags.summary(), "split_origin": data.split_origin, "normalization": cfg.normalize,
+               "splits": {name: {"n_bags": len(part), "n_positive": int(part.labels.sum())}
+                          for name, part in data.parts.items()}}
+    return RunResult(
+        model_name, model, data.normalizer, threshold,
+        validation={**binary_metrics(val.labels, val.probs, threshold), "loss": val.loss},
+        test={**test_metrics, "loss": test.loss}, history=fit.history, best_epoch=fit.best_epoch,
+        stopped_early=fit.stopped_early, train_seconds=fit.seconds, train_config=cfg, data=summary,
+        environment={**environment(), "processes": world.size, "device": str(device), "precision": cfg.precision},
+        predictions=predictions, evaluations=evaluations, parts=data.parts)
 
 
 def check_fits(bags: BagSet, model_config, against: str = "the model") -> None:

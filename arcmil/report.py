@@ -93,36 +93,34 @@ def markdown_table(rows: list[dict], columns) -> str:
     return "\n".join(lines)
 
 
-def results_row(results: dict) -> dict:
-    """The flat one-line summary used by the results CSV and the comparison table."""
-    row = {"tag": results["tag"], "model": results["model"], "seed": results["train_config"]["seed"],
-           "threshold": results["threshold"]["value"], "threshold_method": results["threshold"]["method"],
-           "best_epoch": results["best_epoch"], "epochs_run": results["epochs_run"]}
-    for split in ("validation", "test"):
-        prefix = "val" if split == "validation" else "test"
-        row.update({f"{prefix}_{m}": results[split][m] for m in ROW_METRICS})
-    ci = results["test"]["ci"] or {}
+def results_row(result) -> dict:
+    """The flat one-line summary of a RunResult used by the results CSV and the comparison table."""
+    row = {"tag": result.tag, "model": result.model_name, "seed": result.train_config.seed,
+           "threshold": result.threshold, "threshold_method": result.train_config.threshold_method,
+           "best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+    row.update({f"val_{m}": result.validation[m] for m in ROW_METRICS})
+    row.update({f"test_{m}": result.test[m] for m in ROW_METRICS})
+    ci = result.test["ci"] or {}
     for metric in ("roc_auc", "f1"):
         low, high = ci.get(metric) or (None, None)
         row.update({f"test_{metric}_ci_low": low, f"test_{metric}_ci_high": high})
-    row["train_seconds"] = results["train_seconds"]
+    row["train_seconds"] = result.train_seconds
     return row
 
 
 def write_results(directory: Path, result) -> None:
     stem = f"stage3_{result.model_name}_results"
-    (directory / f"{stem}.json").write_text(json.dumps(clean_json(result.results), indent=2))
-    pd.DataFrame([results_row(result.results)]).to_csv(directory / f"{stem}.csv", index=False)
+    (directory / f"{stem}.json").write_text(json.dumps(clean_json(result.to_dict()), indent=2))
+    pd.DataFrame([results_row(result)]).to_csv(directory / f"{stem}.csv", index=False)
 
 
 def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) -> Path:
     """Write every output of one run into ``directory`` (created; expected new or empty)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    cfg = result.results["train_config"]
     save_checkpoint(directory / f"best_{result.model_name}.pth", result.model, result.model_name,
-                    threshold=result.threshold, threshold_method=cfg["threshold_method"],
-                    normalizer=result.normalizer, extra={"results": clean_json(result.results)})
+                    threshold=result.threshold, threshold_method=result.train_config.threshold_method,
+                    normalizer=result.normalizer, extra={"results": clean_json(result.to_dict())})
     write_results(directory, result)
     result.predictions.to_csv(directory / "predictions.csv", index=False)
     if "w_0" not in result.predictions.columns:  # long bags: window weights in long format
@@ -134,8 +132,7 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
     curves = {name: (ev.labels, ev.probs) for name, ev in result.evaluations.items() if name in ("val", "test")}
     plot_roc(curves, directory / "roc.png", title=f"ROC — {tag}")
     plot_pr(curves, directory / "pr.png", title=f"Precision-recall — {tag}")
-    plot_training_curves(result.results["history"], directory / "training_curves.png",
-                         result.results["best_epoch"], title=tag)
+    plot_training_curves(result.history, directory / "training_curves.png", result.best_epoch, title=tag)
     write_attention_plot(directory / "attention.png", result, n_attention_bags)
     return directory
 

@@ -35,9 +35,9 @@ def main() -> None:
         for seed in seeds:
             tic = time.perf_counter()
             result = run_experiment(bags, name, TrainConfig(seed=seed, progress=False))
-            test = result.results["test"]
+            test = result.test
             runs.append({"model": name, "tag": result.tag, "seed": seed, "seconds": time.perf_counter() - tic,
-                         "best_epoch": result.results["best_epoch"],
+                         "best_epoch": result.best_epoch,
                          **{f"test_{m}": test[m] for m in ("roc_auc", "pr_auc", "f1", "precision", "recall")}})
             print(f"{name} seed {seed}: roc_auc {test['roc_auc']:.4f} f1 {test['f1']:.4f} "
                   f"({runs[-1]['seconds']:.1f} s)", flush=True)

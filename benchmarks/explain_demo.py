@@ -34,7 +34,7 @@ def main() -> None:
         frame = explain_bags(result.model, result.parts["test"], normalizer=result.normalizer, steps=args.ig_steps)
         scores = localisation_auc(frame)
         best = max(METHODS, key=lambda m: scores[m]["pooled"])
-        results[name] = {"tag": result.tag, "test_roc_auc": result.results["test"]["roc_auc"], "best": best,
+        results[name] = {"tag": result.tag, "test_roc_auc": result.test["roc_auc"], "best": best,
                          "localisation": scores}
         print(f"{name}: " + "  ".join(f"{m} {scores[m]['pooled']:.3f}" for m in METHODS) + f"  -> {best}", flush=True)
     print(f"\ninstance-localisation ROC-AUC (pooled over windows of positive test bags); torch threads "

@@ -46,7 +46,7 @@ def main() -> None:
                 tic = time.perf_counter()
                 result = run_experiment(bags, name, TrainConfig(seed=seed, progress=False, n_bootstrap=0, **PRESET),
                                         **model_settings(name))
-                auc = result.results["test"]["roc_auc"]
+                auc = result.test["roc_auc"]
                 runs.append({"test": test, "seed": seed, "model": name, "tag": result.tag, "test_roc_auc": auc,
                              "passed": auc >= 0.5, "seconds": time.perf_counter() - tic})
                 print(f"{test} seed {seed} {name}: AUC {auc:.3f} {'pass' if auc >= 0.5 else 'FAIL'}", flush=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -40,99 +39,12 @@ from arcmil.settings import model_overrides, train_config
 from arcmil.tasks import TASKS, make_task
 from arcmil.train import seed_everything
 
+from note_models import NoteTransformerMIL, NoteTransMIL  # beside this script
+
 REFERENCES = ("note_transformer_mil", "note_transmil")
 
 
-# ---------------------------------------------------------------- the design note's models and loop
-class NoteSinusoidal(nn.Module):
-    """The note's table: 128 positions, added to the projected windows, then dropout."""
-
-    def __init__(self, d_model: int, dropout_p: float, max_len: int = 128):
-        super().__init__()
-        position = torch.arange(max_len, dtype=torch.float32)[:, None]
-        freq = torch.exp(torch.arange(0, d_model, 2).float() * (-math.log(10000.0) / d_model))
-        table = torch.zeros(max_len, d_model)
-        table[:, 0::2], table[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
-        self.register_buffer("table", table)
-        self.dropout = nn.Dropout(dropout_p)
-
-    def forward(self, h):
-        return self.dropout(h + self.table[: h.shape[1]])
-
-
-class NotePooler(nn.Module):
-    def __init__(self, d_model: int, hidden: int = 128, dropout_p: float = 0.1):
-        super().__init__()
-        self.fc1, self.fc2, self.drop = nn.Linear(d_model, hidden), nn.Linear(hidden, 1), nn.Dropout(dropout_p)
-        for fc in (self.fc1, self.fc2):
-            nn.init.xavier_uniform_(fc.weight)
-            nn.init.zeros_(fc.bias)
-
-    def forward(self, h):
-        weights = torch.softmax(self.fc2(torch.tanh(self.fc1(self.drop(h)))).squeeze(-1), dim=1)
-        return (weights[..., None] * h).sum(dim=1), weights
-
-
-def _xavier(linear: nn.Linear) -> nn.Linear:
-    nn.init.xavier_uniform_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    return linear
-
-
-class NoteTransformerMIL(nn.Module):
-    """Section 1-2 of the note: Xavier projection, sin positions, nn.TransformerEncoder (pre-norm), pooler."""
-
-    def __init__(self, input_dim=256, d_model=128, nhead=4, num_layers=2, dim_feedforward=256, dropout_p=0.1):
-        super().__init__()
-        self.proj = _xavier(nn.Linear(input_dim, d_model))
-        self.pos = NoteSinusoidal(d_model, dropout_p)
-        layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout_p, batch_first=True,
-                                           norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
-        self.pooler = NotePooler(d_model, dropout_p=dropout_p)
-        self.classifier = _xavier(nn.Linear(d_model, 1))
-
-    def forward(self, x):
-        z, weights = self.pooler(self.encoder(self.pos(self.proj(x))))
-        return self.classifier(z).squeeze(-1), weights
-
-
-class NoteLayer(nn.Module):
-    """The note's TransformerEncoderLayerWithAttn: post-norm, GELU, nn.MultiheadAttention."""
-
-    def __init__(self, d_model, nhead, dim_feedforward, dropout_p):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout_p, batch_first=True)
-        self.ff = nn.Sequential(_xavier(nn.Linear(d_model, dim_feedforward)), nn.GELU(), nn.Dropout(dropout_p),
-                                _xavier(nn.Linear(dim_feedforward, d_model)))
-        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.drop1, self.drop2 = nn.Dropout(dropout_p), nn.Dropout(dropout_p)
-
-    def forward(self, h):
-        out, attn = self.attn(h, h, h, need_weights=True, average_attn_weights=True)
-        h = self.norm1(h + self.drop1(out))
-        return self.norm2(h + self.drop2(self.ff(h))), attn
-
-
-class NoteTransMIL(nn.Module):
-    """Section 2-2 of the note: Xavier projection, sin positions, CLS token, NoteLayers, LayerNorm."""
-
-    def __init__(self, input_dim=256, d_model=128, nhead=4, num_layers=2, dim_feedforward=256, dropout_p=0.1):
-        super().__init__()
-        self.proj = _xavier(nn.Linear(input_dim, d_model))
-        self.pos = NoteSinusoidal(d_model, dropout_p)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
-        self.layers = nn.ModuleList(NoteLayer(d_model, nhead, dim_feedforward, dropout_p) for _ in range(num_layers))
-        self.norm = nn.LayerNorm(d_model)
-        self.classifier = _xavier(nn.Linear(d_model, 1))
-
-    def forward(self, x):
-        h = torch.cat([self.cls_token.expand(len(x), -1, -1), self.pos(self.proj(x))], dim=1)
-        for layer in self.layers:
-            h, attn = layer(h)
-        return self.classifier(self.norm(h)[:, 0]).squeeze(-1), torch.softmax(attn[:, 0, 1:], dim=1)
-
-
+# ---------------------------------------------------------------- the design note's loop
 def _pad_collate(items):
     """The note's models take no mask: bags of unequal length are zero-padded (the note cannot do better)."""
     xs, ys = zip(*items)
@@ -192,7 +104,7 @@ def run_cell(task: str, model: str, seed: int, settings: dict) -> dict:
     else:
         result = run_experiment(bags, model, train_config({"seed": seed, "progress": False, **settings}),
                                 **model_overrides(model, settings, strict=False))
-        test, best_epoch = result.results["test"], result.results["best_epoch"]
+        test, best_epoch = result.test, result.best_epoch
     return {"task": task, "model": model, "seed": seed, "roc_auc": test["roc_auc"], "f1": test["f1"],
             "best_epoch": best_epoch, "seconds": time.perf_counter() - tic}
 

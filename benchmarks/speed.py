@@ -10,13 +10,23 @@ Reports bags/s (median over repeats), the arcmil/naive ratio, FLOPs per bag
 rate at the same thread count.
 
     python benchmarks/speed.py --threads 1
+
+``--whole-process``: what a user waits for. ``arcmil train --model transformer_mil`` on 20,000 random
+10-window bags for 4 epochs (patience off) against benchmarks/notebook_loop.py (the note's
+TransformerMIL in a plain per-item DataLoader loop, the same epochs, validation each epoch), each as a
+fresh process with ``--threads`` threads, alternated, median of ``--repeats``; imports included.
+
+    python benchmarks/speed.py --whole-process --threads 1 --repeats 3
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -153,6 +163,48 @@ def profile_steps(name: str, bags: BagSet, cfg: TrainConfig, steps: int = 50) ->
             "top_ops_ms": dict(sorted(self_ms.items(), key=lambda kv: -kv[1])[:8])}
 
 
+def whole_process(args) -> dict:
+    """Wall seconds of ``arcmil train`` and of the notebook loop as fresh processes (see the module doc)."""
+    from arcmil.data import save_bags
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "PYTHONPATH": str(here)}
+    rng = np.random.default_rng(0)
+    n = args.whole_bags
+    bags = BagSet([rng.standard_normal((args.windows, args.dim)).astype(np.float32) for _ in range(n)],
+                  rng.integers(0, 2, n), np.array([f"b{i}" for i in range(n)]))
+    walls = {"arcmil": [], "notebook": [], "arcmil_train_seconds": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = save_bags(bags, Path(tmp) / "bags.npz")
+        for r in range(args.repeats):
+            out = Path(tmp) / f"run{r}"
+            commands = {"arcmil": [sys.executable, "-m", "arcmil", "train", "--model", "transformer_mil", "--data",
+                                   str(data), "--epochs", str(args.epochs), "--patience", str(args.epochs),
+                                   "--no-progress", "--device", "cpu", "--out", str(out)],
+                        "notebook": [sys.executable, str(here / "notebook_loop.py"), str(data), "--epochs",
+                                     str(args.epochs)]}
+            for name, command in commands.items():
+                tic = time.perf_counter()
+                subprocess.run(command, check=True, env=env, capture_output=True)
+                walls[name].append(time.perf_counter() - tic)
+            results = json.loads((out / "stage3_transformer_mil_results.json").read_text())
+            walls["arcmil_train_seconds"].append(results["train_seconds"])
+    tic = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "arcmil", "--help"], check=True, env=env, capture_output=True)
+    row = {key: statistics.median(v) for key, v in walls.items()}
+    row.update(runs=walls, help_seconds=time.perf_counter() - tic, speedup=row["notebook"] / row["arcmil"],
+               n_bags=n, epochs=args.epochs, threads=args.threads, torch=torch.__version__)
+    print(f"{n} bags of {args.windows} x {args.dim}, {args.epochs} epochs, {args.threads} thread(s), median of "
+          f"{args.repeats} fresh processes each")
+    print("| process | wall s | of which training s |")
+    print("|---|---|---|")
+    print(f"| notebook loop (note's TransformerMIL) | {row['notebook']:.1f} | |")
+    print(f"| arcmil train --model transformer_mil | {row['arcmil']:.1f} | {row['arcmil_train_seconds']:.1f} |")
+    print(f"speed-up {row['speedup']:.2f}x; `arcmil --help` {row['help_seconds']:.2f} s")
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -163,8 +215,17 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--profile", action="store_true", help="also profile where a training step's time goes")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "speed.json"))
+    parser.add_argument("--whole-process", action="store_true", help="time arcmil train and the notebook loop as "
+                        "whole processes (writes speed_whole_process.json)")
+    parser.add_argument("--whole-bags", type=int, default=20_000)
+    parser.add_argument("--epochs", type=int, default=4, help="--whole-process: epochs of each run")
+    parser.add_argument("--out", help="JSON to write (default benchmarks/results/speed[_whole_process].json)")
     args = parser.parse_args(argv)
+    results = Path(__file__).parent / "results"
+    if args.whole_process:
+        out = Path(args.out or results / "speed_whole_process.json")
+        out.write_text(json.dumps(whole_process(args), indent=2))
+        return 0
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     bags = BagSet([rng.standard_normal((args.windows, args.dim)).astype(np.float32) for _ in range(args.n_bags)],
@@ -192,7 +253,7 @@ def main(argv=None) -> int:
     for p in profiles:
         print(f"{p['model']}: {p['step_ms']:.2f} ms per training step under the profiler, of which matrix products "
               f"{p['matmul_ms']:.2f} ms and dropout masks {p['dropout_rng_ms']:.2f} ms (self CPU time)")
-    out = Path(args.out)
+    out = Path(args.out or results / "speed.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "matmul_gflops": peak,
                                "n_bags": args.n_bags, "windows": args.windows, "dim": args.dim,

@@ -16,7 +16,7 @@ def test_transformers_learn_small_tasks_on_every_seed(model, task):
     for seed in (0, 1, 2):
         bags = make_task(task, n_bags=800, dim=64, seed=seed)
         result = run_experiment(bags, model, TrainConfig(seed=seed, n_bootstrap=10, progress=False))
-        assert result.results["test"]["roc_auc"] >= 0.95, (model, task, seed, result.results["history"])
+        assert result.test["roc_auc"] >= 0.95, (model, task, seed, result.history)
 
 
 def test_warmup_cosine_rises_then_decays_to_zero():

@@ -20,8 +20,8 @@ def test_weighted_bce_uses_train_class_ratio():
 def test_same_seed_same_numbers(small_bags, name):
     a = run_experiment(small_bags, name, TrainConfig(seed=5, **FAST))
     b = run_experiment(small_bags, name, TrainConfig(seed=5, **FAST))
-    assert a.results["test"] == b.results["test"]
-    assert [r["val_loss"] for r in a.results["history"]] == [r["val_loss"] for r in b.results["history"]]
+    assert a.test == b.test
+    assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
     np.testing.assert_array_equal(a.predictions["prob"], b.predictions["prob"])
     c = run_experiment(small_bags, name, TrainConfig(seed=6, **FAST))
     assert not np.array_equal(a.predictions["prob"], c.predictions["prob"])
@@ -30,21 +30,21 @@ def test_same_seed_same_numbers(small_bags, name):
 def test_early_stopping_keeps_the_best_state(small_bags):
     cfg = TrainConfig(epochs=8, patience=2, lr=3e-3, n_bootstrap=50, progress=False)
     result = run_experiment(small_bags, "transformer_mil", cfg, d_model=32, nhead=2, dim_feedforward=64)
-    history = result.results["history"]
+    history = result.history
     losses = [row["val_loss"] for row in history]
-    assert result.results["best_epoch"] == int(np.argmin(losses)) + 1
+    assert result.best_epoch == int(np.argmin(losses)) + 1
     assert len(history) <= cfg.epochs
-    if result.results["stopped_early"]:
-        assert len(history) - result.results["best_epoch"] == cfg.patience
+    if result.stopped_early:
+        assert len(history) - result.best_epoch == cfg.patience
     # the restored model reproduces the best epoch's validation loss
-    assert result.results["validation"]["loss"] == pytest.approx(min(losses), rel=1e-5)
+    assert result.validation["loss"] == pytest.approx(min(losses), rel=1e-5)
 
 
 def test_threshold_is_tuned_on_validation_only(small_bags):
     result = run_experiment(small_bags, "attention_mil", TrainConfig(**FAST))
     val = result.predictions[result.predictions.split == "val"]
     assert np.isclose(val["prob"], result.threshold, rtol=0, atol=1e-12).any()  # one of the validation scores
-    assert result.results["validation"]["f1"] >= max(
+    assert result.validation["f1"] >= max(
         ((val.prob >= t) & (val.label == 1)).sum() * 2 / ((val.prob >= t).sum() + val.label.sum()) for t in val.prob
     ) - 1e-12
 

@@ -83,7 +83,7 @@ class BagLoader:
     independent of global RNG state (so dropout draws do not change the batch order).
     bucket: batches of bags of similar length (less padding for long, uneven bags). Training
     (``shuffle``): every ``BUCKET_BATCHES`` batches' worth of bags is sorted by length, cut into
-    batches, and the batches are shuffled. Scoring: all bags sorted by length and cut under a
+    batches, and the batches are shuffled (bags of equal length: plain shuffled batches). Scoring: all bags sorted by length and cut under a
     token budget (``length_batches``); outputs are placed by bag position, so their order is kept.
     world: under DDP every rank walks the same global batches and collates only its shard of each;
     with ``shuffle`` (training) a rank whose shard is empty gets a stand-in batch with loss_scale 0,
@@ -104,18 +104,16 @@ class BagLoader:
         """The bag positions of each batch of the next epoch (advances the shuffling generator)."""
         n = len(self.bs)
         order = torch.randperm(n, generator=self.generator).numpy() if self.shuffle else np.arange(n)
-        if not self.bucket:
-            return [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
-        if not self.shuffle:
+        if self.bucket and not self.shuffle:
             return length_batches(self.bs.lengths, self.batch_size)
+        if not self.bucket or n == 0 or np.ptp(self.bs.lengths) == 0:  # equal lengths: nothing to bucket
+            return [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
         lengths, span, out = self.bs.lengths, self.batch_size * BUCKET_BATCHES, []
         for s in range(0, n, span):
             block = order[s:s + span]
             block = block[np.argsort(lengths[block], kind="stable")]
             out += [block[b:b + self.batch_size] for b in range(0, len(block), self.batch_size)]
-        if self.shuffle:
-            out = [out[i] for i in torch.randperm(len(out), generator=self.generator).tolist()]
-        return out
+        return [out[i] for i in torch.randperm(len(out), generator=self.generator).tolist()]
 
     def __iter__(self):
         for index in self.batches():

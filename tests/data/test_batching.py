@@ -60,6 +60,12 @@ def test_bucketing_groups_similar_lengths_without_losing_bags():
     assert padded < 0.6 * plain, (padded, plain)  # far less padding than random batches
 
 
+def test_bucketing_leaves_equal_length_bags_in_their_plain_shuffled_batches():
+    bs = ragged([10] * 50, dim=2)
+    epochs = [[b.index.tolist() for b in make_loader(bs, 8, shuffle=True, seed=4, bucket=bucket)] for bucket in (0, 1)]
+    assert epochs[0] == epochs[1]
+
+
 def test_standardize_statistics_are_streamed_in_chunks():
     bs = ragged([30, 1, 17, 52, 4], seed=1)
     packed = PackedBags.from_list(bs.bags)

@@ -50,6 +50,6 @@ result = finalize(MODEL_NAME, model, data, criterion, fit, cfg, device)
 run_dir = default_run_dir(OUT, result.tag)
 with staged_dir(run_dir) as tmp:
     write_run(tmp, result)
-row = results_row(result.results)
+row = results_row(result)
 print({key: row[key] for key in ("tag", "threshold", "test_roc_auc", "test_pr_auc", "test_f1")})
 print(f"outputs in {run_dir}")
