@@ -81,10 +81,11 @@ class BagLoader:
 
     shuffle: a new permutation each epoch from the loader's own generator seeded with ``seed``,
     independent of global RNG state (so dropout draws do not change the batch order).
-    bucket: batches of bags of similar length (less padding for long, uneven bags). Training
-    (``shuffle``): every ``BUCKET_BATCHES`` batches' worth of bags is sorted by length, cut into
-    batches, and the batches are shuffled (bags of equal length: plain shuffled batches). Scoring: all bags sorted by length and cut under a
-    token budget (``length_batches``); outputs are placed by bag position, so their order is kept.
+    bucket: batches of bags of similar length (less padding for long, uneven bags).
+    Training (``shuffle``): every ``BUCKET_BATCHES`` batches' worth of bags is sorted by length, cut
+    into batches, and the batches are shuffled (bags of equal length get plain shuffled batches).
+    Scoring: all bags sorted by length and cut under a token budget (``length_batches``); outputs
+    are placed by bag position, so their order is kept.
     world: under DDP every rank walks the same global batches and collates only its shard of each;
     with ``shuffle`` (training) a rank whose shard is empty gets a stand-in batch with loss_scale 0,
     because every rank must take part in every gradient all-reduce.
