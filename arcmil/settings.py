@@ -1,4 +1,6 @@
-"""Run settings from YAML and flags: one flat namespace of model and training keys, checked by name."""
+"""Every setting of a run and its default, in one place: the flat namespace of YAML keys and flags
+(run, training and model keys, checked by name) and ``ExperimentConfig``, the resolved run that
+``train``, ``compare``, ``cv`` and ``MILClassifier`` execute and ``config.yaml`` records."""
 from __future__ import annotations
 
 import dataclasses
@@ -86,7 +88,6 @@ def model_overrides(model_name: str, settings: dict, strict: bool = True) -> dic
     return out
 
 
-COMMANDS = ("train", "compare", "cv")
 DEFAULT_MODEL = "attention_mil"
 DEFAULT_MODELS = ("attention_mil", "transformer_mil", "transmil")
 # the run keys each command takes, with its defaults (None: not set, e.g. compare without folds)
@@ -152,7 +153,8 @@ class ExperimentConfig:
 
 def resolve(command: str, settings: dict) -> ExperimentConfig:
     """The run ``command`` does with ``settings`` (YAML and flags merged, flags winning; None = not given):
-    the data source's preset first, then the settings, then the defaults; names and types checked."""
+    the data source's preset first, then the settings, then the defaults; names checked (types are
+    checked where the settings are read: argparse, ``read_yaml``)."""
     from arcmil.data.mil_datasets import source_preset
 
     given = {k: v for k, v in settings.items() if v is not None}
