@@ -1,7 +1,8 @@
-"""Threshold search and binary metrics, all computed by scikit-learn."""
+"""Threshold search and binary metrics, computed by scikit-learn (bootstrap intervals: see bootstrap_ci)."""
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -17,6 +18,7 @@ from sklearn.metrics import (
 )
 
 THRESHOLD_METHODS = ("f1", "youden", "fixed")
+BOOTSTRAP_ELEMENTS = 2**22  # resampled scores held at once by bootstrap_ci (32 MB in float64)
 
 
 def tune_threshold(y_true, scores, method: str = "f1", fixed: float = 0.5) -> float:
@@ -74,22 +76,31 @@ def bootstrap_ci(y_true, scores, threshold: float, *, n_boot: int = 1000, seed: 
                  level: float = 0.95) -> dict | None:
     """Percentile bootstrap intervals for ROC-AUC and F1 (at the fixed ``threshold``).
 
-    Resamples drawing a single class are skipped for ROC-AUC. ``n_boot=0`` returns None."""
+    Resamples drawing a single class are skipped for ROC-AUC. ``n_boot=0`` returns None. All resamples
+    of a chunk are scored at once: ROC-AUC in its Mann-Whitney form (average ranks of the positives,
+    ``scipy.stats.rankdata``), F1 from the confusion counts; both equal scikit-learn's per resample
+    (tested), which called once per resample took 10 s for 3,000 bags."""
     if n_boot <= 0:
         return None
-    y_true = np.asarray(y_true).astype(int)
+    y_true = np.asarray(y_true).astype(np.int64)
     scores = np.asarray(scores, dtype=np.float64)
-    pred = (scores >= threshold).astype(int)
-    rng = np.random.default_rng(seed)
+    pred = (scores >= threshold).astype(np.int64)
+    n, rng = len(y_true), np.random.default_rng(seed)
     aucs, f1s = [], []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y_true), len(y_true))
-        f1s.append(f1_score(y_true[i], pred[i], zero_division=0))
-        if len(np.unique(y_true[i])) == 2:
-            aucs.append(roc_auc_score(y_true[i], scores[i]))
+    for start in range(0, n_boot, max(1, BOOTSTRAP_ELEMENTS // n)):
+        rows = rng.integers(0, n, (min(max(1, BOOTSTRAP_ELEMENTS // n), n_boot - start), n))  # (k, n) resamples
+        y, p = y_true[rows], pred[rows]
+        tp, fp, fn = (y & p).sum(1), ((1 - y) & p).sum(1), (y & (1 - p)).sum(1)
+        f1s.append(np.where(tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0))  # zero_division=0
+        n_pos = y.sum(1)
+        n_neg = n - n_pos
+        rank_sum = np.where(y == 1, rankdata(scores[rows], axis=1), 0.0).sum(1)
+        both = (n_pos > 0) & (n_neg > 0)
+        aucs.append(((rank_sum - n_pos * (n_pos + 1) / 2) / np.maximum(n_pos * n_neg, 1))[both])
+    aucs, f1s = np.concatenate(aucs), np.concatenate(f1s)
     tail = (1 - level) / 2 * 100
 
     def interval(values):
-        return [float(v) for v in np.percentile(values, [tail, 100 - tail])] if values else None
+        return [float(v) for v in np.percentile(values, [tail, 100 - tail])] if len(values) else None
 
     return {"level": level, "n_boot": n_boot, "roc_auc": interval(aucs), "f1": interval(f1s)}

@@ -73,7 +73,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # torch.use_deterministic_algorithms would also import the compiler stack to set the compiler's own
+    # flag (2 s per process); eager kernels read only this one, and runner_for sets both under --compile
+    set_kernel_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_kernel_flag is None:  # a torch without it: the public call, import cost included
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        set_kernel_flag(True, warn_only=True)
 
 
 def seed_dropout_for_rank(seed: int, world: World) -> None:
@@ -103,7 +109,10 @@ def runner_for(model: nn.Module, cfg: "TrainConfig", world: World, device: torch
     runner = model
     if world.active:
         runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(runner) if cfg.compile else runner
+    if not cfg.compile:
+        return runner
+    torch.use_deterministic_algorithms(True, warn_only=True)  # the compiler's flag too (see seed_everything)
+    return torch.compile(runner)
 
 
 def weighted_bce(train_labels: np.ndarray) -> nn.BCEWithLogitsLoss:

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score, roc_curve
 
+from arcmil import metrics
 from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
 
 
@@ -68,3 +69,24 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_seeded(rng):
     assert low < roc_auc_score(y, s) < high
     assert ci["f1"][0] < f1_score(y, s >= 0.5) < ci["f1"][1]
     assert bootstrap_ci(y, s, 0.5, n_boot=300, seed=4) == ci
+
+
+@pytest.mark.parametrize("ties,chunk_elements", [(False, None), (True, None), (True, 1000)])
+def test_bootstrap_equals_scikit_learn_on_every_resample(rng, ties, chunk_elements, monkeypatch):
+    """The vectorised intervals are those of scikit-learn's roc_auc_score and f1_score called per
+    resample (the same resamples: one seeded stream), however the resamples are chunked."""
+    if chunk_elements:
+        monkeypatch.setattr(metrics, "BOOTSTRAP_ELEMENTS", chunk_elements)  # 6 resamples per chunk
+    y, s = scored(rng, n=150, ties=ties)
+    y[:140] = 0  # few positives: some resamples draw one class and are skipped for ROC-AUC
+    draw = np.random.default_rng(7)
+    aucs, f1s = [], []
+    for _ in range(400):
+        i = draw.integers(0, len(y), len(y))
+        f1s.append(f1_score(y[i], s[i] >= 0.5, zero_division=0))
+        if len(np.unique(y[i])) == 2:
+            aucs.append(roc_auc_score(y[i], s[i]))
+    assert len(aucs) < 400
+    ci = bootstrap_ci(y, s, 0.5, n_boot=400, seed=7)
+    np.testing.assert_allclose(ci["roc_auc"], np.percentile(aucs, [2.5, 97.5]), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ci["f1"], np.percentile(f1s, [2.5, 97.5]), rtol=0, atol=1e-12)
