@@ -142,7 +142,7 @@ def cmd_train(args) -> None:
 
 def cmd_compare(args) -> None:
     from arcmil.compare import MODEL_SUMMARY, compare_models, read_model, write_comparison, write_model
-    from arcmil.report import staged_dir
+    from arcmil.outputs import staged_dir
 
     run = _open_run(args, "compare")
     if run is None:
@@ -215,7 +215,7 @@ def cmd_explain(args) -> None:
 
 def cmd_convert(args) -> None:
     from arcmil.data.store import convert_to_store
-    from arcmil.report import refuse_existing_dir
+    from arcmil.outputs import refuse_existing_dir
 
     refuse_existing_dir(args.out)
     meta = convert_to_store(args.data, args.out, dtype=args.dtype, chunk_windows=args.chunk_windows)
@@ -226,7 +226,7 @@ def cmd_convert(args) -> None:
 def cmd_demo_data(args) -> None:
     from arcmil.data import save_bags
     from arcmil.demo import make_demo_bags
-    from arcmil.report import write_new_file
+    from arcmil.outputs import write_new_file
 
     bags = make_demo_bags(args.n_bags, seed=args.seed)
     suffix = Path(args.out).suffix  # the temp file keeps the suffix that picks the format

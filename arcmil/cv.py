@@ -19,7 +19,7 @@ from arcmil.distributed import SINGLE, World
 from arcmil.metrics import binary_metrics
 from arcmil.pipeline import check_cv_inputs, run_experiment
 from arcmil.report import clean_json, markdown_table
-from arcmil.runstate import write_text
+from arcmil.outputs import write_text
 from arcmil.stats import mean_std
 from arcmil.train import TrainConfig
 

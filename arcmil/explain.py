@@ -145,7 +145,8 @@ def explain_to_dir(checkpoint, data, out, methods=METHODS, *, steps: int = 32, n
     """``arcmil explain``: importances.csv, heatmaps and localisation scores of ``data`` under
     ``checkpoint`` into the new directory ``out`` (it appears whole). Returns the summary to print."""
     from arcmil.predict import Scorer
-    from arcmil.report import markdown_table, refuse_existing_dir, staged_dir
+    from arcmil.outputs import refuse_existing_dir, staged_dir
+    from arcmil.report import markdown_table
 
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

@@ -52,7 +52,7 @@ def predict_to_csv(checkpoint, data, out, *, batch_size: int = 64, device: str =
     from arcmil.distributed import init_world
     from arcmil.metrics import binary_metrics
     from arcmil.pipeline import has_short_bags, predictions_frame, score_bags, window_weights_frame
-    from arcmil.report import write_new_file
+    from arcmil.outputs import write_new_file
 
     out = Path(out)
     long_out = out.with_name(f"{out.stem}_window_weights.csv")

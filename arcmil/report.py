@@ -1,71 +1,20 @@
-"""Writing a run: checkpoint, results JSON/CSV, predictions, plots; never overwriting a user's files."""
+"""Writing a run: checkpoint, results JSON/CSV, predictions, plots (into a directory arcmil.outputs stages)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from arcmil.checkpoint import save_checkpoint
-from arcmil.errors import ArcmilError
 from arcmil.pipeline import window_weights_frame
 from arcmil.plots import plot_pr, plot_roc, plot_training_curves, plot_window_heatmap
-from arcmil.runstate import atomic_write
 
 ROW_METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
                "mcc")
-
-
-def default_run_dir(parent: str | os.PathLike, name: str) -> Path:
-    """parent/name_YYYYmmdd-HHMMSS, with a counter if that exists already."""
-    base = Path(parent) / f"{name}_{time.strftime('%Y%m%d-%H%M%S')}"
-    path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    return path
-
-
-def refuse_existing_dir(path: str | os.PathLike) -> Path:
-    """``path`` as a Path, unless it already holds files (or is a file): then ArcmilError."""
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ArcmilError(f"{path}: already exists and is not empty; refusing to overwrite (choose another --out)")
-    return path
-
-
-@contextlib.contextmanager
-def staged_dir(final: str | os.PathLike):
-    """Yield a temporary sibling directory that becomes ``final`` only if the block succeeds.
-
-    Refuses a ``final`` that already holds files; on failure the partial outputs are removed."""
-    final = refuse_existing_dir(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            final.rmdir()
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_new_file(path: str | os.PathLike, write, overwrite: bool = False) -> Path:
-    """Call ``write(tmp_path)`` and move the result to ``path``; refuse an existing file unless asked."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise ArcmilError(f"{path}: already exists; refusing to overwrite (pass --overwrite or choose another name)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, write)
-    return path
 
 
 def clean_json(obj):

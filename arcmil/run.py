@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 from pathlib import Path
 
 from arcmil.distributed import SINGLE, World
 from arcmil.errors import ArcmilError
+from arcmil.outputs import publish_files
 from arcmil.runstate import CONFIG_FILE, INFO_FILE, data_fingerprint, lifecycle, load_resume, read_status, set_status
 from arcmil.settings import ExperimentConfig, read_yaml, resolve
 
@@ -30,7 +30,7 @@ class Run:
     def new(cls, command: str, settings: dict) -> "Run":
         """A fresh run of ``command`` with ``settings`` (YAML and flags merged); its directory is
         ``settings['out']`` or runs/<name>_<time>, refused if it holds files (checked now, created later)."""
-        from arcmil.report import default_run_dir, refuse_existing_dir
+        from arcmil.outputs import default_run_dir, refuse_existing_dir
 
         settings = dict(settings)
         out = settings.pop("out", None)
@@ -102,10 +102,7 @@ class Run:
     def publish(self, write, final_metrics: dict | None = None) -> None:
         """``write(tmp_dir)``, then move each file it made into the run directory (each appears whole by
         rename); then give the tracker ``final_metrics`` and the run's plots."""
-        with tempfile.TemporaryDirectory(prefix=".outputs-", dir=self.out) as tmp:
-            write(Path(tmp))
-            for path in Path(tmp).iterdir():
-                path.replace(self.out / path.name)
+        publish_files(self.out, write)
         if self.tracker:
             if final_metrics:
                 self.tracker.log_final(final_metrics)

@@ -14,11 +14,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import pickle
 import random
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,24 +25,9 @@ import torch
 import yaml
 
 from arcmil.errors import ArcmilError
+from arcmil.outputs import atomic_write, write_text
 
 STATE_FILE, RESUME_FILE, CONFIG_FILE, INFO_FILE = "run_state.json", "resume.pt", "config.yaml", "run_info.json"
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)``, then rename over ``path`` (atomic on POSIX)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def data_fingerprint(data: str | None) -> dict:

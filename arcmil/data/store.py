@@ -183,7 +183,7 @@ def convert_to_store(path: str | os.PathLike, out: str | os.PathLike, *, dtype: 
                      chunk_windows: int = 2**16) -> dict:
     """Write the bags of ``path`` (any supported input) as a new store at ``out``, chunk by chunk.
     Nothing is left at ``out`` if the input is bad."""
-    from arcmil.report import staged_dir
+    from arcmil.outputs import staged_dir
 
     if dtype not in STORE_DTYPES:
         raise DataError(str(path), f"store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")

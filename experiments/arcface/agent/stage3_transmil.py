@@ -14,7 +14,8 @@ import os
 from arcmil.data import load_bags
 from arcmil.demo import make_demo_bags
 from arcmil.pipeline import finalize, make_loaders, prepare_data
-from arcmil.report import default_run_dir, results_row, staged_dir, write_run
+from arcmil.outputs import default_run_dir, staged_dir
+from arcmil.report import results_row, write_run
 from arcmil.train import TrainConfig, make_optimizer, seed_everything, select_device, train_model, weighted_bce
 
 DATA = os.environ.get("ARCMIL_DATA")
