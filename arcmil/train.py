@@ -47,7 +47,7 @@ class TrainConfig:
     threshold_method: str = "f1"
     fixed_threshold: float = 0.5
     n_bootstrap: int = 1000
-    bucket_by_length: bool = False
+    bucket_by_length: bool = True  # training batches of similar lengths when lengths vary (README: recipe table)
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False

@@ -95,3 +95,22 @@ def test_progress_off_a_terminal_is_plain_log_lines(small_bags, capsys):
     out, err = capsys.readouterr()
     assert "\r" not in out + err and "it/s" not in err and "epoch/s" not in err  # no bar redraws
     assert [line.split()[2] for line in out.splitlines() if "] epoch" in line] == ["1", "2"]
+
+
+def test_bucketed_training_of_uneven_bags_resumes_to_identical_numbers(small_bags):
+    """Length bucketing is the default: its batches come from the loader's seeded generator, whose
+    state the per-epoch resume state carries, so a resumed run repeats the uninterrupted one."""
+    import copy
+
+    bags = small_bags.with_bags([b[: 2 + i % 9] for i, b in enumerate(small_bags.bags)])  # 2-10 windows
+    bags.instance_labels = None
+    cfg = TrainConfig(seed=3, epochs=3, patience=3, n_bootstrap=0, progress=False)
+    assert cfg.bucket_by_length
+    states = []
+    full = run_experiment(bags, "transmil", cfg, on_epoch=lambda state: states.append(copy.deepcopy(state)))
+    resumed = run_experiment(bags, "transmil", cfg, resume=states[0])
+    assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
+    np.testing.assert_array_equal(resumed.predictions["prob"], full.predictions["prob"])
+    plain = run_experiment(bags, "transmil", TrainConfig(seed=3, epochs=3, patience=3, n_bootstrap=0, progress=False,
+                                                         bucket_by_length=False))
+    assert [r["val_loss"] for r in plain.history] != [r["val_loss"] for r in full.history]  # other batches

@@ -83,7 +83,8 @@ class BagLoader:
     independent of global RNG state (so dropout draws do not change the batch order).
     bucket: batches of bags of similar length (less padding for long, uneven bags).
     Training (``shuffle``): every ``BUCKET_BATCHES`` batches' worth of bags is sorted by length, cut
-    into batches, and the batches are shuffled (bags of equal length get plain shuffled batches).
+    into batches, and the batches are shuffled (bags of equal length, or batches of one bag, get
+    plain shuffled batches: there is no padding to save).
     Scoring: all bags sorted by length and cut under a token budget (``length_batches``); outputs
     are placed by bag position, so their order is kept.
     world: under DDP every rank walks the same global batches and collates only its shard of each;
@@ -107,7 +108,7 @@ class BagLoader:
         order = torch.randperm(n, generator=self.generator).numpy() if self.shuffle else np.arange(n)
         if self.bucket and not self.shuffle:
             return length_batches(self.bs.lengths, self.batch_size)
-        if not self.bucket or n == 0 or np.ptp(self.bs.lengths) == 0:  # equal lengths: nothing to bucket
+        if not self.bucket or self.batch_size == 1 or n == 0 or np.ptp(self.bs.lengths) == 0:  # nothing to bucket
             return [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
         lengths, span, out = self.bs.lengths, self.batch_size * BUCKET_BATCHES, []
         for s in range(0, n, span):
