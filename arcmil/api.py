@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 
 from arcmil.data import BagSet, Normalizer, load_bags, validate
+from arcmil.data.batching import SCORE_BATCH_SIZE
 from arcmil.errors import ConfigError
-from arcmil.settings import ExperimentConfig, resolve
+from arcmil.settings import IG_STEPS, ExperimentConfig, resolve
 
 
 def as_bags(X, y=None, *, require_labels: bool = False) -> BagSet:
@@ -65,7 +66,7 @@ class MILClassifier:
         if not hasattr(self, "model_"):
             raise ConfigError("this MILClassifier is not fitted yet; call fit() or MILClassifier.load() first")
 
-    def predict_proba(self, X, batch_size: int = 64) -> np.ndarray:
+    def predict_proba(self, X, batch_size: int = SCORE_BATCH_SIZE) -> np.ndarray:
         """(n_bags, 2): probabilities of class 0 and class 1."""
         from arcmil.pipeline import check_fits, score_bags
 
@@ -85,7 +86,8 @@ class MILClassifier:
         bags = as_bags(X, y, require_labels=True)
         return float(np.mean(self.predict(bags) == bags.labels))
 
-    def explain(self, X, methods=("weights", "occlusion", "integrated_gradients"), steps: int = 32) -> pd.DataFrame:
+    def explain(self, X, methods=("weights", "occlusion", "integrated_gradients"), steps: int = IG_STEPS
+                ) -> pd.DataFrame:
         """One row per window with each method's importance (see ``arcmil explain``)."""
         from arcmil.explain import explain_bags
 

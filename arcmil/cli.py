@@ -7,9 +7,10 @@ import traceback
 from pathlib import Path
 
 from arcmil import __version__
+from arcmil.data.batching import SCORE_BATCH_SIZE
 from arcmil.errors import ArcmilError
 from arcmil.models import model_names
-from arcmil.settings import CHOICES, DEFAULT_MODELS, DEFAULTS, MODEL_FIELDS, RUN_KEYS, TRAIN_FIELDS, read_yaml
+from arcmil.settings import CHOICES, DEFAULT_MODELS, DEFAULTS, IG_STEPS, MODEL_FIELDS, N_PLOTS, RUN_KEYS, TRAIN_FIELDS
 from arcmil.tracking import TRACKERS
 
 
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--data", required=True)
     predict.add_argument("--out", required=True, help="predictions CSV to write")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--batch-size", type=int, default=SCORE_BATCH_SIZE)
     predict.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1 …")
     predict.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
 
@@ -75,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--data", required=True)
     explain.add_argument("--out", required=True, help="new directory for importances.csv and heatmaps")
     explain.add_argument("--methods", default="weights,occlusion,integrated_gradients")
-    explain.add_argument("--ig-steps", type=int, default=32, help="integrated-gradient path steps")
-    explain.add_argument("--n-plots", type=int, default=12, help="bags shown in each heatmap")
+    explain.add_argument("--ig-steps", type=int, default=IG_STEPS, help="integrated-gradient path steps")
+    explain.add_argument("--n-plots", type=int, default=N_PLOTS, help="bags shown in each heatmap")
     explain.add_argument("--split", choices=("train", "val", "test"), help="explain only this split's bags")
     explain.add_argument("--device", default="auto")
 
@@ -99,6 +100,7 @@ def _open_run(args, command: str):
     """The interrupted run (``--resume``) or a new one from ``--config`` and the flags given (flags win);
     None after ``--print-config`` has printed its settings."""
     from arcmil.run import Run
+    from arcmil.settings import read_yaml
 
     if args.resume:
         run = Run.resume(command, args.resume)

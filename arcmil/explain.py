@@ -24,6 +24,7 @@ from arcmil.data.packed import PackedBags
 from arcmil.errors import ConfigError
 from arcmil.plots import plot_window_heatmap
 from arcmil.report import clean_json
+from arcmil.settings import IG_STEPS, N_PLOTS
 
 METHODS = ("weights", "occlusion", "integrated_gradients")
 
@@ -44,7 +45,7 @@ def occlusion(model, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     return torch.cat(drops).cpu()
 
 
-def integrated_gradients(model, x: torch.Tensor, steps: int = 32, baseline: torch.Tensor | None = None,
+def integrated_gradients(model, x: torch.Tensor, steps: int = IG_STEPS, baseline: torch.Tensor | None = None,
                          chunk: int = 64) -> torch.Tensor:
     """x: (n, D) one bag -> (n,) attributions; ``baseline`` (n, D) defaults to zeros."""
     baseline = torch.zeros_like(x) if baseline is None else baseline
@@ -59,7 +60,7 @@ def integrated_gradients(model, x: torch.Tensor, steps: int = 32, baseline: torc
     return ((x - baseline) * total / steps).sum(dim=-1).detach().cpu()
 
 
-def explain_bags(model, bags: BagSet, methods=METHODS, *, normalizer=None, steps: int = 32,
+def explain_bags(model, bags: BagSet, methods=METHODS, *, normalizer=None, steps: int = IG_STEPS,
                  device="cpu") -> pd.DataFrame:
     """One row per window: bag_id, window, [label], [instance_label], prob, and one column per method.
 
@@ -110,7 +111,7 @@ def localisation_auc(frame: pd.DataFrame, methods=METHODS) -> dict:
     return out
 
 
-def write_explanations(directory: Path, frame: pd.DataFrame, methods=METHODS, *, n_plots: int = 12,
+def write_explanations(directory: Path, frame: pd.DataFrame, methods=METHODS, *, n_plots: int = N_PLOTS,
                        title: str = "") -> dict | None:
     """importances.csv, one heatmap PNG per method (a seeded sample of bags, positives first) and,
     when the data has per-window truth, localisation.json. Returns the localisation scores."""
@@ -140,7 +141,7 @@ def write_explanations(directory: Path, frame: pd.DataFrame, methods=METHODS, *,
     return scores
 
 
-def explain_to_dir(checkpoint, data, out, methods=METHODS, *, steps: int = 32, n_plots: int = 12,
+def explain_to_dir(checkpoint, data, out, methods=METHODS, *, steps: int = IG_STEPS, n_plots: int = N_PLOTS,
                    split: str | None = None, device: str = "auto") -> str:
     """``arcmil explain``: importances.csv, heatmaps and localisation scores of ``data`` under
     ``checkpoint`` into the new directory ``out`` (it appears whole). Returns the summary to print."""

@@ -17,6 +17,7 @@ from torch import nn
 
 from arcmil import __version__
 from arcmil.data import SPLITS, BagSet, Normalizer, assign_split, make_loader, scoring_loader, split_parts
+from arcmil.data.batching import SCORE_BATCH_SIZE
 from arcmil.distributed import SINGLE, World
 from arcmil.errors import DataError
 from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
@@ -145,8 +146,9 @@ def environment() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def score_bags(model: nn.Module, bags: BagSet, normalizer: Normalizer | None = None, *, batch_size: int = 64,
-               device="cpu", precision: str = "fp32", world: World = SINGLE, criterion=None) -> Evaluation:
+def score_bags(model: nn.Module, bags: BagSet, normalizer: Normalizer | None = None, *,
+               batch_size: int = SCORE_BATCH_SIZE, device="cpu", precision: str = "fp32", world: World = SINGLE,
+               criterion=None) -> Evaluation:
     """The one scoring path (validation and test, ``predict``, the Python API, ``explain``): bags of any
     source (an on-disk store included) normalised batch by batch, grouped by length under a token
     budget, scored in eval mode; results in ``bags`` order."""

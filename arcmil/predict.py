@@ -10,6 +10,7 @@ import pandas as pd
 from torch import nn
 
 from arcmil.data import BagSet, Normalizer
+from arcmil.data.batching import SCORE_BATCH_SIZE
 from arcmil.errors import ArcmilError, DataError
 
 
@@ -44,8 +45,8 @@ class Scorer:
         return cls(model, meta, Normalizer.from_dict(meta["normalization"]), bags, device)
 
 
-def predict_to_csv(checkpoint, data, out, *, batch_size: int = 64, device: str = "auto", precision: str = "fp32",
-                   overwrite: bool = False) -> str | None:
+def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE, device: str = "auto",
+                   precision: str = "fp32", overwrite: bool = False) -> str | None:
     """Score ``data`` into ``out`` (one row per bag: probability, prediction at the checkpoint's threshold,
     window weights; bags too long for columns get ``<out>_window_weights.csv``). Returns the summary to
     print (None on the ranks that do not write, under torchrun)."""

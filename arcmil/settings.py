@@ -88,6 +88,8 @@ def model_overrides(model_name: str, settings: dict, strict: bool = True) -> dic
     return out
 
 
+IG_STEPS = 32  # explain: integrated-gradient path steps
+N_PLOTS = 12  # explain: bags shown in each heatmap
 DEFAULT_MODEL = "attention_mil"
 DEFAULT_MODELS = ("attention_mil", "transformer_mil", "transmil")
 # the run keys each command takes, with its defaults (None: not set, e.g. compare without folds)
