@@ -87,8 +87,9 @@ def bootstrap_ci(y_true, scores, threshold: float, *, n_boot: int = 1000, seed: 
     pred = (scores >= threshold).astype(np.int64)
     n, rng = len(y_true), np.random.default_rng(seed)
     aucs, f1s = [], []
-    for start in range(0, n_boot, max(1, BOOTSTRAP_ELEMENTS // n)):
-        rows = rng.integers(0, n, (min(max(1, BOOTSTRAP_ELEMENTS // n), n_boot - start), n))  # (k, n) resamples
+    chunk = max(1, BOOTSTRAP_ELEMENTS // n)
+    for start in range(0, n_boot, chunk):
+        rows = rng.integers(0, n, (min(chunk, n_boot - start), n))  # (k, n) resamples
         y, p = y_true[rows], pred[rows]
         tp, fp, fn = (y & p).sum(1), ((1 - y) & p).sum(1), (y & (1 - p)).sum(1)
         f1s.append(np.where(tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0))  # zero_division=0

@@ -81,9 +81,10 @@ class Run:
         from arcmil.train import select_device
 
         self.world = init_world(select_device(self.config.train.device))
-        with lifecycle(self.out, self.config.to_dict(), environment(), resuming=self.resuming, writer=self.writes):
+        settings = self.config.to_dict()
+        with lifecycle(self.out, settings, environment(), resuming=self.resuming, writer=self.writes):
             if self.writes and self.config.tracker:
-                self.tracker = make_tracker(self.config.tracker, self.out, self.out.name, self.config.to_dict())
+                self.tracker = make_tracker(self.config.tracker, self.out, self.out.name, settings)
             try:
                 yield self
             finally:

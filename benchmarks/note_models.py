@@ -95,3 +95,35 @@ class NoteTransMIL(nn.Module):
         for layer in self.layers:
             h, attn = layer(h)
         return self.classifier(self.norm(h)[:, 0]).squeeze(-1), torch.softmax(attn[:, 0, 1:], dim=1)
+
+
+@torch.no_grad()
+def note_scores(model: nn.Module, loader, criterion) -> tuple:
+    """(probabilities, labels, loss) of every bag of ``loader``, in eval mode."""
+    model.eval()
+    logits = torch.cat([model(x)[0] for x, _ in loader])
+    y = torch.cat([y for _, y in loader])
+    return torch.sigmoid(logits).numpy(), y.numpy(), criterion(logits, y).item()
+
+
+def train_note_loop(model: nn.Module, loaders: dict, criterion, epochs: int = 10, patience: int | None = 3) -> int:
+    """The note's loop: Adam lr 1e-3, validation loss after each epoch, early stopping after ``patience``
+    epochs without improvement (None: never), the best state restored. Returns the best epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    best, best_state, best_epoch, waited = float("inf"), None, 0, 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for x, y in loaders["train"]:
+            optimizer.zero_grad()
+            criterion(model(x)[0], y).backward()
+            optimizer.step()
+        val_loss = note_scores(model, loaders["val"], criterion)[2]
+        if val_loss < best:
+            best, best_epoch, waited = val_loss, epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if patience is not None and waited >= patience:
+                break
+    model.load_state_dict(best_state)
+    return best_epoch

@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from note_models import NoteTransformerMIL
+from note_models import NoteTransformerMIL, note_scores, train_note_loop
 
 
 class Bags(Dataset):
@@ -48,27 +48,8 @@ def main() -> None:
                for name, part in (("train", train), ("val", val), ("test", test))}
     model = NoteTransformerMIL(input_dim=bags.shape[-1])
     criterion = nn.BCEWithLogitsLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    @torch.no_grad()
-    def scores(loader):
-        model.eval()
-        logits = torch.cat([model(x)[0] for x, _ in loader])
-        y = torch.cat([y for _, y in loader])
-        return torch.sigmoid(logits).numpy(), y.numpy(), criterion(logits, y).item()
-
-    best, best_state = float("inf"), None
-    for _ in range(args.epochs):
-        model.train()
-        for x, y in loaders["train"]:
-            optimizer.zero_grad()
-            criterion(model(x)[0], y).backward()
-            optimizer.step()
-        val_loss = scores(loaders["val"])[2]
-        if val_loss < best:
-            best, best_state = val_loss, {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    probs, y, _ = scores(loaders["test"])
+    train_note_loop(model, loaders, criterion, epochs=args.epochs, patience=None)
+    probs, y, _ = note_scores(model, loaders["test"], criterion)
     print(f"test ROC-AUC {roc_auc_score(y, probs):.4f}, {time.perf_counter() - tic:.1f} s after imports")
 
 

@@ -39,7 +39,7 @@ from arcmil.settings import model_overrides, train_config
 from arcmil.tasks import TASKS, make_task
 from arcmil.train import seed_everything
 
-from note_models import NoteTransformerMIL, NoteTransMIL  # beside this script
+from note_models import NoteTransformerMIL, NoteTransMIL, note_scores, train_note_loop  # beside this script
 
 REFERENCES = ("note_transformer_mil", "note_transmil")
 
@@ -63,33 +63,9 @@ def note_reference(name: str, bags, seed: int) -> dict:
     model = (NoteTransformerMIL if name == "note_transformer_mil" else NoteTransMIL)(input_dim=bags.dim)
     labels = parts["train"].labels
     criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(labels) - labels.sum()) / labels.sum()))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    @torch.no_grad()
-    def scores(loader):
-        model.eval()
-        logits = torch.cat([model(x)[0] for x, _ in loader])
-        y = torch.cat([y for _, y in loader])
-        return torch.sigmoid(logits).numpy(), y.numpy(), criterion(logits, y).item()
-
-    best, best_state, best_epoch, waited = float("inf"), None, 0, 0
-    for epoch in range(1, 11):
-        model.train()
-        for x, y in loaders["train"]:
-            optimizer.zero_grad()
-            criterion(model(x)[0], y).backward()
-            optimizer.step()
-        val_loss = scores(loaders["val"])[2]
-        if val_loss < best:
-            best, best_epoch, waited = val_loss, epoch, 0
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        else:
-            waited += 1
-            if waited >= 3:
-                break
-    model.load_state_dict(best_state)
-    val_probs, val_y, _ = scores(loaders["val"])
-    test_probs, test_y, _ = scores(loaders["test"])
+    best_epoch = train_note_loop(model, loaders, criterion, epochs=10, patience=3)
+    val_probs, val_y, _ = note_scores(model, loaders["val"], criterion)
+    test_probs, test_y, _ = note_scores(model, loaders["test"], criterion)
     return {**binary_metrics(test_y, test_probs, tune_threshold(val_y, val_probs)), "best_epoch": best_epoch}
 
 
