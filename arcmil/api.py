@@ -27,10 +27,11 @@ def as_bags(X, y=None, *, require_labels: bool = False) -> BagSet:
 class MILClassifier:
     """``MILClassifier(model="transmil", epochs=20, d_model=64).fit(bags)``.
 
-    Keyword arguments are training settings (TrainConfig: seed, epochs, batch_size, lr, …) or the
-    model's hyper-parameters. ``fit`` runs arcmil's pipeline (split when the bags have none, early
-    stopping on validation, threshold tuned on validation) and sets ``model_``, ``threshold_``,
-    ``normalizer_``, ``results_`` (the run's metrics and history) and ``classes_``.
+    Keyword arguments are training settings (TrainConfig: seed, epochs, batch_size, lr, …), evaluation
+    settings (EvalConfig: normalize, threshold_method, …) or the model's hyper-parameters. ``fit`` runs
+    arcmil's pipeline (split when the bags have none, early stopping on validation, threshold tuned on
+    validation) and sets ``model_``, ``threshold_``, ``normalizer_``, ``results_`` (the run's metrics and
+    history) and ``classes_``.
     """
 
     def __init__(self, model: str = "attention_mil", **params):
@@ -56,10 +57,10 @@ class MILClassifier:
         config = self.config()
         overrides = config.overrides(self.model)
         check_inputs(bags, self.model, config.train, overrides)
-        result = run_experiment(bags, self.model, config.train, **overrides)
+        result = run_experiment(bags, self.model, config.train, evaluation=config.evaluation, **overrides)
         self.model_, self.threshold_, self.normalizer_ = result.model, result.threshold, result.normalizer
         self.results_, self.classes_ = result.to_dict(), np.array([0, 1])
-        self.model_name_, self.threshold_method_ = self.model, config.train.threshold_method
+        self.model_name_, self.threshold_method_ = self.model, config.evaluation.threshold_method
         return self
 
     def _check_fitted(self) -> None:

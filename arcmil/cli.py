@@ -10,7 +10,17 @@ from arcmil import __version__
 from arcmil.data.batching import SCORE_BATCH_SIZE
 from arcmil.errors import ArcmilError
 from arcmil.models import model_names
-from arcmil.settings import CHOICES, DEFAULT_MODELS, DEFAULTS, IG_STEPS, MODEL_FIELDS, N_PLOTS, RUN_KEYS, TRAIN_FIELDS
+from arcmil.settings import (
+    CHOICES,
+    DEFAULT_MODELS,
+    DEFAULTS,
+    EVAL_FIELDS,
+    IG_STEPS,
+    MODEL_FIELDS,
+    N_PLOTS,
+    RUN_KEYS,
+    TRAIN_FIELDS,
+)
 from arcmil.tracking import TRACKERS
 
 
@@ -35,6 +45,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, resume_help: str) -> None:
     parser.add_argument("--out", help="new run directory (default: runs/<name>_<timestamp>)")
     parser.add_argument("--config", help="YAML file of settings (flag names with underscores); flags win")
     _add_setting_flags(parser, TRAIN_FIELDS, "training")
+    _add_setting_flags(parser, EVAL_FIELDS, "evaluation")
     _add_setting_flags(parser, MODEL_FIELDS, "model hyper-parameters")
 
 
@@ -106,7 +117,7 @@ def _open_run(args, command: str):
         run = Run.resume(command, args.resume)
     else:
         settings = read_yaml(args.config) if args.config else {}
-        settings.update({k: getattr(args, k) for k in (*RUN_KEYS, *TRAIN_FIELDS, *MODEL_FIELDS)
+        settings.update({k: getattr(args, k) for k in (*RUN_KEYS, *TRAIN_FIELDS, *EVAL_FIELDS, *MODEL_FIELDS)
                          if getattr(args, k, None) is not None})
         run = Run.new(command, settings)
     if args.print_config:
@@ -130,8 +141,9 @@ def cmd_train(args) -> None:
             run.progress(epoch=state["epoch"])
             run.log_epoch(state["epoch"], state["history"][-1])
 
-        result = run_experiment(bags, config.model, config.train, run.world, resume=run.resume_state(),
-                                on_epoch=on_epoch if run.writes else None, **config.overrides(config.model))
+        result = run_experiment(bags, config.model, config.train, run.world, evaluation=config.evaluation,
+                                resume=run.resume_state(), on_epoch=on_epoch if run.writes else None,
+                                **config.overrides(config.model))
         if not run.writes:  # every rank holds the same result; rank 0 writes it
             return
         run.publish(lambda tmp: write_run(tmp, result),
@@ -156,12 +168,13 @@ def cmd_compare(args) -> None:
 
         def finished(m):  # each model's outputs appear whole, so a resumed comparison skips it
             with staged_dir(run.out / m.name) as tmp:
-                write_model(tmp, m, config.train)
+                write_model(tmp, m)
             done[m.name] = m
             run.progress(models_done=sorted(done))
 
         comparison = compare_models(bags, list(config.models), config.train,
                                     {name: config.overrides(name) for name in config.models},
+                                    evaluation=config.evaluation,
                                     seeds=list(config.seeds), folds=config.folds, val_fraction=config.val_fraction,
                                     world=run.world, done=dict(done), on_model=finished if run.writes else None)
         if not run.writes:
@@ -187,12 +200,13 @@ def cmd_cv(args) -> None:
             done[(record["repeat"], record["fold"])] = record
             run.progress(folds_done=len(done))
 
-        result = run_cv(bags, config.model, config.train, folds=config.folds, seeds=list(config.seeds),
+        result = run_cv(bags, config.model, config.train, evaluation=config.evaluation, folds=config.folds,
+                        seeds=list(config.seeds),
                         val_fraction=config.val_fraction, world=run.world, done=dict(done),
                         on_fold=finished if run.writes else None, **config.overrides(config.model))
         if not run.writes:
             return
-        run.publish(lambda tmp: write_cv_tables(tmp, result, config.train), result.summary)
+        run.publish(lambda tmp: write_cv_tables(tmp, result), result.summary)
     print(f"{result.tag}: {len(config.seeds)} × {config.folds}-fold CV, mean ± std over folds")
     print(result.table())
     print(f"cross-validation written to {run.out}")

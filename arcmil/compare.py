@@ -11,7 +11,7 @@ import pandas as pd
 from arcmil.cv import CVResult, run_cv, write_cv
 from arcmil.data import BagSet
 from arcmil.distributed import SINGLE, World
-from arcmil.pipeline import RunResult, run_experiment
+from arcmil.pipeline import EvalConfig, RunResult, run_experiment
 from arcmil.plots import plot_roc
 from arcmil.report import clean_json, markdown_table, results_row, write_run
 from arcmil.stats import mean_std, paired_test
@@ -94,8 +94,9 @@ def _pm(mean, std) -> str:
     return "" if mean is None else f"{mean:.4f} ± {std:.4f}"
 
 
-def _seed_runs(bags, name, cfg, overrides, seeds, world) -> ModelRuns:
-    runs = [run_experiment(bags, name, replace(cfg, seed=s), world, **overrides) for s in seeds]
+def _seed_runs(bags, name, cfg, evaluation, overrides, seeds, world) -> ModelRuns:
+    runs = [run_experiment(bags, name, replace(cfg, seed=s), world, evaluation=evaluation, **overrides)
+            for s in seeds]
     records = [{"seed": s, **{m: r.test[m] for m in METRICS}} for s, r in zip(seeds, runs)]
     test = runs[0].evaluations["test"]
     splits = runs[0].data["splits"]
@@ -104,15 +105,16 @@ def _seed_runs(bags, name, cfg, overrides, seeds, world) -> ModelRuns:
                      (test.labels.tolist(), test.probs.tolist()), ratio, runs=runs)
 
 
-def _fold_runs(bags, name, cfg, overrides, seeds, folds, val_fraction, world) -> ModelRuns:
-    cv = run_cv(bags, name, cfg, folds=folds, seeds=seeds, val_fraction=val_fraction, world=world, **overrides)
+def _fold_runs(bags, name, cfg, evaluation, overrides, seeds, folds, val_fraction, world) -> ModelRuns:
+    cv = run_cv(bags, name, cfg, evaluation=evaluation, folds=folds, seeds=seeds, val_fraction=val_fraction,
+                world=world, **overrides)
     records = [{"repeat": f["repeat"], "fold": f["fold"], **{m: f["test"][m] for m in METRICS}} for f in cv.folds]
     return ModelRuns(name, cv.tag, records, test_train_ratio=cv.test_train_ratio, cv=cv)
 
 
 def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: dict[str, dict], *,
-                   seeds: list[int] | None = None, folds: int | None = None, val_fraction: float = 0.2,
-                   world: World = SINGLE, done: dict[str, ModelRuns] | None = None,
+                   evaluation: EvalConfig = EvalConfig(), seeds: list[int] | None = None, folds: int | None = None,
+                   val_fraction: float = 0.2, world: World = SINGLE, done: dict[str, ModelRuns] | None = None,
                    on_model=None) -> Comparison:
     """Run every model on the same seeds (each its own split when the data has none) or the same
     repeated stratified folds. ``overrides``: model name -> its hyper-parameters. ``done``: models
@@ -124,8 +126,8 @@ def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: 
         if name in done:
             models.append(done[name])
             continue
-        m = (_fold_runs(bags, name, cfg, overrides[name], seeds, folds, val_fraction, world) if folds else
-             _seed_runs(bags, name, cfg, overrides[name], seeds, world))
+        m = (_fold_runs(bags, name, cfg, evaluation, overrides[name], seeds, folds, val_fraction, world) if folds
+             else _seed_runs(bags, name, cfg, evaluation, overrides[name], seeds, world))
         if on_model is not None:
             on_model(m)
         models.append(m)
@@ -137,13 +139,13 @@ def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: 
     mode = "single" if len(seeds) == 1 else "seeds"
     split_text = "a stratified 70/15/15 split drawn per seed" if bags.split is None else "the data's own split"
     return Comparison(models, mode, ratio, f"seeds {', '.join(map(str, seeds))}, {split_text}; threshold tuned "
-                      f"on validation ({cfg.threshold_method})")
+                      f"on validation ({evaluation.threshold_method})")
 
 
 MODEL_SUMMARY = "model_summary.json"
 
 
-def write_model(directory: Path, m: ModelRuns, cfg: TrainConfig) -> None:
+def write_model(directory: Path, m: ModelRuns) -> None:
     """A model's outputs: its run directory (one seed), run directories per seed, or its CV; plus the
     summary a resumed comparison reads back instead of rerunning the model."""
     single = len(m.runs) == 1
@@ -151,7 +153,7 @@ def write_model(directory: Path, m: ModelRuns, cfg: TrainConfig) -> None:
         write_run(directory if single else directory / f"seed_{run.train_config.seed}", run)
     if m.cv is not None:
         directory.mkdir(parents=True, exist_ok=True)
-        write_cv(directory, m.cv, cfg)
+        write_cv(directory, m.cv)
     (directory / MODEL_SUMMARY).write_text(json.dumps(clean_json(m.summary()), indent=2))
 
 

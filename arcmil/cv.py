@@ -17,7 +17,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from arcmil.data import BagSet
 from arcmil.distributed import SINGLE, World
 from arcmil.metrics import binary_metrics
-from arcmil.pipeline import check_cv_inputs, run_experiment
+from arcmil.pipeline import EvalConfig, check_cv_inputs, run_experiment
 from arcmil.report import clean_json, markdown_table
 from arcmil.outputs import write_text
 from arcmil.stats import mean_std
@@ -49,6 +49,8 @@ class CVResult:
     folds: list[dict]  # one record per (repeat, fold)
     summary: dict
     test_train_ratio: float
+    train_config: TrainConfig
+    eval_config: EvalConfig
 
     def table(self) -> str:
         """metric | mean ± std at the validation threshold | at 0.5."""
@@ -67,21 +69,22 @@ class CVResult:
                 | {f"test_{m}_at_0.5": r["test_at_0.5"][m] for m in SUMMARY_METRICS} for r in self.folds]
 
 
-def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *, folds: int = 10,
+def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *,
+           evaluation: EvalConfig = EvalConfig(), folds: int = 10,
            seeds: list[int] = (0,), val_fraction: float = 0.2, world: World = SINGLE, done: dict | None = None,
            on_fold=None, **model_overrides) -> CVResult:
     """Cross-validate ``model_name``: ``len(seeds)`` repeats of stratified ``folds``-fold CV.
     ``done``: (repeat, fold) -> record of folds an interrupted run finished (not rerun);
     ``on_fold(record)`` is called as each fold finishes."""
     check_cv_inputs(bags, folds)
-    cfg = replace(cfg, n_bootstrap=0)  # per-fold intervals are not meaningful; the spread over folds is
+    evaluation = replace(evaluation, n_bootstrap=0)  # per-fold intervals mean little; the spread over folds does
     records, done = [], done or {}
     for repeat, fold, seed, split in cv_splits(bags.labels, folds, list(seeds), val_fraction):
         if (repeat, fold) in done:
             records.append(done[(repeat, fold)])
             continue
         result = run_experiment(replace(bags, split=split), model_name, replace(cfg, seed=seed), world,
-                                **model_overrides)
+                                evaluation=evaluation, **model_overrides)
         test = result.evaluations["test"]
         tag = result.tag
         records.append({
@@ -95,7 +98,7 @@ def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *, f
         if on_fold is not None:
             on_fold(records[-1])
     ratio = float(np.mean([r["n_test"] / r["n_train"] for r in records]))
-    return CVResult(model_name, records[0]["tag"], records, summarize(records), ratio)
+    return CVResult(model_name, records[0]["tag"], records, summarize(records), ratio, cfg, evaluation)
 
 
 def write_fold(directory: Path, record: dict) -> None:
@@ -111,19 +114,20 @@ def read_folds(directory: Path) -> dict:
     return {(r["repeat"], r["fold"]): r for r in records}
 
 
-def write_cv(directory: Path, result: CVResult, cfg: TrainConfig) -> None:
+def write_cv(directory: Path, result: CVResult) -> None:
     """folds/r{repeat}_f{fold}.json, cv_folds.csv and cv_summary.json into ``directory``."""
     for record in result.folds:
         write_fold(directory, record)
-    write_cv_tables(directory, result, cfg)
+    write_cv_tables(directory, result)
 
 
-def write_cv_tables(directory: Path, result: CVResult, cfg: TrainConfig) -> None:
+def write_cv_tables(directory: Path, result: CVResult) -> None:
     """cv_folds.csv and cv_summary.json (the folds' own JSON is written as each finishes)."""
     pd.DataFrame(result.fold_rows()).to_csv(directory / "cv_folds.csv", index=False)
     seeds = sorted({r["seed"] for r in result.folds})
     summary = {"model": result.model_name, "tag": result.tag, "folds": 1 + max(r["fold"] for r in result.folds),
-               "seeds": seeds, "train_config": asdict(cfg), "summary": result.summary}
+               "seeds": seeds, "train_config": asdict(result.train_config),
+               "eval_config": asdict(result.eval_config), "summary": result.summary}
     (directory / "cv_summary.json").write_text(json.dumps(clean_json(summary), indent=2))
 
 

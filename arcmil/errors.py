@@ -20,3 +20,10 @@ class DataError(ArcmilError):
 
 class ConfigError(ArcmilError):
     """Unknown or invalid settings."""
+
+
+def check_choices(config, choices: dict[str, tuple]) -> None:
+    """Refuse a setting of ``config`` (a dataclass) outside its choices: name -> valid values."""
+    for name, valid in choices.items():
+        if getattr(config, name) not in valid:
+            raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {getattr(config, name)!r}")

@@ -2,6 +2,7 @@
 
 seed -> prepare_data (split, normalise) -> make_loaders -> model -> weighted BCE + optimizer ->
 train_model -> finalize (validation threshold, test report, predictions).
+``TrainConfig`` says how a model is trained, ``EvalConfig`` how it is evaluated.
 """
 from __future__ import annotations
 
@@ -16,11 +17,20 @@ import torch
 from torch import nn
 
 from arcmil import __version__
-from arcmil.data import SPLITS, BagSet, Normalizer, assign_split, make_loader, scoring_loader, split_parts
+from arcmil.data import (
+    NORMALIZATIONS,
+    SPLITS,
+    BagSet,
+    Normalizer,
+    assign_split,
+    make_loader,
+    scoring_loader,
+    split_parts,
+)
 from arcmil.data.batching import SCORE_BATCH_SIZE
 from arcmil.distributed import SINGLE, World
-from arcmil.errors import DataError
-from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
+from arcmil.errors import ConfigError, DataError, check_choices
+from arcmil.metrics import THRESHOLD_METHODS, binary_metrics, bootstrap_ci, tune_threshold
 from arcmil.models import build_model
 from arcmil.models.registry import make_config
 from arcmil.train import (
@@ -38,6 +48,23 @@ from arcmil.train import (
 )
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a trained model is evaluated, identical for every model in a comparison: the window
+    normalisation (fitted on training bags), the decision threshold (tuned on validation, or
+    ``fixed_threshold``) and the number of bootstrap resamples behind the test intervals (0: none)."""
+
+    normalize: str = "l2"
+    threshold_method: str = "f1"
+    fixed_threshold: float = 0.5
+    n_bootstrap: int = 1000
+
+    def __post_init__(self):
+        check_choices(self, {"normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS})
+        if self.n_bootstrap < 0:
+            raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
+
+
 @dataclass
 class PreparedData:
     """bags: the loaded bags with their split; parts: their train/val/test BagSets (raw windows:
@@ -49,11 +76,12 @@ class PreparedData:
     split_origin: str
 
 
-def prepare_data(bags: BagSet, cfg: TrainConfig) -> PreparedData:
+def prepare_data(bags: BagSet, cfg: TrainConfig, evaluation: EvalConfig = EvalConfig()) -> PreparedData:
+    """The bags' own split or a stratified one drawn with the training seed; the normaliser fitted on train."""
     origin = "file" if bags.split is not None else f"stratified 70/15/15, seed {cfg.seed}"
     bags = assign_split(bags, cfg.seed)
     raw = split_parts(bags)
-    return PreparedData(bags, raw, Normalizer.fit(cfg.normalize, raw["train"]), origin)
+    return PreparedData(bags, raw, Normalizer.fit(evaluation.normalize, raw["train"]), origin)
 
 
 def make_loaders(data: PreparedData, cfg: TrainConfig, world: World = SINGLE) -> dict:
@@ -82,6 +110,7 @@ class RunResult:
     stopped_early: bool
     train_seconds: float
     train_config: TrainConfig
+    eval_config: EvalConfig
     data: dict
     environment: dict
     predictions: pd.DataFrame
@@ -96,8 +125,9 @@ class RunResult:
     def to_dict(self) -> dict:
         return {
             "tag": self.tag, "model": self.model_name, "created": self.created,
-            "model_config": asdict(self.model.config), "train_config": asdict(self.train_config), "data": self.data,
-            "threshold": {"value": self.threshold, "method": self.train_config.threshold_method},
+            "model_config": asdict(self.model.config), "train_config": asdict(self.train_config),
+            "eval_config": asdict(self.eval_config), "data": self.data,
+            "threshold": {"value": self.threshold, "method": self.eval_config.threshold_method},
             "validation": self.validation, "test": self.test, "best_epoch": self.best_epoch,
             "epochs_run": len(self.history), "stopped_early": self.stopped_early, "train_seconds": self.train_seconds,
             "n_parameters": sum(p.numel() for p in self.model.parameters()), "history": self.history,
@@ -156,26 +186,28 @@ def score_bags(model: nn.Module, bags: BagSet, normalizer: Normalizer | None = N
 
 
 def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, fit: FitResult, cfg: TrainConfig,
-             device, world: World = SINGLE) -> RunResult:
+             evaluation: EvalConfig, device, world: World = SINGLE) -> RunResult:
     """Tune the threshold on validation, report test metrics (with bootstrap intervals), score every bag."""
     evaluations = {name: score_bags(model, part, data.normalizer, batch_size=cfg.batch_size, device=device,
                                     precision=cfg.precision, world=world, criterion=criterion)
                    for name, part in data.parts.items()}
     val, test = evaluations["val"], evaluations["test"]
-    threshold = tune_threshold(val.labels, val.probs, cfg.threshold_method, cfg.fixed_threshold)
+    threshold = tune_threshold(val.labels, val.probs, evaluation.threshold_method, evaluation.fixed_threshold)
     test_metrics = binary_metrics(test.labels, test.probs, threshold)
-    test_metrics["ci"] = bootstrap_ci(test.labels, test.probs, threshold, n_boot=cfg.n_bootstrap, seed=cfg.seed)
+    test_metrics["ci"] = bootstrap_ci(test.labels, test.probs, threshold, n_boot=evaluation.n_bootstrap,
+                                      seed=cfg.seed)
     wide = has_short_bags(*evaluations.values())
     predictions = pd.concat([predictions_frame(data.parts[name], evaluations[name], threshold, name, wide)
                              for name in SPLITS], ignore_index=True)
-    summary = {**data.bags.summary(), "split_origin": data.split_origin, "normalization": cfg.normalize,
+    summary = {**data.bags.summary(), "split_origin": data.split_origin, "normalization": evaluation.normalize,
                "splits": {name: {"n_bags": len(part), "n_positive": int(part.labels.sum())}
                           for name, part in data.parts.items()}}
     return RunResult(
         model_name, model, data.normalizer, threshold,
         validation={**binary_metrics(val.labels, val.probs, threshold), "loss": val.loss},
         test={**test_metrics, "loss": test.loss}, history=fit.history, best_epoch=fit.best_epoch,
-        stopped_early=fit.stopped_early, train_seconds=fit.seconds, train_config=cfg, data=summary,
+        stopped_early=fit.stopped_early, train_seconds=fit.seconds, train_config=cfg,
+        eval_config=evaluation, data=summary,
         environment={**environment(), "processes": world.size, "device": str(device), "precision": cfg.precision},
         predictions=predictions, evaluations=evaluations, parts=data.parts)
 
@@ -217,13 +249,14 @@ def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_override
 
 
 def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), world: World = SINGLE, *,
-                   resume: dict | None = None, on_epoch=None, **model_overrides) -> RunResult:
+                   evaluation: EvalConfig = EvalConfig(), resume: dict | None = None, on_epoch=None,
+                   **model_overrides) -> RunResult:
     """Train and evaluate one registered model on ``bags`` (the whole pipeline, nothing written).
     ``world``: under torchrun, this rank's place; every rank returns the same result.
     ``resume`` / ``on_epoch``: continue from, and report, per-epoch training states (see train_model)."""
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
-    data = prepare_data(bags, cfg)
+    data = prepare_data(bags, cfg, evaluation)
     loaders = make_loaders(data, cfg, world)
     model = build_model(model_name, input_dim=bags.dim, **model_overrides).to(device)
     seed_dropout_for_rank(cfg.seed, world)
@@ -233,4 +266,4 @@ def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig
     fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,
                       desc=model.config.tag(), runner=runner_for(model, cfg, world, device), resume=resume,
                       on_epoch=on_epoch)
-    return finalize(model_name, model, data, criterion, fit, cfg, device, world)
+    return finalize(model_name, model, data, criterion, fit, cfg, evaluation, device, world)

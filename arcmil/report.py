@@ -45,7 +45,7 @@ def markdown_table(rows: list[dict], columns) -> str:
 def results_row(result) -> dict:
     """The flat one-line summary of a RunResult used by the results CSV and the comparison table."""
     row = {"tag": result.tag, "model": result.model_name, "seed": result.train_config.seed,
-           "threshold": result.threshold, "threshold_method": result.train_config.threshold_method,
+           "threshold": result.threshold, "threshold_method": result.eval_config.threshold_method,
            "best_epoch": result.best_epoch, "epochs_run": len(result.history)}
     row.update({f"val_{m}": result.validation[m] for m in ROW_METRICS})
     row.update({f"test_{m}": result.test[m] for m in ROW_METRICS})
@@ -68,7 +68,7 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_checkpoint(directory / f"best_{result.model_name}.pth", result.model, result.model_name,
-                    threshold=result.threshold, threshold_method=result.train_config.threshold_method,
+                    threshold=result.threshold, threshold_method=result.eval_config.threshold_method,
                     normalizer=result.normalizer, extra={"results": clean_json(result.to_dict())})
     write_results(directory, result)
     result.predictions.to_csv(directory / "predictions.csv", index=False)

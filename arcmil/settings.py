@@ -17,6 +17,7 @@ from arcmil.models import get_entry
 from arcmil.models.attention import ATTENTIONS
 from arcmil.models.config import INITS, POOLS, POS_ENCODINGS
 from arcmil.models.registry import closest, config_classes, make_config
+from arcmil.pipeline import EvalConfig
 from arcmil.train import LR_SCHEDULES, MONITORS, PRECISIONS, TrainConfig
 
 RUN_KEYS = {"model": str, "models": str, "data": str, "out": str, "seeds": str, "folds": int, "repeats": int,
@@ -35,11 +36,12 @@ def _settable(*classes) -> list[tuple[dataclasses.Field, type]]:
 
 MODEL_FIELDS = {f.name: kind for f, kind in _settable(*config_classes())}
 TRAIN_FIELDS = {f.name: kind for f, kind in _settable(TrainConfig)}
-DEFAULTS = {f.name: f.default for f, _ in _settable(*config_classes(), TrainConfig)}
+EVAL_FIELDS = {f.name: kind for f, kind in _settable(EvalConfig)}
+DEFAULTS = {f.name: f.default for f, _ in _settable(*config_classes(), TrainConfig, EvalConfig)}
 CHOICES = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS,
            "pos_enc": POS_ENCODINGS, "pool": POOLS, "attention": ATTENTIONS, "precision": PRECISIONS,
            "lr_schedule": LR_SCHEDULES, "init": INITS}
-ALL_KEYS = {**RUN_KEYS, **MODEL_FIELDS, **TRAIN_FIELDS}
+ALL_KEYS = {**RUN_KEYS, **MODEL_FIELDS, **TRAIN_FIELDS, **EVAL_FIELDS}
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
@@ -69,6 +71,10 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 def train_config(settings: dict) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_FIELDS})
+
+
+def eval_config(settings: dict) -> EvalConfig:
+    return EvalConfig(**{k: v for k, v in settings.items() if k in EVAL_FIELDS})
 
 
 def model_overrides(model_name: str, settings: dict, strict: bool = True) -> dict:
@@ -109,12 +115,13 @@ class ExperimentConfig:
     one run per seed, or one CV repeat per seed; cv: seed, seed+1, ... one per repeat);
     ``model_settings``: the model's every hyper-parameter (train, cv), or those the user set, shared by
     the compared models (compare: each model's full config is in its own results);
-    ``train``: the training and evaluation settings, identical for every model.
+    ``train`` / ``evaluation``: the training and evaluation settings, identical for every model.
     """
 
     command: str
     models: tuple[str, ...]
     train: TrainConfig
+    evaluation: EvalConfig = EvalConfig()
     model_settings: dict = field(default_factory=dict)
     data: str | None = None
     seeds: tuple[int, ...] = ()
@@ -147,7 +154,7 @@ class ExperimentConfig:
         if self.command != "train":
             out.update(folds=self.folds, val_fraction=self.val_fraction)
         out["tracker"] = self.tracker
-        return {**out, **dataclasses.asdict(self.train), **self.model_settings}
+        return {**out, **dataclasses.asdict(self.train), **dataclasses.asdict(self.evaluation), **self.model_settings}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -180,7 +187,7 @@ def resolve(command: str, settings: dict) -> ExperimentConfig:
         config = make_config(name, **model_overrides(name, model_settings, strict=command != "compare"))
     if command != "compare":  # one model: its every setting, defaults included
         model_settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in INFERRED}
-    return ExperimentConfig(command, models, cfg, model_settings, data=run["data"], seeds=seeds,
+    return ExperimentConfig(command, models, cfg, eval_config(given), model_settings, data=run["data"], seeds=seeds,
                             folds=run.get("folds"), val_fraction=run.get("val_fraction", 0.2), tracker=run["tracker"])
 
 

@@ -17,10 +17,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from arcmil.data.prepare import NORMALIZATIONS
 from arcmil.distributed import World, local_device
-from arcmil.errors import ConfigError
-from arcmil.metrics import THRESHOLD_METHODS
+from arcmil.errors import ConfigError, check_choices
 from arcmil.runstate import rng_state, set_rng_state
 
 MONITORS = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
@@ -30,7 +28,8 @@ LR_SCHEDULES = ("cosine", "plateau")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything but the model block; identical for every model in a comparison."""
+    """How a model is trained (the model block and the evaluation aside: see ``EvalConfig``); identical for
+    every model in a comparison."""
 
     seed: int = 0
     epochs: int = 10
@@ -43,10 +42,6 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     lr_factor: float = 0.5
     lr_patience: int = 1
-    normalize: str = "l2"
-    threshold_method: str = "f1"
-    fixed_threshold: float = 0.5
-    n_bootstrap: int = 1000
     bucket_by_length: bool = True  # training batches of similar lengths when lengths vary (README: recipe table)
     device: str = "auto"
     precision: str = "fp32"
@@ -54,11 +49,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        choices = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS,
-                   "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES}
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
+        check_choices(self, {"monitor": tuple(MONITORS), "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES})
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 hint = " (to train every epoch, set it to epochs or more)" if name == "patience" else ""

@@ -19,7 +19,7 @@ import torch
 
 from arcmil.pipeline import environment, run_experiment
 from arcmil.synthetic import TESTS, make_assumption_test, with_splits
-from arcmil.train import TrainConfig
+from arcmil.settings import eval_config, train_config
 
 MODELS = ("instance_max", "attention_mil", "attention_mil_gated", "transformer_mil", "transformer_mil_topk",
           "transmil", "transmil_dual")
@@ -44,8 +44,8 @@ def main() -> None:
             bags = with_splits(*make_assumption_test(test, seed=seed), seed=seed)
             for name in args.models.split(","):
                 tic = time.perf_counter()
-                result = run_experiment(bags, name, TrainConfig(seed=seed, progress=False, n_bootstrap=0, **PRESET),
-                                        **model_settings(name))
+                result = run_experiment(bags, name, train_config({"seed": seed, "progress": False, **PRESET}),
+                                        evaluation=eval_config({"n_bootstrap": 0, **PRESET}), **model_settings(name))
                 auc = result.test["roc_auc"]
                 runs.append({"test": test, "seed": seed, "model": name, "tag": result.tag, "test_roc_auc": auc,
                              "passed": auc >= 0.5, "seconds": time.perf_counter() - tic})

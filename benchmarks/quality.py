@@ -23,7 +23,7 @@ import torch
 from arcmil import load_bags
 from arcmil.cv import run_cv
 from arcmil.pipeline import environment
-from arcmil.train import TrainConfig
+from arcmil.settings import eval_config, train_config
 
 DATASETS = ("musk1", "musk2", "elephant")
 MODELS = ("attention_mil", "attention_mil_gated", "transformer_mil", "transformer_mil_topk", "transmil",
@@ -56,8 +56,8 @@ def main() -> None:
         for name in args.models.split(","):
             tic = time.perf_counter()
             settings = {"pos_enc": "none"} if name.startswith("trans") else {}
-            cv = run_cv(bags, name, TrainConfig(progress=False, **PRESET), folds=folds, seeds=list(range(repeats)),
-                        **settings)
+            cv = run_cv(bags, name, train_config({"progress": False, **PRESET}), evaluation=eval_config(PRESET),
+                        folds=folds, seeds=list(range(repeats)), **settings)
             s = cv.summary
             cell = {"tag": cv.tag, "seconds": time.perf_counter() - tic,
                     "accuracy_at_0.5": s["at_0.5"]["accuracy"],

@@ -35,7 +35,7 @@ from arcmil.data import assign_split, split_parts
 from arcmil.metrics import binary_metrics, tune_threshold
 from arcmil.models import model_names
 from arcmil.pipeline import environment, run_experiment
-from arcmil.settings import model_overrides, train_config
+from arcmil.settings import eval_config, model_overrides, train_config
 from arcmil.tasks import TASKS, make_task
 from arcmil.train import seed_everything
 
@@ -79,7 +79,7 @@ def run_cell(task: str, model: str, seed: int, settings: dict) -> dict:
         best_epoch = test["best_epoch"]
     else:
         result = run_experiment(bags, model, train_config({"seed": seed, "progress": False, **settings}),
-                                **model_overrides(model, settings, strict=False))
+                                evaluation=eval_config(settings), **model_overrides(model, settings, strict=False))
         test, best_epoch = result.test, result.best_epoch
     return {"task": task, "model": model, "seed": seed, "roc_auc": test["roc_auc"], "f1": test["f1"],
             "best_epoch": best_epoch, "seconds": time.perf_counter() - tic}

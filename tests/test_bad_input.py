@@ -146,6 +146,7 @@ def test_no_traceback_unless_debug(tmp_path):
     (["--patience", "0"], "patience must be at least 1, got 0 (to train every epoch"),
     (["--patience", "-2"], "patience must be at least 1, got -2"),
     (["--model", "transmil_nystrom", "--attention", "full"], "transmil_nystrom is defined by attention='nystrom'"),
+    (["--n-bootstrap", "-1"], "n_bootstrap must be 0 or more, got -1"),
 ])
 def test_bad_settings_exit_2_with_one_line_and_write_nothing(flags, message, tmp_path, capsys):
     data = save_bags(make_demo_bags(n_bags=40, seed=1), tmp_path / "data.npz")

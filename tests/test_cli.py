@@ -36,6 +36,7 @@ def test_train_writes_every_output(trained):
     results = json.loads((trained / "stage3_transmil_results.json").read_text())
     assert results["tag"] == "transmil_cls_d32_h2_L2_ff64_drop01_sin"
     assert results["model_config"]["d_model"] == 32 and results["train_config"]["epochs"] == 2
+    assert results["eval_config"]["n_bootstrap"] == 50 and results["threshold"]["method"] == "f1"
     assert len(results["history"]) == results["epochs_run"] <= 2
     for key in ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
                 "mcc", "confusion_matrix", "ci"):

@@ -5,7 +5,7 @@ schedule) fails this (TransMIL: 0.571 on order seed 1, 0.643 on co-occurrence se
 import pytest
 import torch
 
-from arcmil.pipeline import run_experiment
+from arcmil.pipeline import EvalConfig, run_experiment
 from arcmil.tasks import make_task
 from arcmil.train import TrainConfig, make_optimizer, warmup_cosine
 
@@ -15,7 +15,8 @@ from arcmil.train import TrainConfig, make_optimizer, warmup_cosine
 def test_transformers_learn_small_tasks_on_every_seed(model, task):
     for seed in (0, 1, 2):
         bags = make_task(task, n_bags=800, dim=64, seed=seed)
-        result = run_experiment(bags, model, TrainConfig(seed=seed, n_bootstrap=10, progress=False))
+        result = run_experiment(bags, model, TrainConfig(seed=seed, progress=False),
+                                evaluation=EvalConfig(n_bootstrap=10))
         assert result.test["roc_auc"] >= 0.95, (model, task, seed, result.history)
 
 

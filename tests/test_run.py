@@ -10,6 +10,7 @@ from arcmil.data import save_bags
 from arcmil.demo import make_demo_bags
 from arcmil.errors import ArcmilError, ConfigError
 from arcmil.models import make_config
+from arcmil.pipeline import EvalConfig
 from arcmil.run import Run
 from arcmil.settings import resolve
 from arcmil.train import TrainConfig
@@ -20,13 +21,14 @@ FAST = ["--epochs", "2", "--n-bootstrap", "0", "--no-progress", "--hidden-dim", 
 @pytest.mark.parametrize("command,settings", [
     ("train", {"model": "transmil", "d_model": 32, "lr": 1e-3}),
     ("compare", {"models": "attention_mil,transmil", "seeds": "3,4", "d_model": 32, "epochs": 3}),
-    ("cv", {"model": "transformer_mil_topk", "folds": 4, "repeats": 2, "seed": 7}),
+    ("cv", {"model": "transformer_mil_topk", "folds": 4, "repeats": 2, "seed": 7, "threshold_method": "youden"}),
 ])
 def test_config_yaml_holds_every_setting_and_reads_back_to_the_same_run(command, settings):
     config = resolve(command, settings)
     written = yaml.safe_load(config.to_yaml())
     assert resolve(command, written) == config
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(written), "every training default is written"
+    assert {f.name for f in dataclasses.fields(EvalConfig)} <= set(written), "every evaluation default is written"
     if command != "compare":  # one model: its whole config, defaults included
         model_fields = {f.name for f in dataclasses.fields(make_config(config.model))} - {"input_dim"}
         assert model_fields <= set(written)
@@ -43,6 +45,12 @@ def test_run_keys_resolve_per_command():
         resolve("train", {"folds": 5})
     with pytest.raises(ConfigError, match="seeds expects comma-separated integers"):
         resolve("compare", {"seeds": "0,x"})
+
+
+def test_evaluation_settings_are_their_own_config():
+    config = resolve("train", {"threshold_method": "fixed", "fixed_threshold": 0.3, "normalize": "none", "lr": 1e-3})
+    assert config.evaluation == EvalConfig(normalize="none", threshold_method="fixed", fixed_threshold=0.3)
+    assert config.train.lr == 1e-3 and not hasattr(config.train, "threshold_method")
 
 
 def test_resume_refuses_a_changed_data_file(tmp_path):

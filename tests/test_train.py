@@ -9,7 +9,7 @@ from arcmil.pipeline import prepare_data, run_experiment
 from arcmil.runstate import rng_state, set_rng_state
 from arcmil.train import TrainConfig, evaluate, seed_dropout_for_rank, weighted_bce
 
-FAST = dict(epochs=3, n_bootstrap=50, progress=False)
+FAST = dict(epochs=3, progress=False)
 
 
 def test_weighted_bce_uses_train_class_ratio():
@@ -28,7 +28,7 @@ def test_same_seed_same_numbers(small_bags, name):
 
 
 def test_early_stopping_keeps_the_best_state(small_bags):
-    cfg = TrainConfig(epochs=8, patience=2, lr=3e-3, n_bootstrap=50, progress=False)
+    cfg = TrainConfig(epochs=8, patience=2, lr=3e-3, progress=False)
     result = run_experiment(small_bags, "transformer_mil", cfg, d_model=32, nhead=2, dim_feedforward=64)
     history = result.history
     losses = [row["val_loss"] for row in history]
@@ -91,7 +91,7 @@ def test_resume_state_carries_the_cuda_rng(monkeypatch):
 
 
 def test_progress_off_a_terminal_is_plain_log_lines(small_bags, capsys):
-    run_experiment(small_bags, "attention_mil", TrainConfig(seed=0, epochs=2, n_bootstrap=0, progress=True))
+    run_experiment(small_bags, "attention_mil", TrainConfig(seed=0, epochs=2, progress=True))
     out, err = capsys.readouterr()
     assert "\r" not in out + err and "it/s" not in err and "epoch/s" not in err  # no bar redraws
     assert [line.split()[2] for line in out.splitlines() if "] epoch" in line] == ["1", "2"]
@@ -104,13 +104,13 @@ def test_bucketed_training_of_uneven_bags_resumes_to_identical_numbers(small_bag
 
     bags = small_bags.with_bags([b[: 2 + i % 9] for i, b in enumerate(small_bags.bags)])  # 2-10 windows
     bags.instance_labels = None
-    cfg = TrainConfig(seed=3, epochs=3, patience=3, n_bootstrap=0, progress=False)
+    cfg = TrainConfig(seed=3, epochs=3, patience=3, progress=False)
     assert cfg.bucket_by_length
     states = []
     full = run_experiment(bags, "transmil", cfg, on_epoch=lambda state: states.append(copy.deepcopy(state)))
     resumed = run_experiment(bags, "transmil", cfg, resume=states[0])
     assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
     np.testing.assert_array_equal(resumed.predictions["prob"], full.predictions["prob"])
-    plain = run_experiment(bags, "transmil", TrainConfig(seed=3, epochs=3, patience=3, n_bootstrap=0, progress=False,
+    plain = run_experiment(bags, "transmil", TrainConfig(seed=3, epochs=3, patience=3, progress=False,
                                                          bucket_by_length=False))
     assert [r["val_loss"] for r in plain.history] != [r["val_loss"] for r in full.history]  # other batches

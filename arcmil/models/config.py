@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from arcmil.errors import ConfigError
+from arcmil.errors import ConfigError, check_choices
 from arcmil.models.attention import ATTENTIONS
 
 POS_ENCODINGS = ("sin", "learned", "none")
@@ -74,13 +74,9 @@ class TransformerConfig:
     num_landmarks: int = 64
 
     def __post_init__(self):
-        _check(self.pos_enc in POS_ENCODINGS,
-               f"pos_enc must be one of {', '.join(POS_ENCODINGS)}, got {self.pos_enc!r}")
-        _check(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        check_choices(self, {"pos_enc": POS_ENCODINGS, "init": INITS, "attention": ATTENTIONS})
         _check(self.d_model % self.nhead == 0, f"d_model {self.d_model} must be divisible by nhead {self.nhead}")
         _check(self.num_layers >= 1, "num_layers must be at least 1")
-        _check(self.attention in ATTENTIONS,
-               f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         _check(self.num_landmarks >= 1, f"num_landmarks must be at least 1, got {self.num_landmarks}")
         _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
 
@@ -99,7 +95,7 @@ class TransformerMILConfig(TransformerConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self.pool in POOLS, f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        check_choices(self, {"pool": POOLS})
         _check(self.k >= 1, f"k must be at least 1, got {self.k}")
 
     def tag(self) -> str:

@@ -13,7 +13,7 @@ import os
 
 from arcmil.data import load_bags
 from arcmil.demo import make_demo_bags
-from arcmil.pipeline import finalize, make_loaders, prepare_data
+from arcmil.pipeline import EvalConfig, finalize, make_loaders, prepare_data
 from arcmil.outputs import default_run_dir, staged_dir
 from arcmil.report import results_row, write_run
 from arcmil.train import TrainConfig, make_optimizer, seed_everything, select_device, train_model, weighted_bce
@@ -21,12 +21,13 @@ from arcmil.train import TrainConfig, make_optimizer, seed_everything, select_de
 DATA = os.environ.get("ARCMIL_DATA")
 OUT = os.environ.get("ARCMIL_OUT", "runs/experiments")
 cfg = TrainConfig(seed=0, batch_size=16, epochs=int(os.environ.get("ARCMIL_EPOCHS", 10)), patience=3)
+evaluation = EvalConfig(normalize="l2", threshold_method="f1")
 seed_everything(cfg.seed)
 device = select_device(cfg.device)
 
 # %% 2. Stage-2 bags & instance means (K embeddings per window are averaged by the reader)
 bags = load_bags(DATA) if DATA else make_demo_bags()
-data = prepare_data(bags, cfg)  # stored or stratified 70/15/15 split; normalisation fitted on train
+data = prepare_data(bags, cfg, evaluation)  # stored or stratified 70/15/15 split; normalisation fitted on train
 print(bags.summary())
 
 # %% 3. Dataset / DataLoader (padded batches with masks)
@@ -49,7 +50,7 @@ fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer,
                   desc=model.config.tag())
 
 # %% 6. Final pipeline: validation threshold, test report, outputs
-result = finalize(MODEL_NAME, model, data, criterion, fit, cfg, device)
+result = finalize(MODEL_NAME, model, data, criterion, fit, cfg, evaluation, device)
 run_dir = default_run_dir(OUT, result.tag)
 with staged_dir(run_dir) as tmp:
     write_run(tmp, result)
