@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from arcmil.calibration import Calibrator
 from arcmil.data import BagSet, Normalizer, load_bags, validate
 from arcmil.data.batching import SCORE_BATCH_SIZE
 from arcmil.errors import ConfigError
@@ -59,6 +60,7 @@ class MILClassifier:
         check_inputs(bags, self.model, config.train, overrides)
         result = run_experiment(bags, self.model, config.train, evaluation=config.evaluation, **overrides)
         self.model_, self.threshold_, self.normalizer_ = result.model, result.threshold, result.normalizer
+        self.calibrator_ = result.calibrator
         self.results_, self.classes_ = result.to_dict(), np.array([0, 1])
         self.model_name_, self.threshold_method_ = self.model, config.evaluation.threshold_method
         return self
@@ -75,7 +77,8 @@ class MILClassifier:
         bags = as_bags(X)
         check_fits(bags, self.model_.config)
         device = next(self.model_.parameters()).device
-        positive = score_bags(self.model_, bags, self.normalizer_, batch_size=batch_size, device=device).probs
+        positive = score_bags(self.model_, bags, self.normalizer_, batch_size=batch_size, device=device,
+                              calibrator=self.calibrator_).probs
         return np.column_stack([1.0 - positive, positive])
 
     def predict(self, X) -> np.ndarray:
@@ -95,7 +98,8 @@ class MILClassifier:
         self._check_fitted()
         bags = as_bags(X)
         device = next(self.model_.parameters()).device
-        return explain_bags(self.model_, bags, list(methods), normalizer=self.normalizer_, steps=steps, device=device)
+        return explain_bags(self.model_, bags, list(methods), normalizer=self.normalizer_, calibrator=self.calibrator_,
+                            steps=steps, device=device)
 
     def save(self, path: str | os.PathLike) -> None:
         """A checkpoint that ``MILClassifier.load`` and ``arcmil predict`` read."""
@@ -106,7 +110,7 @@ class MILClassifier:
 
         save_checkpoint(path, self.model_, self.model_name_, threshold=self.threshold_,
                         threshold_method=self.threshold_method_, normalizer=self.normalizer_,
-                        extra={"results": clean_json(self.results_)})
+                        calibrator=self.calibrator_, extra={"results": clean_json(self.results_)})
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "MILClassifier":
@@ -116,6 +120,7 @@ class MILClassifier:
         clf = cls(meta["model_name"], **{k: v for k, v in meta["model_config"].items() if k != "input_dim"})
         clf.model_, clf.threshold_ = model, meta["threshold"]
         clf.normalizer_, clf.classes_ = Normalizer.from_dict(meta["normalization"]), np.array([0, 1])
+        clf.calibrator_ = Calibrator.from_dict(meta.get("calibration"))
         clf.results_ = meta.get("results", {})  # the run's results as after fit (none in older checkpoints)
         clf.model_name_, clf.threshold_method_ = meta["model_name"], meta["threshold_method"]
         return clf

@@ -1,4 +1,5 @@
-"""Self-describing checkpoints: model name, config, threshold and normalisation beside the weights.
+"""Self-describing checkpoints: model name, config, threshold, normalisation and calibration beside
+the weights.
 
 Saved with ``torch.save`` as a dict of tensors and plain data, so loading needs no unpickling of
 code (``torch.load(weights_only=True)``) and rebuilds the model with no flags.
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from arcmil import __version__
+from arcmil.calibration import Calibrator
 from arcmil.data.prepare import NORMALIZATIONS, Normalizer
 from arcmil.errors import ArcmilError
 from arcmil.models import build_model, model_names
@@ -23,7 +25,8 @@ REQUIRED = ("format", "model_name", "model_config", "state_dict", "threshold", "
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str, *, threshold: float,
-                    threshold_method: str, normalizer: Normalizer, extra: dict | None = None) -> Path:
+                    threshold_method: str, normalizer: Normalizer, calibrator: Calibrator = Calibrator(),
+                    extra: dict | None = None) -> Path:
     path = Path(path)
     payload = {
         "format": FORMAT,
@@ -34,6 +37,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str, 
         "threshold": float(threshold),
         "threshold_method": threshold_method,
         "normalization": normalizer.to_dict(),
+        "calibration": calibrator.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **(extra or {}),
     }
@@ -86,4 +90,8 @@ def _rebuild(path: Path, payload: dict) -> nn.Module:
                                               == config["input_dim"]):
         raise ArcmilError(f"{path}: standardize statistics have {len(norm.get('mean') or ())} features, the model "
                           f"input_dim is {config['input_dim']}")
+    try:
+        Calibrator.from_dict(payload.get("calibration"))  # absent in checkpoints from before calibration
+    except ArcmilError as exc:
+        raise ArcmilError(f"{path}: {exc}") from None
     return model

@@ -60,18 +60,18 @@ def integrated_gradients(model, x: torch.Tensor, steps: int = IG_STEPS, baseline
     return ((x - baseline) * total / steps).sum(dim=-1).detach().cpu()
 
 
-def explain_bags(model, bags: BagSet, methods=METHODS, *, normalizer=None, steps: int = IG_STEPS,
+def explain_bags(model, bags: BagSet, methods=METHODS, *, normalizer=None, calibrator=None, steps: int = IG_STEPS,
                  device="cpu") -> pd.DataFrame:
     """One row per window: bag_id, window, [label], [instance_label], prob, and one column per method.
 
     ``bags``: raw windows from any source (an on-disk store included), normalised by ``normalizer``
-    (the model's) one bag at a time; ``prob`` and ``weights`` come from the scoring path that
-    predict uses, so they equal predict's."""
+    (the model's) one bag at a time; ``prob`` (calibrated by ``calibrator``, the model's) and ``weights``
+    come from the scoring path that predict uses, so they equal predict's."""
     from arcmil.pipeline import score_bags
 
     model.eval()
     bags = replace(bags, bags=PackedBags.from_list(bags.bags))  # packed once, so each bag is a row range
-    scored = score_bags(model, bags, normalizer, device=device)
+    scored = score_bags(model, bags, normalizer, device=device, calibrator=calibrator)
     rows = []
     for i in range(len(bags)):
         x = collate(bags, [i], normalizer).x[0].to(device)  # (n, D)
@@ -154,7 +154,8 @@ def explain_to_dir(checkpoint, data, out, methods=METHODS, *, steps: int = IG_ST
         raise ConfigError(f"unknown explanation method {unknown[0]!r}; valid: {', '.join(METHODS)}")
     out = refuse_existing_dir(out)
     s = Scorer.load(checkpoint, data, device, split=split)
-    frame = explain_bags(s.model, s.bags, methods, normalizer=s.normalizer, steps=steps, device=s.device)
+    frame = explain_bags(s.model, s.bags, methods, normalizer=s.normalizer, calibrator=s.calibrator, steps=steps,
+                         device=s.device)
     with staged_dir(out) as tmp:
         scores = write_explanations(tmp, frame, methods, n_plots=n_plots, title=s.meta["tag"])
     summary = f"explained {len(s.bags)} bags ({len(frame)} windows) with {s.meta['tag']} -> {out}"

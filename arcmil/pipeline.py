@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from arcmil import __version__
+from arcmil.calibration import CALIBRATIONS, Calibrator, calibration_metrics
 from arcmil.data import (
     NORMALIZATIONS,
     SPLITS,
@@ -51,16 +52,19 @@ from arcmil.train import (
 @dataclass(frozen=True)
 class EvalConfig:
     """How a trained model is evaluated, identical for every model in a comparison: the window
-    normalisation (fitted on training bags), the decision threshold (tuned on validation, or
+    normalisation (fitted on training bags), the probability calibration (fitted on validation; README:
+    calibration table), the decision threshold (tuned on validation's calibrated scores, or
     ``fixed_threshold``) and the number of bootstrap resamples behind the test intervals (0: none)."""
 
     normalize: str = "l2"
+    calibrate: str = "temperature"
     threshold_method: str = "f1"
     fixed_threshold: float = 0.5
     n_bootstrap: int = 1000
 
     def __post_init__(self):
-        check_choices(self, {"normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS})
+        check_choices(self, {"normalize": NORMALIZATIONS, "calibrate": CALIBRATIONS,
+                             "threshold_method": THRESHOLD_METHODS})
         if self.n_bootstrap < 0:
             raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
 
@@ -102,6 +106,7 @@ class RunResult:
     model_name: str
     model: nn.Module
     normalizer: Normalizer
+    calibrator: Calibrator
     threshold: float
     validation: dict
     test: dict
@@ -128,6 +133,7 @@ class RunResult:
             "model_config": asdict(self.model.config), "train_config": asdict(self.train_config),
             "eval_config": asdict(self.eval_config), "data": self.data,
             "threshold": {"value": self.threshold, "method": self.eval_config.threshold_method},
+            "calibration": self.calibrator.to_dict(),
             "validation": self.validation, "test": self.test, "best_epoch": self.best_epoch,
             "epochs_run": len(self.history), "stopped_early": self.stopped_early, "train_seconds": self.train_seconds,
             "n_parameters": sum(p.numel() for p in self.model.parameters()), "history": self.history,
@@ -178,19 +184,23 @@ def environment() -> dict:
 
 def score_bags(model: nn.Module, bags: BagSet, normalizer: Normalizer | None = None, *,
                batch_size: int = SCORE_BATCH_SIZE, device="cpu", precision: str = "fp32", world: World = SINGLE,
-               criterion=None) -> Evaluation:
+               criterion=None, calibrator: Calibrator | None = None) -> Evaluation:
     """The one scoring path (validation and test, ``predict``, the Python API, ``explain``): bags of any
     source (an on-disk store included) normalised batch by batch, grouped by length under a token
-    budget, scored in eval mode; results in ``bags`` order."""
-    return evaluate(model, scoring_loader(bags, batch_size, normalizer, world), criterion, device, precision)
+    budget, scored in eval mode; probabilities from ``calibrator`` when given; results in ``bags`` order."""
+    scored = evaluate(model, scoring_loader(bags, batch_size, normalizer, world), criterion, device, precision)
+    return scored if calibrator is None else calibrator.apply(scored)
 
 
 def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, fit: FitResult, cfg: TrainConfig,
              evaluation: EvalConfig, device, world: World = SINGLE) -> RunResult:
-    """Tune the threshold on validation, report test metrics (with bootstrap intervals), score every bag."""
-    evaluations = {name: score_bags(model, part, data.normalizer, batch_size=cfg.batch_size, device=device,
-                                    precision=cfg.precision, world=world, criterion=criterion)
-                   for name, part in data.parts.items()}
+    """Calibrate and tune the threshold on validation, report test metrics (with bootstrap intervals),
+    score every bag."""
+    raw = {name: score_bags(model, part, data.normalizer, batch_size=cfg.batch_size, device=device,
+                            precision=cfg.precision, world=world, criterion=criterion)
+           for name, part in data.parts.items()}
+    calibrator = Calibrator.fit(evaluation.calibrate, raw["val"].labels, raw["val"].logits)
+    evaluations = {name: calibrator.apply(ev) for name, ev in raw.items()}
     val, test = evaluations["val"], evaluations["test"]
     threshold = tune_threshold(val.labels, val.probs, evaluation.threshold_method, evaluation.fixed_threshold)
     test_metrics = binary_metrics(test.labels, test.probs, threshold)
@@ -203,13 +213,21 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
                "splits": {name: {"n_bags": len(part), "n_positive": int(part.labels.sum())}
                           for name, part in data.parts.items()}}
     return RunResult(
-        model_name, model, data.normalizer, threshold,
-        validation={**binary_metrics(val.labels, val.probs, threshold), "loss": val.loss},
-        test={**test_metrics, "loss": test.loss}, history=fit.history, best_epoch=fit.best_epoch,
-        stopped_early=fit.stopped_early, train_seconds=fit.seconds, train_config=cfg,
-        eval_config=evaluation, data=summary,
+        model_name, model, data.normalizer, calibrator, threshold,
+        validation={**binary_metrics(val.labels, val.probs, threshold), "loss": val.loss,
+                    **_calibration_report(raw["val"], val)},
+        test={**test_metrics, "loss": test.loss, **_calibration_report(raw["test"], test)},
+        history=fit.history, best_epoch=fit.best_epoch, stopped_early=fit.stopped_early, train_seconds=fit.seconds,
+        train_config=cfg, eval_config=evaluation, data=summary,
         environment={**environment(), "processes": world.size, "device": str(device), "precision": cfg.precision},
         predictions=predictions, evaluations=evaluations, parts=data.parts)
+
+
+def _calibration_report(raw: Evaluation, calibrated: Evaluation) -> dict:
+    """brier and ece of the calibrated probabilities, and of the raw sigmoid ones (``*_uncalibrated``)."""
+    before = calibration_metrics(raw.labels, raw.probs)
+    return {**calibration_metrics(calibrated.labels, calibrated.probs),
+            **{f"{key}_uncalibrated": value for key, value in before.items()}}
 
 
 def check_fits(bags: BagSet, model_config, against: str = "the model") -> None:

@@ -1,4 +1,4 @@
-"""PNG figures of a run: ROC, precision-recall, training curves, window-attention heatmap."""
+"""PNG figures of a run: ROC, precision-recall, reliability, training curves, window-attention heatmap."""
 from __future__ import annotations
 
 import matplotlib
@@ -6,6 +6,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
 
@@ -35,6 +36,24 @@ def plot_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str =
         ax.step(recall, precision, where="post", label=f"{label} (AP {average_precision_score(y, scores):.3f})")
     ax.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower left", fontsize=8)
+    _save(fig, path)
+
+
+def plot_calibration(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "Reliability",
+                     n_bins: int = 10) -> None:
+    """Reliability diagram: curves maps label -> (y_true, probabilities); observed frequency against mean
+    predicted probability in equal-width bins (scikit-learn's calibration_curve), the diagonal is perfect."""
+    from arcmil.calibration import expected_calibration_error
+
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    for label, (y, probs) in curves.items():
+        observed, predicted = calibration_curve(y, probs, n_bins=n_bins, strategy="uniform")
+        ece = expected_calibration_error(y, probs)
+        ax.plot(predicted, observed, marker="o", ms=3, label=f"{label} (ECE {ece:.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    ax.set(xlabel="mean predicted probability", ylabel="observed positive fraction", title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="upper left", fontsize=8)
     _save(fig, path)
 
 

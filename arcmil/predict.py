@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from arcmil.calibration import Calibrator
 from arcmil.data import BagSet, Normalizer
 from arcmil.data.batching import SCORE_BATCH_SIZE
 from arcmil.errors import ArcmilError, DataError
@@ -16,11 +17,12 @@ from arcmil.errors import ArcmilError, DataError
 
 @dataclass
 class Scorer:
-    """A checkpoint's model (on ``device``), metadata and normaliser, and the raw bags to score."""
+    """A checkpoint's model (on ``device``), metadata, normaliser and calibrator, and the raw bags to score."""
 
     model: nn.Module
     meta: dict
     normalizer: Normalizer
+    calibrator: Calibrator
     bags: BagSet
     device: object
 
@@ -42,7 +44,8 @@ class Scorer:
             if bags.split is None:
                 raise DataError(bags.source, f"--split {split} given but the data has no split", field="split")
             bags = bags.subset(np.flatnonzero(bags.split == split))
-        return cls(model, meta, Normalizer.from_dict(meta["normalization"]), bags, device)
+        return cls(model, meta, Normalizer.from_dict(meta["normalization"]),
+                   Calibrator.from_dict(meta.get("calibration")), bags, device)
 
 
 def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE, device: str = "auto",
@@ -64,7 +67,7 @@ def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE,
     s = Scorer.load(checkpoint, data, device)
     world = init_world(s.device)
     ev = score_bags(s.model, s.bags, s.normalizer, batch_size=batch_size, device=s.device, precision=precision,
-                    world=world)
+                    world=world, calibrator=s.calibrator)
     if not world.is_main:
         return None
     threshold = s.meta["threshold"]

@@ -11,7 +11,8 @@ import pandas as pd
 
 from arcmil.checkpoint import save_checkpoint
 from arcmil.pipeline import window_weights_frame
-from arcmil.plots import plot_pr, plot_roc, plot_training_curves, plot_window_heatmap
+from arcmil.calibration import Calibrator
+from arcmil.plots import plot_calibration, plot_pr, plot_roc, plot_training_curves, plot_window_heatmap
 
 ROW_METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
                "mcc")
@@ -69,7 +70,8 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
     directory.mkdir(parents=True, exist_ok=True)
     save_checkpoint(directory / f"best_{result.model_name}.pth", result.model, result.model_name,
                     threshold=result.threshold, threshold_method=result.eval_config.threshold_method,
-                    normalizer=result.normalizer, extra={"results": clean_json(result.to_dict())})
+                    normalizer=result.normalizer, calibrator=result.calibrator,
+                    extra={"results": clean_json(result.to_dict())})
     write_results(directory, result)
     result.predictions.to_csv(directory / "predictions.csv", index=False)
     if "w_0" not in result.predictions.columns:  # long bags: window weights in long format
@@ -81,6 +83,12 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
     curves = {name: (ev.labels, ev.probs) for name, ev in result.evaluations.items() if name in ("val", "test")}
     plot_roc(curves, directory / "roc.png", title=f"ROC — {tag}")
     plot_pr(curves, directory / "pr.png", title=f"Precision-recall — {tag}")
+    method = result.calibrator.method
+    reliability = {f"{name}, {kind}": (ev.labels, probs) for name, ev in result.evaluations.items()
+                   if name in ("val", "test")
+                   for kind, probs in (("uncalibrated", Calibrator()(ev.logits)), (method, ev.probs))
+                   if kind == "uncalibrated" or method != "none"}
+    plot_calibration(reliability, directory / "calibration.png", title=f"Reliability — {tag}")
     plot_training_curves(result.history, directory / "training_curves.png", result.best_epoch, title=tag)
     write_attention_plot(directory / "attention.png", result, n_attention_bags)
     return directory

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.special import expit
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -164,14 +165,15 @@ def train_one_epoch(model, loader, criterion, optimizer, device, precision: str 
 
 @dataclass
 class Evaluation:
-    """probs: (B,) sigmoid scores ordered by bag position (``index``); weights: one (n_i,) array per
-    bag; loss is None for unlabelled data."""
+    """probs: (B,) probabilities (sigmoid of ``logits``, or calibrated: see arcmil.calibration), ordered by
+    bag position (``index``); weights: one (n_i,) array per bag; loss is None for unlabelled data."""
 
     probs: np.ndarray
     labels: np.ndarray | None
     weights: list[np.ndarray]
     index: np.ndarray
     loss: float | None = None
+    logits: np.ndarray | None = None
 
 
 def _window_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -190,7 +192,7 @@ def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32
     model.eval()
     lengths = loader.bs.lengths
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    probs, flat = np.zeros(len(lengths)), np.zeros(int(lengths.sum()), dtype=np.float32)
+    logits_out, flat = np.zeros(len(lengths)), np.zeros(int(lengths.sum()), dtype=np.float32)
     scored, total = np.zeros(len(lengths), dtype=bool), 0.0
     for batch in loader:
         batch = batch.to(device)
@@ -198,16 +200,16 @@ def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32
             logits, w = model(batch.x, batch.mask)
         logits = logits.float()
         index = batch.index.numpy()
-        probs[index] = torch.sigmoid(logits).cpu().numpy()
+        logits_out[index] = logits.cpu().numpy()
         flat[_window_rows(starts[index], lengths[index])] = w.float()[batch.mask].cpu().numpy()
         scored[index] = True
         if batch.y is not None and criterion is not None:
             total += criterion.to(device)(logits, batch.y).item() * len(batch.y)
     model.train(was_training)
     if loader.world.active:  # every rank filled its own bags: merge
-        parts = loader.world.gather((probs, flat, scored, total))
-        for part_probs, part_flat, part_scored, _ in parts:
-            probs[part_scored] = part_probs[part_scored]
+        parts = loader.world.gather((logits_out, flat, scored, total))
+        for part_logits, part_flat, part_scored, _ in parts:
+            logits_out[part_scored] = part_logits[part_scored]
             rows = _window_rows(starts[part_scored], lengths[part_scored])
             flat[rows] = part_flat[rows]
             scored |= part_scored
@@ -216,7 +218,8 @@ def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32
     weights = np.split(flat, np.cumsum(lengths)[:-1])
     labels = None if loader.bs.labels is None else loader.bs.labels[index].astype(int)
     loss = total / len(index) if labels is not None and criterion is not None else None
-    return Evaluation(probs[index], labels, [weights[i] for i in index], index, loss)
+    logits_out = logits_out[index]
+    return Evaluation(expit(logits_out), labels, [weights[i] for i in index], index, loss, logits_out)
 
 
 @dataclass
