@@ -49,6 +49,22 @@ def _add_run_flags(parser: argparse.ArgumentParser, resume_help: str) -> None:
     _add_setting_flags(parser, MODEL_FIELDS, "model hyper-parameters")
 
 
+def _add_search_flags(parser: argparse.ArgumentParser, trials_flag: str) -> None:
+    group = parser.add_argument_group("hyper-parameter search (extra arcmil[tune])")
+    if trials_flag == "--trials":
+        group.add_argument("--trials", type=int, help="finished trials the study ends with (default 50)")
+    else:
+        group.add_argument("--tune", dest="trials", type=int, metavar="N",
+                           help="tune each model with N trials on training data only before it is trained")
+    group.add_argument("--timeout", type=float, help="stop a search after this many seconds")
+    group.add_argument("--inner-folds", type=int, help="score trials by inner k-fold CV of the training bags "
+                                                       "(default: the validation split)")
+    group.add_argument("--storage", help="Optuna storage URL shared by several processes or machines "
+                                         "(default: sqlite study.db in the output directory)")
+    group.add_argument("--space", help="YAML overriding the search space (name: {low, high[, log]} or "
+                                       "{choices}; null: do not search)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arcmil", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"arcmil {__version__}")
@@ -64,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", help="comma-separated seeds: mean ± std and paired tests over them")
     compare.add_argument("--folds", type=int, help="repeated stratified k-fold CV (one repeat per seed)")
     compare.add_argument("--val-fraction", type=float, help="validation share of each training fold (0.2)")
+    _add_search_flags(compare, "--tune")
     _add_run_flags(compare, "finish an interrupted comparison (done models are kept)")
 
     cv = commands.add_parser("cv", help="repeated stratified k-fold cross-validation of one model")
@@ -71,7 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--folds", type=int, help="number of folds (default 10)")
     cv.add_argument("--repeats", type=int, help="repeats with seeds seed, seed+1, … (default 5)")
     cv.add_argument("--val-fraction", type=float, help="validation share of each training fold (0.2)")
+    _add_search_flags(cv, "--tune")
     _add_run_flags(cv, "finish an interrupted cross-validation (done folds are kept)")
+
+    tune = commands.add_parser("tune", help="search a model's hyper-parameters, then train the best configuration")
+    tune.add_argument("--model", choices=model_names(), help="registered model (default attention_mil)")
+    tune.add_argument("--val-fraction", type=float, help="validation share of each inner training fold (0.2)")
+    _add_search_flags(tune, "--trials")
+    _add_run_flags(tune, "continue an interrupted search (finished trials are kept)")
 
     predict = commands.add_parser("predict", help="score bags with a trained checkpoint")
     predict.add_argument("--checkpoint", required=True)
@@ -176,7 +200,9 @@ def cmd_compare(args) -> None:
                                     {name: config.overrides(name) for name in config.models},
                                     evaluation=config.evaluation,
                                     seeds=list(config.seeds), folds=config.folds, val_fraction=config.val_fraction,
-                                    world=run.world, done=dict(done), on_model=finished if run.writes else None)
+                                    world=run.world, done=dict(done), on_model=finished if run.writes else None,
+                                    search=config.search, storage=run.study_storage,
+                                    resuming=run.owns_running_trials)
         if not run.writes:
             return
         run.publish(lambda tmp: write_comparison(tmp, comparison, bags.source),
@@ -201,15 +227,29 @@ def cmd_cv(args) -> None:
             run.progress(folds_done=len(done))
 
         result = run_cv(bags, config.model, config.train, evaluation=config.evaluation, folds=config.folds,
-                        seeds=list(config.seeds),
-                        val_fraction=config.val_fraction, world=run.world, done=dict(done),
-                        on_fold=finished if run.writes else None, **config.overrides(config.model))
+                        seeds=list(config.seeds), val_fraction=config.val_fraction, world=run.world, done=dict(done),
+                        on_fold=finished if run.writes else None, search=config.search, storage=run.study_storage,
+                        resuming=run.owns_running_trials, **config.overrides(config.model))
         if not run.writes:
             return
         run.publish(lambda tmp: write_cv_tables(tmp, result), result.summary)
     print(f"{result.tag}: {len(config.seeds)} × {config.folds}-fold CV, mean ± std over folds")
     print(result.table())
+    if config.search:
+        print(f"\nnested CV: each fold's configuration, searched on its training part ({config.search.trials} trials)")
+        print(result.search_table())
     print(f"cross-validation written to {run.out}")
+
+
+def cmd_tune(args) -> None:
+    from arcmil.tune import tune_to_dir
+
+    run = _open_run(args, "tune")
+    if run is None:
+        return
+    bags = run.load_bags()
+    with run.started():
+        print(tune_to_dir(run, bags))
 
 
 def cmd_predict(args) -> None:
@@ -250,7 +290,7 @@ def cmd_demo_data(args) -> None:
     print(f"wrote {len(bags)} demo bags ({int(bags.labels.sum())} positive, {bags.dim}-d) to {args.out}")
 
 
-COMMANDS = {"train": cmd_train, "compare": cmd_compare, "cv": cmd_cv, "predict": cmd_predict,
+COMMANDS = {"train": cmd_train, "compare": cmd_compare, "cv": cmd_cv, "tune": cmd_tune, "predict": cmd_predict,
             "explain": cmd_explain, "convert": cmd_convert, "demo-data": cmd_demo_data}
 
 

@@ -14,6 +14,7 @@ from arcmil.distributed import SINGLE, World
 from arcmil.pipeline import EvalConfig, RunResult, run_experiment
 from arcmil.plots import plot_roc
 from arcmil.report import clean_json, markdown_table, results_row, write_run
+from arcmil.settings import SearchConfig
 from arcmil.stats import mean_std, paired_test
 from arcmil.train import TrainConfig
 
@@ -28,7 +29,8 @@ class ModelRuns:
     """One model's runs: ``records`` holds the test metrics of each seed or fold, in a shared order;
     ``row`` the first run's summary row, ``roc`` its test (labels, probs) (None in fold mode).
     ``runs`` / ``cv`` hold the full results until they are written; a model read back from a
-    resumed comparison has only its summary."""
+    resumed comparison has only its summary. ``searches``: with ``--tune``, each seed's search summary
+    (fold mode: in each fold's record)."""
 
     name: str
     tag: str
@@ -38,10 +40,11 @@ class ModelRuns:
     test_train_ratio: float | None = None
     runs: list[RunResult] = field(default_factory=list)  # seed mode: full results, written as run dirs
     cv: CVResult | None = None  # fold mode
+    searches: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
         return {"name": self.name, "tag": self.tag, "records": self.records, "row": self.row, "roc": self.roc,
-                "test_train_ratio": self.test_train_ratio}
+                "test_train_ratio": self.test_train_ratio, "searches": self.searches}
 
 
 @dataclass
@@ -94,20 +97,31 @@ def _pm(mean, std) -> str:
     return "" if mean is None else f"{mean:.4f} ± {std:.4f}"
 
 
-def _seed_runs(bags, name, cfg, evaluation, overrides, seeds, world) -> ModelRuns:
-    runs = [run_experiment(bags, name, replace(cfg, seed=s), world, evaluation=evaluation, **overrides)
-            for s in seeds]
+def _seed_runs(bags, name, cfg, evaluation, overrides, seeds, world, search, storage, resuming) -> ModelRuns:
+    runs, searches = [], []
+    for s in seeds:
+        if search is None:
+            runs.append(run_experiment(bags, name, replace(cfg, seed=s), world, evaluation=evaluation, **overrides))
+            continue
+        from arcmil.tune import tuned_experiment
+
+        result, found = tuned_experiment(bags, name, replace(cfg, seed=s), evaluation, search,
+                                         study_name=f"{name}_seed{s}", storage=storage, world=world,
+                                         fail_running=resuming, **overrides)
+        runs.append(result)
+        searches.append({"seed": s, **found.summary()})
     records = [{"seed": s, **{m: r.test[m] for m in METRICS}} for s, r in zip(seeds, runs)]
     test = runs[0].evaluations["test"]
     splits = runs[0].data["splits"]
     ratio = splits["test"]["n_bags"] / splits["train"]["n_bags"] if bags.split is None else None
     return ModelRuns(name, runs[0].tag, records, results_row(runs[0]),
-                     (test.labels.tolist(), test.probs.tolist()), ratio, runs=runs)
+                     (test.labels.tolist(), test.probs.tolist()), ratio, runs=runs, searches=searches)
 
 
-def _fold_runs(bags, name, cfg, evaluation, overrides, seeds, folds, val_fraction, world) -> ModelRuns:
+def _fold_runs(bags, name, cfg, evaluation, overrides, seeds, folds, val_fraction, world, search, storage,
+               resuming) -> ModelRuns:
     cv = run_cv(bags, name, cfg, evaluation=evaluation, folds=folds, seeds=seeds, val_fraction=val_fraction,
-                world=world, **overrides)
+                world=world, search=search, storage=storage, resuming=resuming, **overrides)
     records = [{"repeat": f["repeat"], "fold": f["fold"], **{m: f["test"][m] for m in METRICS}} for f in cv.folds]
     return ModelRuns(name, cv.tag, records, test_train_ratio=cv.test_train_ratio, cv=cv)
 
@@ -115,31 +129,36 @@ def _fold_runs(bags, name, cfg, evaluation, overrides, seeds, folds, val_fractio
 def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: dict[str, dict], *,
                    evaluation: EvalConfig = EvalConfig(), seeds: list[int] | None = None, folds: int | None = None,
                    val_fraction: float = 0.2, world: World = SINGLE, done: dict[str, ModelRuns] | None = None,
-                   on_model=None) -> Comparison:
+                   on_model=None, search: SearchConfig | None = None, storage: str | None = None,
+                   resuming: bool = False) -> Comparison:
     """Run every model on the same seeds (each its own split when the data has none) or the same
     repeated stratified folds. ``overrides``: model name -> its hyper-parameters. ``done``: models
     finished by an interrupted comparison (not rerun); ``on_model(ModelRuns)`` is called as each
-    model finishes."""
+    model finishes. ``search``: each model is first tuned on the training part of every seed's split
+    (or every fold: nested CV), its studies in ``storage`` (see arcmil.tune)."""
     seeds, done = list(seeds or [cfg.seed]), done or {}
     models = []
     for name in names:
         if name in done:
             models.append(done[name])
             continue
-        m = (_fold_runs(bags, name, cfg, evaluation, overrides[name], seeds, folds, val_fraction, world) if folds
-             else _seed_runs(bags, name, cfg, evaluation, overrides[name], seeds, world))
+        tuning = (search, storage, resuming)
+        m = (_fold_runs(bags, name, cfg, evaluation, overrides[name], seeds, folds, val_fraction, world, *tuning)
+             if folds else _seed_runs(bags, name, cfg, evaluation, overrides[name], seeds, world, *tuning))
         if on_model is not None:
             on_model(m)
         models.append(m)
     ratio = models[0].test_train_ratio
+    tuned = "" if search is None else (f"; each model tuned with {search.trials} trials on the training part of "
+                                       f"every {'fold' if folds else 'split'}")
     if folds:
         return Comparison(models, "folds", ratio, f"{len(seeds)} × {folds}-fold stratified CV (seeds "
                           f"{', '.join(map(str, seeds))}); threshold on a {val_fraction:.0%} validation part of "
-                          f"each training fold")
+                          f"each training fold{tuned}")
     mode = "single" if len(seeds) == 1 else "seeds"
     split_text = "a stratified 70/15/15 split drawn per seed" if bags.split is None else "the data's own split"
     return Comparison(models, mode, ratio, f"seeds {', '.join(map(str, seeds))}, {split_text}; threshold tuned "
-                      f"on validation ({evaluation.threshold_method})")
+                      f"on validation ({evaluation.threshold_method}){tuned}")
 
 
 MODEL_SUMMARY = "model_summary.json"
@@ -160,7 +179,8 @@ def write_model(directory: Path, m: ModelRuns) -> None:
 def read_model(directory: Path) -> ModelRuns:
     data = json.loads((directory / MODEL_SUMMARY).read_text())
     return ModelRuns(data["name"], data["tag"], data["records"], data["row"],
-                     tuple(data["roc"]) if data["roc"] else None, data["test_train_ratio"])
+                     tuple(data["roc"]) if data["roc"] else None, data["test_train_ratio"],
+                     searches=data.get("searches", []))
 
 
 def write_comparison(directory: Path, comparison: Comparison, source: str) -> None:

@@ -19,6 +19,7 @@ from arcmil.distributed import SINGLE, World
 from arcmil.metrics import binary_metrics
 from arcmil.pipeline import EvalConfig, check_cv_inputs, run_experiment
 from arcmil.report import clean_json, markdown_table
+from arcmil.settings import SearchConfig
 from arcmil.outputs import write_text
 from arcmil.stats import mean_std
 from arcmil.train import TrainConfig
@@ -62,20 +63,38 @@ class CVResult:
                 for m in SUMMARY_METRICS if s["at_val_threshold"][m]["mean"] is not None]
         return markdown_table(rows, ("metric", "at validation threshold", "at 0.5"))
 
+    def search_table(self) -> str:
+        """Nested CV: per fold, the search's best score and the configuration it chose."""
+        rows = self.fold_rows()
+        tuned = [key for key in rows[0] if key.startswith("tuned_")]
+        return markdown_table(rows, ("repeat", "fold", "test_roc_auc", "search_roc_auc", *tuned))
+
     def fold_rows(self) -> list[dict]:
         """One flat row per fold: where it sits, its threshold, and test metrics at both thresholds."""
         keep = ("repeat", "fold", "seed", "n_train", "n_val", "n_test", "threshold", "best_epoch")
         return [{k: r[k] for k in keep} | {f"test_{m}": r["test"][m] for m in SUMMARY_METRICS}
-                | {f"test_{m}_at_0.5": r["test_at_0.5"][m] for m in SUMMARY_METRICS} for r in self.folds]
+                | {f"test_{m}_at_0.5": r["test_at_0.5"][m] for m in SUMMARY_METRICS} | _search_columns(r)
+                for r in self.folds]
+
+
+def _search_columns(record: dict) -> dict:
+    """Nested CV: the fold's search score and its chosen configuration (tuned_<setting> columns)."""
+    if "search" not in record:
+        return {}
+    search = record["search"]
+    return {"search_roc_auc": search["best_value"], **{f"tuned_{k}": v for k, v in search["best_params"].items()}}
 
 
 def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *,
            evaluation: EvalConfig = EvalConfig(), folds: int = 10,
            seeds: list[int] = (0,), val_fraction: float = 0.2, world: World = SINGLE, done: dict | None = None,
-           on_fold=None, **model_overrides) -> CVResult:
+           on_fold=None, search: SearchConfig | None = None, storage: str | None = None, resuming: bool = False,
+           **model_overrides) -> CVResult:
     """Cross-validate ``model_name``: ``len(seeds)`` repeats of stratified ``folds``-fold CV.
     ``done``: (repeat, fold) -> record of folds an interrupted run finished (not rerun);
-    ``on_fold(record)`` is called as each fold finishes."""
+    ``on_fold(record)`` is called as each fold finishes. ``search``: nested CV, each outer fold's
+    hyper-parameters searched on its training part only (study ``<model>_r<repeat>_f<fold>`` in
+    ``storage``; ``resuming``: continue an interrupted fold's study), then trained and tested once."""
     check_cv_inputs(bags, folds)
     evaluation = replace(evaluation, n_bootstrap=0)  # per-fold intervals mean little; the spread over folds does
     records, done = [], done or {}
@@ -83,8 +102,17 @@ def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *,
         if (repeat, fold) in done:
             records.append(done[(repeat, fold)])
             continue
-        result = run_experiment(replace(bags, split=split), model_name, replace(cfg, seed=seed), world,
-                                evaluation=evaluation, **model_overrides)
+        fold_bags, fold_cfg = replace(bags, split=split), replace(cfg, seed=seed)
+        found = None
+        if search is None:
+            result = run_experiment(fold_bags, model_name, fold_cfg, world, evaluation=evaluation, **model_overrides)
+        else:
+            from arcmil.tune import tuned_experiment
+
+            result, found = tuned_experiment(fold_bags, model_name, fold_cfg, evaluation, search,
+                                             study_name=f"{model_name}_r{repeat}_f{fold}", storage=storage,
+                                             val_fraction=val_fraction, world=world, fail_running=resuming,
+                                             **model_overrides)
         test = result.evaluations["test"]
         tag = result.tag
         records.append({
@@ -94,6 +122,7 @@ def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *,
             "threshold": result.threshold, "best_epoch": result.best_epoch,
             "test": result.test, "test_at_0.5": binary_metrics(test.labels, test.probs, 0.5),
             "validation": result.validation, "history": result.history,
+            **({"search": found.summary()} if found else {}),
         })
         if on_fold is not None:
             on_fold(records[-1])

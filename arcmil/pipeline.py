@@ -80,11 +80,13 @@ class PreparedData:
     split_origin: str
 
 
-def prepare_data(bags: BagSet, cfg: TrainConfig, evaluation: EvalConfig = EvalConfig()) -> PreparedData:
-    """The bags' own split or a stratified one drawn with the training seed; the normaliser fitted on train."""
+def prepare_data(bags: BagSet, cfg: TrainConfig, evaluation: EvalConfig = EvalConfig(),
+                 splits: tuple[str, ...] = SPLITS) -> PreparedData:
+    """The bags' own split or a stratified one drawn with the training seed; the normaliser fitted on train.
+    ``splits``: the parts to use (a search uses only train and val)."""
     origin = "file" if bags.split is not None else f"stratified 70/15/15, seed {cfg.seed}"
     bags = assign_split(bags, cfg.seed)
-    raw = split_parts(bags)
+    raw = split_parts(bags, splits)
     return PreparedData(bags, raw, Normalizer.fit(evaluation.normalize, raw["train"]), origin)
 
 
@@ -266,15 +268,25 @@ def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_override
     check_fits(bags, make_config(model_name, input_dim=bags.dim, **model_overrides))
 
 
-def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), world: World = SINGLE, *,
-                   evaluation: EvalConfig = EvalConfig(), resume: dict | None = None, on_epoch=None,
-                   **model_overrides) -> RunResult:
-    """Train and evaluate one registered model on ``bags`` (the whole pipeline, nothing written).
-    ``world``: under torchrun, this rank's place; every rank returns the same result.
-    ``resume`` / ``on_epoch``: continue from, and report, per-epoch training states (see train_model)."""
+@dataclass
+class Trained:
+    """A model after ``train_run``: its data, loss, fit record and device, ready for ``finalize``."""
+
+    model: nn.Module
+    data: PreparedData
+    criterion: nn.Module
+    fit: FitResult
+    device: torch.device
+
+
+def train_run(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), world: World = SINGLE, *,
+              evaluation: EvalConfig = EvalConfig(), splits: tuple[str, ...] = SPLITS, resume: dict | None = None,
+              on_epoch=None, **model_overrides) -> Trained:
+    """Train one registered model on ``bags``' training part, stopped early on validation (nothing
+    scored past validation: ``splits=('train', 'val')`` runs without a test part)."""
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
-    data = prepare_data(bags, cfg, evaluation)
+    data = prepare_data(bags, cfg, evaluation, splits)
     loaders = make_loaders(data, cfg, world)
     model = build_model(model_name, input_dim=bags.dim, **model_overrides).to(device)
     seed_dropout_for_rank(cfg.seed, world)
@@ -284,4 +296,15 @@ def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig
     fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,
                       desc=model.config.tag(), runner=runner_for(model, cfg, world, device), resume=resume,
                       on_epoch=on_epoch)
-    return finalize(model_name, model, data, criterion, fit, cfg, evaluation, device, world)
+    return Trained(model, data, criterion, fit, device)
+
+
+def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), world: World = SINGLE, *,
+                   evaluation: EvalConfig = EvalConfig(), resume: dict | None = None, on_epoch=None,
+                   **model_overrides) -> RunResult:
+    """Train and evaluate one registered model on ``bags`` (the whole pipeline, nothing written).
+    ``world``: under torchrun, this rank's place; every rank returns the same result.
+    ``resume`` / ``on_epoch``: continue from, and report, per-epoch training states (see train_model)."""
+    t = train_run(bags, model_name, cfg, world, evaluation=evaluation, resume=resume, on_epoch=on_epoch,
+                  **model_overrides)
+    return finalize(model_name, t.model, t.data, t.criterion, t.fit, cfg, evaluation, t.device, world)

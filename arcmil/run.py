@@ -62,6 +62,21 @@ class Run:
             check_inputs(bags, name, config.train, config.overrides(name), folds=config.folds)
         return bags
 
+    @property
+    def study_storage(self) -> str | None:
+        """Where this run's searches keep their Optuna studies: the storage URL given, else study.db in
+        the run directory (None: the run searches nothing)."""
+        search = self.config.search
+        if search is None:
+            return None
+        return search.storage or f"sqlite:///{(self.out / 'study.db').resolve()}"
+
+    @property
+    def owns_running_trials(self) -> bool:
+        """Whether trials marked running in the study were left by this run's killed process: a resumed
+        run with its own study file (a shared storage's running trials may be another machine's)."""
+        return self.resuming and self.config.search is not None and self.config.search.storage is None
+
     def resume_state(self) -> dict | None:
         """A resumed training run's state after its last finished epoch (None for a new run)."""
         return load_resume(self.out) if self.resuming else None

@@ -21,7 +21,9 @@ from arcmil.pipeline import EvalConfig
 from arcmil.train import LR_SCHEDULES, MONITORS, PRECISIONS, TrainConfig
 
 RUN_KEYS = {"model": str, "models": str, "data": str, "out": str, "seeds": str, "folds": int, "repeats": int,
-            "val_fraction": float, "tracker": str}
+            "val_fraction": float, "tracker": str, "trials": int, "timeout": float, "inner_folds": int,
+            "storage": str, "space": str}
+SEARCH_KEYS = ("trials", "timeout", "inner_folds", "storage", "space")
 INFERRED = {"input_dim"}  # taken from the data, never set by hand
 
 
@@ -98,13 +100,36 @@ IG_STEPS = 32  # explain: integrated-gradient path steps
 N_PLOTS = 12  # explain: bags shown in each heatmap
 DEFAULT_MODEL = "attention_mil"
 DEFAULT_MODELS = ("attention_mil", "transformer_mil", "transmil")
+NO_SEARCH = dict.fromkeys(SEARCH_KEYS)  # compare and cv tune only when trials is set
 # the run keys each command takes, with its defaults (None: not set, e.g. compare without folds)
 COMMAND_KEYS = {
     "train": {"model": DEFAULT_MODEL, "data": None, "tracker": None},
     "compare": {"models": ",".join(DEFAULT_MODELS), "data": None, "seeds": None, "folds": None,
-                "val_fraction": 0.2, "tracker": None},
-    "cv": {"model": DEFAULT_MODEL, "data": None, "folds": 10, "repeats": 5, "val_fraction": 0.2, "tracker": None},
+                "val_fraction": 0.2, "tracker": None, **NO_SEARCH},
+    "cv": {"model": DEFAULT_MODEL, "data": None, "folds": 10, "repeats": 5, "val_fraction": 0.2, "tracker": None,
+           **NO_SEARCH},
+    "tune": {"model": DEFAULT_MODEL, "data": None, "val_fraction": 0.2, "tracker": None, **NO_SEARCH, "trials": 50},
 }
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A hyper-parameter search (``arcmil tune``; ``cv`` and ``compare`` with ``--tune``): ``trials`` to
+    finish, an optional ``timeout`` in seconds per search, ``inner_folds`` (score each trial by inner
+    CV of the training bags instead of the validation split), an Optuna ``storage`` URL (default: a
+    SQLite file in the run directory) and a ``space`` YAML file overriding the search space."""
+
+    trials: int = 50
+    timeout: float | None = None
+    inner_folds: int | None = None
+    storage: str | None = None
+    space: str | None = None
+
+    def __post_init__(self):
+        if self.trials < 1:
+            raise ConfigError(f"trials must be at least 1, got {self.trials}")
+        if self.inner_folds is not None and self.inner_folds < 2:
+            raise ConfigError(f"inner_folds must be at least 2, got {self.inner_folds}")
 
 
 @dataclass(frozen=True)
@@ -115,7 +140,8 @@ class ExperimentConfig:
     one run per seed, or one CV repeat per seed; cv: seed, seed+1, ... one per repeat);
     ``model_settings``: the model's every hyper-parameter (train, cv), or those the user set, shared by
     the compared models (compare: each model's full config is in its own results);
-    ``train`` / ``evaluation``: the training and evaluation settings, identical for every model.
+    ``train`` / ``evaluation``: the training and evaluation settings, identical for every model;
+    ``search``: the hyper-parameter search (tune; cv and compare with trials set), else None.
     """
 
     command: str
@@ -128,6 +154,7 @@ class ExperimentConfig:
     folds: int | None = None
     val_fraction: float = 0.2
     tracker: str | None = None
+    search: SearchConfig | None = None
 
     @property
     def model(self) -> str:
@@ -141,7 +168,7 @@ class ExperimentConfig:
         """The default output directory's stem: the model tag, 'compare' or 'cv_<model>'."""
         if self.command == "train":
             return make_config(self.model, **self.overrides(self.model)).tag()
-        return "compare" if self.command == "compare" else f"cv_{self.model}"
+        return "compare" if self.command == "compare" else f"{self.command}_{self.model}"
 
     def to_dict(self) -> dict:
         """The flat mapping config.yaml holds and ``--config`` reads back: every setting of the run."""
@@ -151,8 +178,11 @@ class ExperimentConfig:
             out["seeds"] = ",".join(map(str, self.seeds))
         if self.command == "cv":
             out["repeats"] = len(self.seeds)
+        if self.command in ("compare", "cv"):
+            out["folds"] = self.folds
         if self.command != "train":
-            out.update(folds=self.folds, val_fraction=self.val_fraction)
+            out["val_fraction"] = self.val_fraction
+            out.update(dataclasses.asdict(self.search) if self.search else NO_SEARCH)
         out["tracker"] = self.tracker
         return {**out, **dataclasses.asdict(self.train), **dataclasses.asdict(self.evaluation), **self.model_settings}
 
@@ -187,8 +217,15 @@ def resolve(command: str, settings: dict) -> ExperimentConfig:
         config = make_config(name, **model_overrides(name, model_settings, strict=command != "compare"))
     if command != "compare":  # one model: its every setting, defaults included
         model_settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in INFERRED}
+    search = None
+    if run.get("trials") is not None:
+        search = SearchConfig(**{k: run[k] for k in SEARCH_KEYS if run[k] is not None})
+    elif any(run.get(k) is not None for k in SEARCH_KEYS):
+        raise ConfigError(f"{', '.join(k for k in SEARCH_KEYS if run.get(k) is not None)} set without a search: "
+                          "give the number of trials (--tune N)")
     return ExperimentConfig(command, models, cfg, eval_config(given), model_settings, data=run["data"], seeds=seeds,
-                            folds=run.get("folds"), val_fraction=run.get("val_fraction", 0.2), tracker=run["tracker"])
+                            folds=run.get("folds"), val_fraction=run.get("val_fraction", 0.2), tracker=run["tracker"],
+                            search=search)
 
 
 def _seeds(text) -> tuple[int, ...]:

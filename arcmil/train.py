@@ -25,6 +25,10 @@ from arcmil.runstate import rng_state, set_rng_state
 MONITORS = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
 PRECISIONS = ("fp32", "bf16")
 LR_SCHEDULES = ("cosine", "plateau")
+# the training settings ``arcmil tune`` searches (format: see arcmil.models.config); the model's own beside its config
+TRAIN_SEARCH_SPACE = {"lr": {"low": 1e-4, "high": 3e-3, "log": True},
+                      "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
+                      "epochs": {"low": 5, "high": 20}, "patience": {"low": 2, "high": 6}}
 
 
 @dataclass(frozen=True)

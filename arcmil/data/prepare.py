@@ -32,10 +32,10 @@ def assign_split(bs: BagSet, seed: int, fractions=(0.70, 0.15, 0.15)) -> BagSet:
     return bs
 
 
-def split_parts(bs: BagSet) -> dict[str, BagSet]:
-    """{'train': …, 'val': …, 'test': …}; each must hold bags of both classes."""
+def split_parts(bs: BagSet, names: tuple[str, ...] = SPLITS) -> dict[str, BagSet]:
+    """{'train': …, 'val': …, 'test': …} (or the parts ``names``); each must hold bags of both classes."""
     parts = {}
-    for name in SPLITS:
+    for name in names:
         part = bs.subset(np.flatnonzero(bs.split == name))
         if len(part) == 0:
             raise DataError(bs.source, f"split '{name}' has no bags", field="split")

@@ -1,7 +1,13 @@
-"""Frozen hyper-parameter sets, one per model; ``tag()`` names a run as the design note does."""
+"""Frozen hyper-parameter sets, one per model; ``tag()`` names a run as the design note does.
+
+Beside each set, its hyper-parameter search space for ``arcmil tune`` (``SEARCH_SPACE``: name ->
+``{"low", "high"[, "log" | "step"]}`` or ``{"choices"}``, the format ``--space`` YAML overrides) and when a
+parameter matters at all (``SEARCH_WHEN``: name -> predicate on the config; others are not searched).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from arcmil.errors import ConfigError, check_choices
 from arcmil.models.attention import ATTENTIONS
@@ -28,6 +34,10 @@ class WindowMLPConfig:
     input_dim: int = 256
     hidden_dim: int = 128
     dropout_p: float = 0.1
+
+    SEARCH_SPACE: ClassVar[dict] = {"hidden_dim": {"choices": [64, 128, 256]},
+                                    "dropout_p": {"low": 0.0, "high": 0.5, "step": 0.05}}
+    SEARCH_WHEN: ClassVar[dict] = {}
 
     def __post_init__(self):
         _check(self.input_dim > 0 and self.hidden_dim > 0, "input_dim and hidden_dim must be positive")
@@ -73,6 +83,14 @@ class TransformerConfig:
     attention: str = "full"
     num_landmarks: int = 64
 
+    SEARCH_SPACE: ClassVar[dict] = {
+        "d_model": {"choices": [64, 128, 256]}, "nhead": {"choices": [2, 4, 8]}, "num_layers": {"low": 1, "high": 3},
+        "dim_feedforward": {"choices": [128, 256, 512]}, "dropout_p": {"low": 0.0, "high": 0.3, "step": 0.05},
+        "pooler_hidden": {"choices": [64, 128, 256]}, "num_landmarks": {"choices": [16, 32, 64]},
+    }
+    SEARCH_WHEN: ClassVar[dict] = {"num_landmarks": lambda c: c.attention == "nystrom",
+                                   "pooler_hidden": lambda c: False}  # subclasses say when a pooler exists
+
     def __post_init__(self):
         check_choices(self, {"pos_enc": POS_ENCODINGS, "init": INITS, "attention": ATTENTIONS})
         _check(self.d_model % self.nhead == 0, f"d_model {self.d_model} must be divisible by nhead {self.nhead}")
@@ -93,6 +111,10 @@ class TransformerMILConfig(TransformerConfig):
     pool: str = "attention"
     k: int = 2
 
+    SEARCH_SPACE: ClassVar[dict] = {**TransformerConfig.SEARCH_SPACE, "k": {"low": 1, "high": 8}}
+    SEARCH_WHEN: ClassVar[dict] = {**TransformerConfig.SEARCH_WHEN, "k": lambda c: c.pool == "topk",
+                                   "pooler_hidden": lambda c: c.pool == "attention"}
+
     def __post_init__(self):
         super().__post_init__()
         check_choices(self, {"pool": POOLS})
@@ -108,6 +130,8 @@ class TransMILConfig(TransformerConfig):
     """``dual=True``: CLS output concatenated with an attention-pooled bag vector (DSMIL-like)."""
 
     dual: bool = False
+
+    SEARCH_WHEN: ClassVar[dict] = {**TransformerConfig.SEARCH_WHEN, "pooler_hidden": lambda c: c.dual}
 
     def tag(self) -> str:
         return f"transmil_{'dual' if self.dual else 'cls'}_{self.body_tag()}"

@@ -1,0 +1,101 @@
+"""Calibration methods judged on held-out data: test expected calibration error and Brier score of the
+raw sigmoid probabilities (``none``), temperature scaling and isotonic regression, each fitted on the
+validation split exactly as ``arcmil train --calibrate METHOD`` fits it, plus test F1 at the threshold
+tuned on the calibrated validation scores.
+
+Training does not depend on the calibration, so each (task, seed, model) cell trains once
+(``run_experiment`` with the default recipe, ``TrainConfig(seed=seed)``) and applies every method to
+that run's validation and test logits. Per task, model and method the table shows the median and
+worst seed.
+
+    python benchmarks/calibration.py --seeds 0-4 --workers 2 --out benchmarks/results/calibration.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arcmil.calibration import CALIBRATIONS, Calibrator, calibration_metrics
+from arcmil.metrics import binary_metrics, tune_threshold
+from arcmil.pipeline import EvalConfig, environment, run_experiment
+from arcmil.tasks import make_task
+from arcmil.train import TrainConfig
+
+TASKS = ("demo", "imbalanced", "noisy_presence", "sparse_presence")
+MODELS = ("attention_mil", "transformer_mil", "transmil")
+
+
+def run_cell(task: str, model: str, seed: int) -> list[dict]:
+    torch.set_num_threads(1)
+    tic = time.perf_counter()
+    result = run_experiment(make_task(task, seed=seed), model, TrainConfig(seed=seed, progress=False),
+                            evaluation=EvalConfig(calibrate="none", n_bootstrap=0))
+    val, test = result.evaluations["val"], result.evaluations["test"]
+    rows = []
+    for method in CALIBRATIONS:
+        calibrator = Calibrator.fit(method, val.labels, val.logits)
+        val_probs, test_probs = calibrator(val.logits), calibrator(test.logits)
+        threshold = tune_threshold(val.labels, val_probs)
+        rows.append({"task": task, "model": model, "seed": seed, "method": method,
+                     **{f"test_{k}": v for k, v in calibration_metrics(test.labels, test_probs).items()},
+                     "test_f1": binary_metrics(test.labels, test_probs, threshold)["f1"],
+                     "seconds": time.perf_counter() - tic})
+    return rows
+
+
+def seed_list(text: str) -> list[int]:
+    if "-" in text:
+        low, high = map(int, text.split("-"))
+        return list(range(low, high + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per (task, model, method): median and worst seed of test ECE and Brier (worst = highest), median F1."""
+    rows = []
+    for key in sorted({(r["task"], r["model"], r["method"]) for r in runs}, key=lambda k: (k[0], k[1],
+                                                                                             CALIBRATIONS.index(k[2]))):
+        cell = [r for r in runs if (r["task"], r["model"], r["method"]) == key]
+        ece, brier = [r["test_ece"] for r in cell], [r["test_brier"] for r in cell]
+        rows.append({"task": key[0], "model": key[1], "method": key[2], "seeds": len(cell),
+                     "ece_median": float(np.median(ece)), "ece_worst": float(np.max(ece)),
+                     "brier_median": float(np.median(brier)), "brier_worst": float(np.max(brier)),
+                     "f1_median": float(np.median([r["test_f1"] for r in cell]))})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--workers", type=int, default=1, help="one-thread processes side by side")
+    parser.add_argument("--out", default="benchmarks/results/calibration.json")
+    args = parser.parse_args()
+    cells = [(t, m, s) for t in args.tasks.split(",") for m in args.models.split(",") for s in seed_list(args.seeds)]
+    start = time.perf_counter()
+    with ProcessPoolExecutor(args.workers) as pool:
+        runs = [row for rows in pool.map(run_cell, *zip(*cells)) for row in rows]
+    summary = summarize(runs)
+    print(f"{len(seed_list(args.seeds))} seeds, 1 thread per process, {args.workers} processes; test split\n")
+    print("| task | model | calibration | ECE median | ECE worst | Brier median | Brier worst | F1 median |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in summary:
+        print(f"| {r['task']} | {r['model']} | {r['method']} | {r['ece_median']:.3f} | {r['ece_worst']:.3f} | "
+              f"{r['brier_median']:.3f} | {r['brier_worst']:.3f} | {r['f1_median']:.3f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"environment": environment(), "seeds": seed_list(args.seeds),
+                               "total_seconds": time.perf_counter() - start, "summary": summary, "runs": runs},
+                              indent=2))
+    print(f"\nwritten to {out} ({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
