@@ -51,7 +51,8 @@ class Run:
         return cls(config, out, resuming=True)
 
     def load_bags(self):
-        """The run's bags, checked against every model (split or folds, lengths) before any output exists."""
+        """The run's bags, checked against every model (split or folds, lengths; a search's space and
+        Optuna) before any output exists."""
         from arcmil.data import load_bags
         from arcmil.demo import make_demo_bags
         from arcmil.pipeline import check_inputs
@@ -60,6 +61,10 @@ class Run:
         bags = load_bags(config.data) if config.data else make_demo_bags()
         for name in config.models:
             check_inputs(bags, name, config.train, config.overrides(name), folds=config.folds)
+        if config.search is not None:
+            from arcmil.tune import check_search
+
+            check_search(config.search, {name: config.overrides(name) for name in config.models})
         return bags
 
     @property

@@ -64,6 +64,13 @@ def search_space(model_name: str, overrides: dict, space_file: str | None = None
     return space
 
 
+def check_search(search: SearchConfig, overrides: dict[str, dict]) -> None:
+    """Before a run writes anything: Optuna is installed and each model's space (``--space``) is valid."""
+    _import_optuna()
+    for name, model_overrides in overrides.items():
+        search_space(name, model_overrides, search.space)
+
+
 def _read_space(path: str) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
