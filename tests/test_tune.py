@@ -3,7 +3,6 @@ inside nested CV), resumed studies, and the tune / cv --tune / compare --tune co
 import json
 import re
 import sys
-from dataclasses import replace
 
 import numpy as np
 import optuna
