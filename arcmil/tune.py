@@ -65,7 +65,12 @@ def search_space(model_name: str, overrides: dict, space_file: str | None = None
 
 
 def check_search(search: SearchConfig, overrides: dict[str, dict]) -> None:
-    """Before a run writes anything: Optuna is installed and each model's space (``--space``) is valid."""
+    """Before a run writes anything: not under torchrun, Optuna installed, each model's space valid."""
+    from arcmil.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():  # every rank would run the same trials into one study
+        raise ConfigError("a hyper-parameter search runs in one process, not under torchrun; to search in "
+                          "parallel, start several processes on one --storage database")
     _import_optuna()
     for name, model_overrides in overrides.items():
         search_space(name, model_overrides, search.space)

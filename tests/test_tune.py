@@ -170,3 +170,10 @@ def test_a_search_without_optuna_says_how_to_get_it(monkeypatch, tmp_path, capsy
     assert main(["tune", "--data", str(data), "--trials", "1", "--out", str(tmp_path / "t")]) == 2
     assert "pip install 'arcmil[tune]'" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_a_search_refuses_torchrun(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    data = save_bags(make_demo_bags(n_bags=60, seed=1), tmp_path / "bags.npz")
+    assert main(["cv", "--data", str(data), "--tune", "2", "--folds", "3", "--out", str(tmp_path / "cv")]) == 2
+    assert "not under torchrun" in capsys.readouterr().err and not (tmp_path / "cv").exists()
