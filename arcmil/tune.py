@@ -136,19 +136,20 @@ class Search:
 
 
 def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchConfig, *,
-               study_name: str, storage: str | None = None, val_fraction: float = 0.2, overrides: dict | None = None,
+               evaluation: EvalConfig = EvalConfig(), study_name: str, storage: str | None = None, val_fraction: float = 0.2, overrides: dict | None = None,
                fail_running: bool = False, on_trial=None) -> Search:
     """Search ``model_name``'s space on ``bags`` (the search's bags only: see ``search_bags``) until the
     study holds ``search.trials`` finished (completed or pruned) trials, or ``search.timeout`` passes.
     An existing study of that name in ``storage`` is continued; ``fail_running``: its trials still
     marked running were left by a killed process (a resumed run's own storage) and are marked failed.
-    ``on_trial(trial_number, value)`` after each completed trial."""
+    ``on_trial(trial_number, value)`` after each completed trial. Trials train and normalise as the
+    final run will (``cfg``, ``evaluation``), less calibration and bootstrap: the score is a ranking."""
     optuna = _import_optuna()
     from optuna.trial import TrialState
 
     overrides = overrides or {}
     space = search_space(model_name, overrides, search.space)
-    quick = EvalConfig(calibrate="none", n_bootstrap=0)  # the score is a ranking metric; no intervals needed
+    quick = replace(evaluation, calibrate="none", n_bootstrap=0)
 
     def objective(trial) -> float:
         trial_cfg, trial_overrides = split_settings({n: _suggest(trial, n, s) for n, s in space.items()},
@@ -204,9 +205,9 @@ def tuned_experiment(bags: BagSet, model_name: str, cfg: TrainConfig, evaluation
     """Search on the training and validation parts of ``bags``' split (seeded by ``cfg.seed``), then
     train the best configuration on that split and score its test part once. ``storage``: the study's
     Optuna storage URL (None: in memory); see ``run_search`` for the rest."""
-    found = run_search(search_bags(bags, cfg.seed), model_name, cfg, search, study_name=study_name,
-                       storage=storage, val_fraction=val_fraction, overrides=overrides, fail_running=fail_running,
-                       on_trial=on_trial)
+    found = run_search(search_bags(bags, cfg.seed), model_name, cfg, search, evaluation=evaluation,
+                       study_name=study_name, storage=storage, val_fraction=val_fraction, overrides=overrides,
+                       fail_running=fail_running, on_trial=on_trial)
     best_cfg, best_overrides = split_settings(found.best_params, cfg, overrides)
     return run_experiment(bags, model_name, best_cfg, world, evaluation=evaluation, **best_overrides), found
 

@@ -177,3 +177,15 @@ def test_a_search_refuses_torchrun(monkeypatch, tmp_path, capsys):
     data = save_bags(make_demo_bags(n_bags=60, seed=1), tmp_path / "bags.npz")
     assert main(["cv", "--data", str(data), "--tune", "2", "--folds", "3", "--out", str(tmp_path / "cv")]) == 2
     assert "not under torchrun" in capsys.readouterr().err and not (tmp_path / "cv").exists()
+
+
+def test_trials_normalise_as_the_final_run_does(monkeypatch, space_file):
+    import arcmil.tune as tune
+
+    seen = []
+    real = tune.train_run
+    monkeypatch.setattr(tune, "train_run", lambda *a, **k: seen.append(k["evaluation"]) or real(*a, **k))
+    bags = search_bags(make_demo_bags(n_bags=80, seed=2), 0)
+    run_search(bags, "attention_mil", CFG, SearchConfig(trials=1, space=space_file), study_name="s",
+               evaluation=EvalConfig(normalize="standardize", calibrate="isotonic"))
+    assert [e.normalize for e in seen] == ["standardize"] and seen[0].calibrate == "none"
