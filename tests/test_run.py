@@ -22,6 +22,8 @@ FAST = ["--epochs", "2", "--n-bootstrap", "0", "--no-progress", "--hidden-dim", 
     ("train", {"model": "transmil", "d_model": 32, "lr": 1e-3}),
     ("compare", {"models": "attention_mil,transmil", "seeds": "3,4", "d_model": 32, "epochs": 3}),
     ("cv", {"model": "transformer_mil_topk", "folds": 4, "repeats": 2, "seed": 7, "threshold_method": "youden"}),
+    ("cv", {"model": "attention_mil", "trials": 4, "inner_folds": 3, "calibrate": "isotonic"}),
+    ("tune", {"model": "transmil_nystrom", "trials": 7, "timeout": 60.0, "storage": "sqlite:///x.db"}),
 ])
 def test_config_yaml_holds_every_setting_and_reads_back_to_the_same_run(command, settings):
     config = resolve(command, settings)
