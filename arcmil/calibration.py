@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit
 from sklearn.isotonic import IsotonicRegression
@@ -56,12 +57,24 @@ class Calibrator:
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """(B,) logits -> (B,) calibrated probabilities (float64)."""
-        logits = np.asarray(logits, dtype=np.float64)
+        return self.probabilities(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (any shape) -> calibrated probabilities, in torch ops an ONNX graph can hold: the
+        isotonic map interpolates between its knots with comparisons and gathers (np.interp's result)."""
         if self.method == "temperature":
-            return expit(logits / self.temperature)
-        if self.method == "isotonic":
-            return np.interp(expit(logits), self.knots_x, self.knots_y)
-        return expit(logits)
+            return torch.sigmoid(logits / self.temperature)
+        probs = torch.sigmoid(logits)
+        if self.method != "isotonic":
+            return probs
+        x = torch.tensor(self.knots_x, dtype=probs.dtype, device=probs.device)
+        y = torch.tensor(self.knots_y, dtype=probs.dtype, device=probs.device)
+        if len(x) == 1:
+            return y[0].expand_as(probs)
+        right = (probs.unsqueeze(-1) >= x).sum(-1).clamp(1, len(x) - 1)  # knots at or below p (searchsorted)
+        x0, x1, y0, y1 = x[right - 1], x[right], y[right - 1], y[right]
+        t = ((probs - x0) / (x1 - x0).clamp(min=torch.finfo(probs.dtype).tiny)).clamp(0.0, 1.0)
+        return y0 + t * (y1 - y0)
 
     def apply(self, evaluation):
         """A scored split (arcmil.train.Evaluation) with its probabilities from this calibrator."""

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(tune, "continue an interrupted search (finished trials are kept)")
 
     predict = commands.add_parser("predict", help="score bags with a trained checkpoint")
-    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--checkpoint", required=True, help="best_<model>.pth, or its ONNX export (.onnx)")
     predict.add_argument("--data", required=True)
     predict.add_argument("--out", required=True, help="predictions CSV to write")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--n-plots", type=int, default=N_PLOTS, help="bags shown in each heatmap")
     explain.add_argument("--split", choices=("train", "val", "test"), help="explain only this split's bags")
     explain.add_argument("--device", default="auto")
+
+    export = commands.add_parser("export", help="write a checkpoint as an ONNX graph (extra arcmil[onnx])")
+    export.add_argument("--checkpoint", required=True, help="a run's best_<model>.pth")
+    export.add_argument("--out", required=True, help="the .onnx file to write")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     convert = commands.add_parser("convert", help="write bags as an on-disk store for data larger than memory")
     convert.add_argument("--data", required=True, help="any supported input (.npz, .pt, .csv, .parquet, mil:NAME)")
@@ -269,6 +274,14 @@ def cmd_explain(args) -> None:
                          split=args.split, device=args.device))
 
 
+def cmd_export(args) -> None:
+    from arcmil.export import export_onnx
+
+    out = export_onnx(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"exported {args.checkpoint} -> {out} (inputs embeddings (B, N, D), mask (B, N); outputs probability, "
+          "logit, weights)")
+
+
 def cmd_convert(args) -> None:
     from arcmil.data.store import convert_to_store
     from arcmil.outputs import refuse_existing_dir
@@ -291,7 +304,7 @@ def cmd_demo_data(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "cv": cmd_cv, "tune": cmd_tune, "predict": cmd_predict,
-            "explain": cmd_explain, "convert": cmd_convert, "demo-data": cmd_demo_data}
+            "explain": cmd_explain, "export": cmd_export, "convert": cmd_convert, "demo-data": cmd_demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:

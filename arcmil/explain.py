@@ -152,6 +152,9 @@ def explain_to_dir(checkpoint, data, out, methods=METHODS, *, steps: int = IG_ST
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ConfigError(f"unknown explanation method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    if Path(checkpoint).suffix == ".onnx":
+        raise ConfigError(f"{checkpoint}: explain needs the PyTorch checkpoint (.pth): occlusion and integrated "
+                          "gradients run the model itself; an ONNX graph only scores (arcmil predict)")
     out = refuse_existing_dir(out)
     s = Scorer.load(checkpoint, data, device, split=split)
     frame = explain_bags(s.model, s.bags, methods, normalizer=s.normalizer, calibrator=s.calibrator, steps=steps,

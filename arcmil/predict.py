@@ -1,12 +1,14 @@
 """Scoring new bags with a trained checkpoint: ``arcmil predict`` and ``arcmil explain`` start here."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from arcmil.calibration import Calibrator
@@ -17,11 +19,12 @@ from arcmil.errors import ArcmilError, DataError
 
 @dataclass
 class Scorer:
-    """A checkpoint's model (on ``device``), metadata, normaliser and calibrator, and the raw bags to score."""
+    """A checkpoint's model (on ``device``), metadata, normaliser and calibrator, and the raw bags to score.
+    An ONNX checkpoint (``.onnx``) scores with onnxruntime; its graph normalises (``normalizer`` None)."""
 
     model: nn.Module
     meta: dict
-    normalizer: Normalizer
+    normalizer: Normalizer | None
     calibrator: Calibrator
     bags: BagSet
     device: object
@@ -36,16 +39,55 @@ class Scorer:
         from arcmil.pipeline import check_fits
         from arcmil.train import select_device
 
-        device = select_device(device)
-        model, meta = load_checkpoint(checkpoint, device)
+        onnx = Path(checkpoint).suffix == ".onnx"
+        device = select_device("cpu" if onnx else device)
+        model, meta = OnnxModel.load(checkpoint) if onnx else load_checkpoint(checkpoint, device)
         bags = load_bags(data, require_labels=False)
         check_fits(bags, model.config, against=f"the checkpoint {checkpoint}")
         if split:
             if bags.split is None:
                 raise DataError(bags.source, f"--split {split} given but the data has no split", field="split")
             bags = bags.subset(np.flatnonzero(bags.split == split))
-        return cls(model, meta, Normalizer.from_dict(meta["normalization"]),
+        return cls(model, meta, None if onnx else Normalizer.from_dict(meta["normalization"]),
                    Calibrator.from_dict(meta.get("calibration")), bags, device)
+
+
+class OnnxModel(nn.Module):
+    """An exported graph (arcmil export) behind the model interface the scoring path calls:
+    forward(x (B, N, D) raw windows, mask (B, N)) -> logit (B,), weights (B, N), by onnxruntime."""
+
+    def __init__(self, session, config):
+        super().__init__()
+        self.session, self.config = session, config
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> tuple["OnnxModel", dict]:
+        """The session (as many threads as torch uses) and the checkpoint metadata the graph carries."""
+        from arcmil.models import make_config
+
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ArcmilError("scoring an ONNX graph needs onnxruntime: pip install 'arcmil[onnx]'") from None
+        if not Path(path).is_file():
+            raise ArcmilError(f"{path}: checkpoint not found")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        try:
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ArcmilError(f"{path}: not a readable ONNX graph ({str(exc).strip().splitlines()[0]})") from None
+        stored = session.get_modelmeta().custom_metadata_map
+        if "arcmil.threshold" not in stored:
+            raise ArcmilError(f"{path}: not an arcmil export (no arcmil.threshold in its metadata)")
+        meta = {key.removeprefix("arcmil."): value for key, value in stored.items() if key.startswith("arcmil.")}
+        for key in ("threshold", "model_config", "normalization", "calibration"):
+            meta[key] = json.loads(meta[key])
+        return cls(session, make_config(meta["model_name"], **meta["model_config"])), meta
+
+    def forward(self, x, mask):
+        _, logit, weights = self.session.run(None, {"embeddings": x.numpy(), "mask": mask.numpy()})
+        return torch.from_numpy(logit), torch.from_numpy(weights)
 
 
 def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE, device: str = "auto",

@@ -85,9 +85,9 @@ class Normalizer:
                             f"{len(self.mean)}", field="embeddings")
 
     def apply(self, windows: torch.Tensor) -> torch.Tensor:
-        """windows: (W, D) float32 -> (W, D) float32 normalised."""
+        """windows: (..., D) float32 -> (..., D) float32 normalised, each window on its own."""
         if self.kind == "l2":
-            return windows / torch.linalg.vector_norm(windows, dim=1, keepdim=True).clamp(min=1e-12)
+            return windows / torch.linalg.vector_norm(windows, dim=-1, keepdim=True).clamp(min=1e-12)
         if self.kind == "standardize":
             mean = torch.tensor(self.mean, dtype=windows.dtype, device=windows.device)
             std = torch.tensor(self.std, dtype=windows.dtype, device=windows.device)
