@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--split", choices=("train", "val", "test"), help="explain only this split's bags")
     explain.add_argument("--device", default="auto")
 
+    report = commands.add_parser("report", help="rebuild report.html of a finished train, compare or cv directory")
+    report.add_argument("directory")
+
     export = commands.add_parser("export", help="write a checkpoint as an ONNX graph (extra arcmil[onnx])")
     export.add_argument("--checkpoint", required=True, help="a run's best_<model>.pth")
     export.add_argument("--out", required=True, help="the .onnx file to write")
@@ -274,6 +277,12 @@ def cmd_explain(args) -> None:
                          split=args.split, device=args.device))
 
 
+def cmd_report(args) -> None:
+    from arcmil.html_report import write_report
+
+    print(f"report written to {write_report(args.directory)}")
+
+
 def cmd_export(args) -> None:
     from arcmil.export import export_onnx
 
@@ -304,7 +313,7 @@ def cmd_demo_data(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "cv": cmd_cv, "tune": cmd_tune, "predict": cmd_predict,
-            "explain": cmd_explain, "export": cmd_export, "convert": cmd_convert, "demo-data": cmd_demo_data}
+            "explain": cmd_explain, "export": cmd_export, "report": cmd_report, "convert": cmd_convert, "demo-data": cmd_demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,3 +98,22 @@ def plot_window_heatmap(values: list[np.ndarray], labels, probs, bag_ids, path, 
     ax.set_xlabel("window" + ("  (red: true positive windows)" if instance_labels is not None else ""))
     ax.set_title(title, fontsize=9)
     _save(fig, path)
+
+
+def plot_document_explanations(importances: dict[str, np.ndarray], path, title: str = "", marks=None) -> None:
+    """One document: a row per explanation method (name -> (n,) importances, each row scaled to its
+    largest magnitude), a column per window; windows that ``marks`` flags are outlined in red."""
+    grid = np.vstack([v / (np.nanmax(np.abs(v)) or 1.0) for v in importances.values()])
+    n = grid.shape[1]
+    fig, ax = plt.subplots(figsize=(min(12.0, max(5.0, 2.5 + 0.35 * n)), 1.3 + 0.45 * len(importances)))
+    image = ax.imshow(grid, cmap="RdBu_r", aspect="auto", vmin=-1, vmax=1)
+    fig.colorbar(image, ax=ax, label="importance / max")
+    for col in np.flatnonzero(marks) if marks is not None else ():
+        for row in range(len(importances)):
+            ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+    ax.set_yticks(range(len(importances)), list(importances), fontsize=8)
+    if n <= 40:
+        ax.set_xticks(range(n))
+    ax.set_xlabel("window" + ("  (red: true positive windows)" if marks is not None else ""))
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)

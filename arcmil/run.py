@@ -122,8 +122,11 @@ class Run:
 
     def publish(self, write, final_metrics: dict | None = None) -> None:
         """``write(tmp_dir)``, then move each file it made into the run directory (each appears whole by
-        rename); then give the tracker ``final_metrics`` and the run's plots."""
+        rename); then write report.html from them and give the tracker ``final_metrics`` and the plots."""
+        from arcmil.html_report import write_report
+
         publish_files(self.out, write)
+        write_report(self.out)
         if self.tracker:
             if final_metrics:
                 self.tracker.log_final(final_metrics)

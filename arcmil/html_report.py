@@ -1,0 +1,196 @@
+"""report.html: one self-contained page (images inline, no network) that explains a run directory.
+
+Built from what ``train``, ``compare`` and ``cv`` wrote (so ``arcmil report DIR`` rebuilds it for any
+finished run): the results table (mean ± std and paired tests when there are several seeds or
+folds), every model's test ROC, precision-recall and reliability curves on one figure each, the
+training curves, a gallery of test documents (true and false positives and negatives) with their
+windows coloured by each explanation method, the data summary and the exact config. Rendered by
+a Jinja2 template (``templates/report.html.j2``); figures by matplotlib.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from arcmil import __version__
+from arcmil.errors import ArcmilError
+
+REPORT_FILE = "report.html"
+GALLERY = (("true positive", 1, 1, False), ("false positive", 0, 1, False), ("false negative", 1, 0, True),
+           ("true negative", 0, 0, True))  # (kind, label, prediction, lowest probability first)
+CURVES = {"roc": "ROC", "pr": "precision-recall", "calibration": "reliability"}
+
+
+def write_report(directory: str | Path) -> Path:
+    """Write ``directory``/report.html from the run's files (replacing an earlier report)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    from arcmil.outputs import write_text
+
+    directory = Path(directory)
+    if not (directory / "config.yaml").is_file():
+        raise ArcmilError(f"{directory}: not an arcmil run directory (no config.yaml)")
+    config_text = (directory / "config.yaml").read_text()
+    runs = _first_run_per_model(directory)
+    command = ("compare" if (directory / "comparison.csv").exists() else
+               "cv" if (directory / "cv_summary.json").exists() else "train")
+    if command == "train" and not runs:
+        raise ArcmilError(f"{directory}: the run has no results yet (is it finished?)")
+    gallery, gallery_note = _gallery(yaml.safe_load(config_text) or {}, runs)
+    env = Environment(loader=PackageLoader("arcmil", "templates"), autoescape=select_autoescape())
+    html = env.get_template("report.html.j2").render(
+        command=command, name=directory.name, description=_description(directory, command),
+        tables=_tables(directory, command, runs), figures=_figures(runs), gallery=gallery,
+        gallery_note=gallery_note, data=_data_summary(directory, runs), config=config_text, version=__version__,
+        created=time.strftime("%Y-%m-%d %H:%M:%S"), directory=directory.resolve())
+    path = directory / REPORT_FILE
+    write_text(path, html)
+    return path
+
+
+def _first_run_per_model(directory: Path) -> dict[str, Path]:
+    """model name -> the directory of its first trained run (its first seed in a comparison)."""
+    runs = {}
+    for results in sorted(directory.rglob("stage3_*_results.json")):
+        runs.setdefault(json.loads(results.read_text())["model"], results.parent)
+    return runs
+
+
+def _results(run: Path) -> dict:
+    return json.loads(next(run.glob("stage3_*_results.json")).read_text())
+
+
+def _description(directory: Path, command: str) -> str:
+    if command == "compare" and (directory / "comparison.md").exists():
+        first = (directory / "comparison.md").read_text().split("\n\n")[1]
+        return first.replace("`", "")
+    if command == "cv":
+        summary = json.loads((directory / "cv_summary.json").read_text())
+        return (f"{summary['tag']}: {len(summary['seeds'])} × {summary['folds']}-fold stratified cross-validation, "
+                "mean ± std over folds")
+    return "one model trained and tested; threshold tuned on validation"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "" if np.isnan(value) else f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def _frame_table(title: str, table_id: str, frame: pd.DataFrame) -> dict:
+    return {"title": title, "id": table_id, "columns": list(frame.columns),
+            "rows": [[_cell(v) for v in row] for row in frame.itertuples(index=False)]}
+
+
+def _tables(directory: Path, command: str, runs: dict[str, Path]) -> list[dict]:
+    if command == "compare":
+        tables = [_frame_table("Comparison (test split)", "comparison", pd.read_csv(directory / "comparison.csv"))]
+        if (directory / "paired_tests.csv").exists():
+            tables.append(_frame_table("Paired tests", "paired", pd.read_csv(directory / "paired_tests.csv")))
+        return tables
+    if command == "cv":
+        summary = json.loads((directory / "cv_summary.json").read_text())["summary"]
+        rows = [[metric, *(f"{s[metric]['mean']:.4f} ± {s[metric]['std']:.4f}" if s[metric]["mean"] is not None
+                           else "" for s in (summary["at_val_threshold"], summary["at_0.5"]))]
+                for metric in summary["at_val_threshold"]]
+        tables = [{"title": "Cross-validation, mean ± std over folds", "id": "comparison",
+                   "columns": ["metric", "at validation threshold", "at 0.5"], "rows": rows}]
+        return tables + [_frame_table("Folds", "folds", pd.read_csv(directory / "cv_folds.csv"))]
+    run = next(iter(runs.values()))
+    return [_frame_table("Result (test split)", "comparison", pd.read_csv(next(run.glob("stage3_*_results.csv"))))]
+
+
+def _png(fig_or_path) -> str:
+    """base64 PNG of a saved file or of a function drawing into a buffer."""
+    if isinstance(fig_or_path, Path):
+        return base64.b64encode(fig_or_path.read_bytes()).decode()
+    buffer = io.BytesIO()
+    fig_or_path(buffer)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _figures(runs: dict[str, Path]) -> list[dict]:
+    """All models' test curves on one ROC, PR and reliability figure each; each run's training curves."""
+    from arcmil.plots import plot_calibration, plot_pr, plot_roc
+
+    curves = {}
+    for name, run in runs.items():
+        test = pd.read_csv(run / "predictions.csv").query("split == 'test'")
+        if "label" in test and test["label"].nunique() == 2:
+            curves[_results(run)["tag"]] = (test["label"].to_numpy(), test["prob"].to_numpy())
+    figures = []
+    if curves:
+        for plot, caption in ((plot_roc, "Test ROC of every model"), (plot_pr, "Test precision-recall of every model"),
+                              (plot_calibration, "Test reliability of every model (calibrated probabilities)")):
+            figures.append({"png": _png(lambda buffer, plot=plot, caption=caption: plot(curves, buffer,
+                                                                                          title=caption)),
+                            "caption": caption})
+    for name, run in runs.items():
+        for file, caption in (("training_curves.png", "training curves"), ("calibration.png", "reliability before "
+                                                                                             "and after calibration")):
+            if (run / file).exists():
+                figures.append({"png": _png(run / file), "caption": f"{name}: {caption}"})
+    return figures
+
+
+def _gallery(config: dict, runs: dict[str, Path]) -> tuple[list[dict], str | None]:
+    """Per model, one test document of each kind (the most confident true/false positive, the least
+    confident false/true negative), its windows coloured by each explanation method."""
+    if not runs:
+        return [], "Cross-validation keeps no model, so there are no documents to show."
+    from arcmil.checkpoint import load_checkpoint
+    from arcmil.data import Normalizer, load_bags
+    from arcmil.demo import make_demo_bags
+    from arcmil.explain import METHODS, explain_bags
+    from arcmil.plots import plot_document_explanations
+    from arcmil.calibration import Calibrator
+
+    try:
+        bags = load_bags(config["data"], require_labels=False) if config.get("data") else make_demo_bags()
+    except ArcmilError as exc:
+        return [], f"The run's data could not be read for the gallery ({exc})."
+    position = {str(b): i for i, b in enumerate(bags.bag_ids)}
+    gallery = []
+    for name, run in runs.items():
+        checkpoint = next(run.glob("best_*.pth"), None)
+        test = pd.read_csv(run / "predictions.csv", dtype={"bag_id": str}).query("split == 'test'")
+        if checkpoint is None or "label" not in test:
+            continue
+        chosen = []
+        for kind, label, pred, ascending in GALLERY:
+            cell = test[(test["label"] == label) & (test["pred"] == pred)].sort_values("prob", ascending=ascending)
+            chosen += [(kind, row.bag_id) for row in cell.head(1).itertuples() if row.bag_id in position]
+        if not chosen:
+            continue
+        model, meta = load_checkpoint(checkpoint)
+        frame = explain_bags(model, bags.subset([position[b] for _, b in chosen]), METHODS,
+                             normalizer=Normalizer.from_dict(meta["normalization"]),
+                             calibrator=Calibrator.from_dict(meta.get("calibration")))
+        for kind, bag_id in chosen:
+            doc = frame[frame["bag_id"].astype(str) == bag_id]
+            title = f"{name} — {kind}: {bag_id}, p = {doc['prob'].iloc[0]:.3f}"
+            marks = doc["instance_label"].to_numpy() if "instance_label" in doc else None
+            importances = {m: doc[m].to_numpy() for m in METHODS}
+            gallery.append({"png": _png(lambda buffer, i=importances, t=title, k=marks:
+                                        plot_document_explanations(i, buffer, title=t, marks=k)),
+                            "caption": title})
+    return gallery, None if gallery else "No test document could be shown (no checkpoint or labels)."
+
+
+def _data_summary(directory: Path, runs: dict[str, Path]) -> dict:
+    info = json.loads((directory / "run_info.json").read_text()) if (directory / "run_info.json").exists() else {}
+    out = {"source": info.get("data", {}).get("source") or "built-in demo data",
+           "sha256": info.get("data", {}).get("sha256") or ""}
+    if runs:
+        data = _results(next(iter(runs.values())))["data"]
+        out.update({k: v for k, v in data.items() if not isinstance(v, dict)})
+        out.update({f"{split} bags (positive)": f"{s['n_bags']} ({s['n_positive']})"
+                    for split, s in data.get("splits", {}).items()})
+    return out
