@@ -313,7 +313,8 @@ def cmd_demo_data(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "cv": cmd_cv, "tune": cmd_tune, "predict": cmd_predict,
-            "explain": cmd_explain, "export": cmd_export, "report": cmd_report, "convert": cmd_convert, "demo-data": cmd_demo_data}
+            "explain": cmd_explain, "export": cmd_export, "report": cmd_report, "convert": cmd_convert,
+            "demo-data": cmd_demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,12 +107,15 @@ def _tables(directory: Path, command: str, runs: dict[str, Path]) -> list[dict]:
     return [_frame_table("Result (test split)", "comparison", pd.read_csv(next(run.glob("stage3_*_results.csv"))))]
 
 
-def _png(fig_or_path) -> str:
-    """base64 PNG of a saved file or of a function drawing into a buffer."""
-    if isinstance(fig_or_path, Path):
-        return base64.b64encode(fig_or_path.read_bytes()).decode()
+def _file_png(path: Path) -> str:
+    """A PNG the run wrote, as base64 for a data URI."""
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _drawn_png(plot, data, **kwargs) -> str:
+    """``plot(data, file, **kwargs)`` (an arcmil.plots function) drawn into memory, as base64."""
     buffer = io.BytesIO()
-    fig_or_path(buffer)
+    plot(data, buffer, **kwargs)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -129,14 +132,12 @@ def _figures(runs: dict[str, Path]) -> list[dict]:
     if curves:
         for plot, caption in ((plot_roc, "Test ROC of every model"), (plot_pr, "Test precision-recall of every model"),
                               (plot_calibration, "Test reliability of every model (calibrated probabilities)")):
-            figures.append({"png": _png(lambda buffer, plot=plot, caption=caption: plot(curves, buffer,
-                                                                                          title=caption)),
-                            "caption": caption})
+            figures.append({"png": _drawn_png(plot, curves, title=caption), "caption": caption})
     for name, run in runs.items():
-        for file, caption in (("training_curves.png", "training curves"), ("calibration.png", "reliability before "
-                                                                                             "and after calibration")):
+        for file, caption in (("training_curves.png", "training curves"),
+                              ("calibration.png", "reliability before and after calibration")):
             if (run / file).exists():
-                figures.append({"png": _png(run / file), "caption": f"{name}: {caption}"})
+                figures.append({"png": _file_png(run / file), "caption": f"{name}: {caption}"})
     return figures
 
 
@@ -178,8 +179,7 @@ def _gallery(config: dict, runs: dict[str, Path]) -> tuple[list[dict], str | Non
             title = f"{name} — {kind}: {bag_id}, p = {doc['prob'].iloc[0]:.3f}"
             marks = doc["instance_label"].to_numpy() if "instance_label" in doc else None
             importances = {m: doc[m].to_numpy() for m in METHODS}
-            gallery.append({"png": _png(lambda buffer, i=importances, t=title, k=marks:
-                                        plot_document_explanations(i, buffer, title=t, marks=k)),
+            gallery.append({"png": _drawn_png(plot_document_explanations, importances, title=title, marks=marks),
                             "caption": title})
     return gallery, None if gallery else "No test document could be shown (no checkpoint or labels)."
 

@@ -136,8 +136,9 @@ class Search:
 
 
 def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchConfig, *,
-               evaluation: EvalConfig = EvalConfig(), study_name: str, storage: str | None = None, val_fraction: float = 0.2, overrides: dict | None = None,
-               fail_running: bool = False, on_trial=None) -> Search:
+               evaluation: EvalConfig = EvalConfig(), study_name: str, storage: str | None = None,
+               val_fraction: float = 0.2, overrides: dict | None = None, fail_running: bool = False,
+               on_trial=None) -> Search:
     """Search ``model_name``'s space on ``bags`` (the search's bags only: see ``search_bags``) until the
     study holds ``search.trials`` finished (completed or pruned) trials, or ``search.timeout`` passes.
     An existing study of that name in ``storage`` is continued; ``fail_running``: its trials still
