@@ -52,6 +52,9 @@ class Scorer:
                    Calibrator.from_dict(meta.get("calibration")), bags, device)
 
 
+ATTENTION_CELLS = 2**22  # bags x windows^2 per onnxruntime call: a 4-head float32 attention matrix of 64 MB
+
+
 class OnnxModel(nn.Module):
     """An exported graph (arcmil export) behind the model interface the scoring path calls:
     forward(x (B, N, D) raw windows, mask (B, N)) -> logit (B,), weights (B, N), by onnxruntime."""
@@ -86,8 +89,16 @@ class OnnxModel(nn.Module):
         return cls(session, make_config(meta["model_name"], **meta["model_config"])), meta
 
     def forward(self, x, mask):
-        _, logit, weights = self.session.run(None, {"embeddings": x.numpy(), "mask": mask.numpy()})
-        return torch.from_numpy(logit), torch.from_numpy(weights)
+        """In slices of at most ATTENTION_CELLS bags x windows^2: the exported graph holds each attention
+        matrix whole, where PyTorch's fused kernel never does (README: export benchmark)."""
+        rows = max(1, ATTENTION_CELLS // x.shape[1] ** 2)
+        logits, weights = [], []
+        for start in range(0, len(x), rows):
+            feed = {"embeddings": x[start:start + rows].numpy(), "mask": mask[start:start + rows].numpy()}
+            _, logit, weight = self.session.run(None, feed)
+            logits.append(logit)
+            weights.append(weight)
+        return torch.from_numpy(np.concatenate(logits)), torch.from_numpy(np.concatenate(weights))
 
 
 def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE, device: str = "auto",

@@ -112,3 +112,15 @@ def test_the_readme_example_scores_with_onnxruntime_alone(tmp_path):
     proc = subprocess.run([sys.executable, "-c", guard + example + check], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "scored" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_onnx_scoring_in_attention_slices_equals_one_call(trained, monkeypatch):
+    import arcmil.predict as predict
+
+    model, _ = predict.OnnxModel.load(trained[0] / "m.onnx")
+    x, mask = padded(np.random.default_rng(2), [30, 7, 19, 30, 2], dim=256)
+    whole = [torch.from_numpy(a) for a in model.session.run(None, {"embeddings": x, "mask": mask})[1:]]
+    monkeypatch.setattr(predict, "ATTENTION_CELLS", 2 * 30**2)  # two bags per call
+    sliced = model(torch.from_numpy(x), torch.from_numpy(mask))
+    for a, b in zip(sliced, whole):
+        torch.testing.assert_close(a, b)
