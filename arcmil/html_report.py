@@ -25,7 +25,7 @@ from arcmil.errors import ArcmilError
 REPORT_FILE = "report.html"
 GALLERY = (("true positive", 1, 1, False), ("false positive", 0, 1, False), ("false negative", 1, 0, True),
            ("true negative", 0, 0, True))  # (kind, label, prediction, lowest probability first)
-CURVES = {"roc": "ROC", "pr": "precision-recall", "calibration": "reliability"}
+GALLERY_MAX_WINDOWS = 512  # longer documents are left out of the gallery: one row of colours cannot show them
 
 
 def write_report(directory: str | Path) -> Path:
@@ -143,7 +143,8 @@ def _figures(runs: dict[str, Path]) -> list[dict]:
 
 def _gallery(config: dict, runs: dict[str, Path]) -> tuple[list[dict], str | None]:
     """Per model, one test document of each kind (the most confident true/false positive, the least
-    confident false/true negative), its windows coloured by each explanation method."""
+    confident false/true negative, among documents of at most GALLERY_MAX_WINDOWS windows), its windows
+    coloured by each explanation method."""
     if not runs:
         return [], "Cross-validation keeps no model, so there are no documents to show."
     from arcmil.checkpoint import load_checkpoint
@@ -157,7 +158,7 @@ def _gallery(config: dict, runs: dict[str, Path]) -> tuple[list[dict], str | Non
         bags = load_bags(config["data"], require_labels=False) if config.get("data") else make_demo_bags()
     except ArcmilError as exc:
         return [], f"The run's data could not be read for the gallery ({exc})."
-    position = {str(b): i for i, b in enumerate(bags.bag_ids)}
+    position = {str(b): i for i, (b, n) in enumerate(zip(bags.bag_ids, bags.lengths)) if n <= GALLERY_MAX_WINDOWS}
     gallery = []
     for name, run in runs.items():
         checkpoint = next(run.glob("best_*.pth"), None)
@@ -166,8 +167,8 @@ def _gallery(config: dict, runs: dict[str, Path]) -> tuple[list[dict], str | Non
             continue
         chosen = []
         for kind, label, pred, ascending in GALLERY:
-            cell = test[(test["label"] == label) & (test["pred"] == pred)].sort_values("prob", ascending=ascending)
-            chosen += [(kind, row.bag_id) for row in cell.head(1).itertuples() if row.bag_id in position]
+            cell = test[(test["label"] == label) & (test["pred"] == pred) & test["bag_id"].isin(position)]
+            chosen += [(kind, row.bag_id) for row in cell.sort_values("prob", ascending=ascending).head(1).itertuples()]
         if not chosen:
             continue
         model, meta = load_checkpoint(checkpoint)
