@@ -54,12 +54,10 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwr
     """Write ``checkpoint`` as the ONNX graph ``out`` (written whole; an existing file is refused
     unless ``overwrite``). Returns the path."""
     from arcmil.checkpoint import load_checkpoint
-    from arcmil.outputs import write_new_file
+    from arcmil.outputs import refuse_existing_file, write_new_file
 
     onnx = _import_onnx()
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ArcmilError(f"{out}: already exists; refusing to overwrite (pass --overwrite or choose another name)")
+    out = refuse_existing_file(out, overwrite)  # before the export's seconds of work
     model, meta = load_checkpoint(checkpoint)
     graph = ScoringGraph(model, Normalizer.from_dict(meta["normalization"]),
                          Calibrator.from_dict(meta.get("calibration"))).eval()

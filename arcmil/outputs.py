@@ -66,11 +66,17 @@ def staged_dir(final: str | os.PathLike):
         raise
 
 
-def write_new_file(path: str | os.PathLike, write, overwrite: bool = False) -> Path:
-    """Call ``write(tmp_path)`` and move the result to ``path``; refuse an existing file unless asked."""
+def refuse_existing_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``path``, unless a file is there and ``overwrite`` was not asked for (checked before slow work too)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise ArcmilError(f"{path}: already exists; refusing to overwrite (pass --overwrite or choose another name)")
+    return path
+
+
+def write_new_file(path: str | os.PathLike, write, overwrite: bool = False) -> Path:
+    """Call ``write(tmp_path)`` and move the result to ``path``; refuse an existing file unless asked."""
+    path = refuse_existing_file(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
     return path

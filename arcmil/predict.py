@@ -109,14 +109,12 @@ def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE,
     from arcmil.distributed import init_world
     from arcmil.metrics import binary_metrics
     from arcmil.pipeline import has_short_bags, predictions_frame, score_bags, window_weights_frame
-    from arcmil.outputs import write_new_file
+    from arcmil.outputs import refuse_existing_file, write_new_file
 
     out = Path(out)
     long_out = out.with_name(f"{out.stem}_window_weights.csv")
     for path in (out, long_out):
-        if path.exists() and not overwrite:
-            raise ArcmilError(f"{path}: already exists; refusing to overwrite (pass --overwrite or choose another "
-                              "name)")
+        refuse_existing_file(path, overwrite)
     s = Scorer.load(checkpoint, data, device)
     world = init_world(s.device)
     ev = score_bags(s.model, s.bags, s.normalizer, batch_size=batch_size, device=s.device, precision=precision,

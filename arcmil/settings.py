@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from arcmil.calibration import CALIBRATIONS
 from arcmil.data.prepare import NORMALIZATIONS
 from arcmil.errors import ConfigError
 from arcmil.metrics import THRESHOLD_METHODS
@@ -40,23 +41,31 @@ MODEL_FIELDS = {f.name: kind for f, kind in _settable(*config_classes())}
 TRAIN_FIELDS = {f.name: kind for f, kind in _settable(TrainConfig)}
 EVAL_FIELDS = {f.name: kind for f, kind in _settable(EvalConfig)}
 DEFAULTS = {f.name: f.default for f, _ in _settable(*config_classes(), TrainConfig, EvalConfig)}
-CHOICES = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "threshold_method": THRESHOLD_METHODS,
+CHOICES = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "calibrate": CALIBRATIONS,
+           "threshold_method": THRESHOLD_METHODS,
            "pos_enc": POS_ENCODINGS, "pool": POOLS, "attention": ATTENTIONS, "precision": PRECISIONS,
            "lr_schedule": LR_SCHEDULES, "init": INITS}
 ALL_KEYS = {**RUN_KEYS, **MODEL_FIELDS, **TRAIN_FIELDS, **EVAL_FIELDS}
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
-    """A flat mapping of setting names (the flags' names with underscores) to values."""
+def read_mapping(path: str | os.PathLike, what: str, expected: str) -> dict:
+    """The YAML mapping in ``path`` (``what`` it is, for messages; ``expected``: its entries' form);
+    an unreadable file, bad YAML or another type is a one-line ConfigError."""
     try:
         with open(path) as handle:
             data = yaml.safe_load(handle) or {}
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of setting: value")
+        raise ConfigError(f"{path}: expected a mapping of {expected}")
+    return data
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A flat mapping of setting names (the flags' names with underscores) to values."""
+    data = read_mapping(path, "config", "setting: value")
     for key, value in data.items():
         if key not in ALL_KEYS:
             raise ConfigError(f"{path}: unknown setting {key!r}{closest(str(key), ALL_KEYS)}")

@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from arcmil.data import BagSet, assign_split
 from arcmil.distributed import SINGLE, World
@@ -25,7 +24,7 @@ from arcmil.errors import ArcmilError, ConfigError
 from arcmil.models import get_entry, make_config
 from arcmil.models.registry import closest
 from arcmil.pipeline import EvalConfig, RunResult, run_experiment, train_run
-from arcmil.settings import EVAL_FIELDS, MODEL_FIELDS, TRAIN_FIELDS, SearchConfig, resolve
+from arcmil.settings import COMMAND_KEYS, EVAL_FIELDS, MODEL_FIELDS, TRAIN_FIELDS, SearchConfig, read_mapping, resolve
 from arcmil.train import TRAIN_SEARCH_SPACE, TrainConfig
 
 PRUNER_WARMUP_STEPS = 2  # no pruning on the first two reports: the warm-up epoch's scores say little
@@ -51,7 +50,7 @@ def search_space(model_name: str, overrides: dict, space_file: str | None = None
     space = {**TRAIN_SEARCH_SPACE, **model_space}
     if space_file:
         own = {f.name for f in dataclasses.fields(config)}
-        for name, spec in _read_space(space_file).items():
+        for name, spec in read_mapping(space_file, "search space", "setting: {low, high[, log]} or {choices}").items():
             if name not in TRAIN_FIELDS and name not in MODEL_FIELDS:
                 raise ConfigError(f"{space_file}: {name!r} is not a training or model setting"
                                   f"{closest(str(name), [*TRAIN_FIELDS, *MODEL_FIELDS])}")
@@ -74,18 +73,6 @@ def check_search(search: SearchConfig, overrides: dict[str, dict]) -> None:
     _import_optuna()
     for name, model_overrides in overrides.items():
         search_space(name, model_overrides, search.space)
-
-
-def _read_space(path: str) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read search space ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of setting: {{low, high[, log]}} or {{choices}}")
-    return data
 
 
 def _checked_spec(path: str, name: str, spec) -> dict:
@@ -216,7 +203,7 @@ def tuned_experiment(bags: BagSet, model_name: str, cfg: TrainConfig, evaluation
 def best_config_yaml(config, params: dict) -> str:
     """What ``arcmil train --config`` reads to train the best configuration: the run's own settings
     with the search's choices."""
-    train_keys = {"model", "data", "tracker", *TRAIN_FIELDS, *MODEL_FIELDS, *EVAL_FIELDS}
+    train_keys = {*COMMAND_KEYS["train"], *TRAIN_FIELDS, *MODEL_FIELDS, *EVAL_FIELDS}
     settings = {k: v for k, v in config.to_dict().items() if k in train_keys}
     return resolve("train", {**settings, **params}).to_yaml()
 

@@ -27,6 +27,8 @@ from arcmil.pipeline import EvalConfig, environment, run_experiment
 from arcmil.tasks import make_task
 from arcmil.train import TrainConfig
 
+from recipe import parse_seeds  # beside this script
+
 TASKS = ("demo", "imbalanced", "noisy_presence", "sparse_presence")
 MODELS = ("attention_mil", "transformer_mil", "transmil")
 
@@ -47,13 +49,6 @@ def run_cell(task: str, model: str, seed: int) -> list[dict]:
                      "test_f1": binary_metrics(test.labels, test_probs, threshold)["f1"],
                      "seconds": time.perf_counter() - tic})
     return rows
-
-
-def seed_list(text: str) -> list[int]:
-    if "-" in text:
-        low, high = map(int, text.split("-"))
-        return list(range(low, high + 1))
-    return [int(s) for s in text.split(",")]
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -78,12 +73,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="one-thread processes side by side")
     parser.add_argument("--out", default="benchmarks/results/calibration.json")
     args = parser.parse_args()
-    cells = [(t, m, s) for t in args.tasks.split(",") for m in args.models.split(",") for s in seed_list(args.seeds)]
+    cells = [(t, m, s) for t in args.tasks.split(",") for m in args.models.split(",") for s in parse_seeds(args.seeds)]
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         runs = [row for rows in pool.map(run_cell, *zip(*cells)) for row in rows]
     summary = summarize(runs)
-    print(f"{len(seed_list(args.seeds))} seeds, 1 thread per process, {args.workers} processes; test split\n")
+    print(f"{len(parse_seeds(args.seeds))} seeds, 1 thread per process, {args.workers} processes; test split\n")
     print("| task | model | calibration | ECE median | ECE worst | Brier median | Brier worst | F1 median |")
     print("|---|---|---|---|---|---|---|---|")
     for r in summary:
@@ -91,7 +86,7 @@ def main() -> None:
               f"{r['brier_median']:.3f} | {r['brier_worst']:.3f} | {r['f1_median']:.3f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(), "seeds": seed_list(args.seeds),
+    out.write_text(json.dumps({"environment": environment(), "seeds": parse_seeds(args.seeds),
                                "total_seconds": time.perf_counter() - start, "summary": summary, "runs": runs},
                               indent=2))
     print(f"\nwritten to {out} ({time.perf_counter() - start:.0f} s)")

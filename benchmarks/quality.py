@@ -86,8 +86,8 @@ def main() -> None:
     space = args.space or "default search space"
     nested = f"; nested: {args.tune} TPE trials per outer fold ({space})" if args.tune else ""
     report = {"protocol": f"{repeats} x {folds}-fold stratified CV, 20% validation inside each training fold{nested}",
-              "preset": PRESET, "repeats": repeats, "trials": args.tune, "published_accuracy": PUBLISHED, "environment": environment(),
-              "results": {}}
+              "preset": PRESET, "repeats": repeats, "trials": args.tune, "published_accuracy": PUBLISHED,
+              "environment": environment(), "results": {}}
     start = time.perf_counter()
     cells = [(d, m) for d in args.datasets.split(",") for m in args.models.split(",")]
     threads = 1 if args.workers > 1 else None
