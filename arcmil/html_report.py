@@ -30,7 +30,7 @@ GALLERY_MAX_WINDOWS = 512  # longer documents are left out of the gallery: one r
 
 def write_report(directory: str | Path) -> Path:
     """Write ``directory``/report.html from the run's files (replacing an earlier report)."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
+    from jinja2 import Environment, PackageLoader
 
     from arcmil.outputs import write_text
 
@@ -44,7 +44,9 @@ def write_report(directory: str | Path) -> Path:
     if command == "train" and not runs:
         raise ArcmilError(f"{directory}: the run has no results yet (is it finished?)")
     gallery, gallery_note = _gallery(yaml.safe_load(config_text) or {}, runs)
-    env = Environment(loader=PackageLoader("arcmil", "templates"), autoescape=select_autoescape())
+    # every value is escaped: bag ids, paths and config values come from the user's data and are shown as text
+    # (select_autoescape() would leave a template named *.j2 unescaped)
+    env = Environment(loader=PackageLoader("arcmil", "templates"), autoescape=True)
     html = env.get_template("report.html.j2").render(
         command=command, name=directory.name, description=_description(directory, command),
         tables=_tables(directory, command, runs), figures=_figures(runs), gallery=gallery,

@@ -15,6 +15,7 @@ from arcmil.calibration import Calibrator
 from arcmil.data import BagSet, Normalizer
 from arcmil.data.batching import SCORE_BATCH_SIZE
 from arcmil.errors import ArcmilError, DataError
+from arcmil.models.layers import check_position_table
 
 
 @dataclass
@@ -91,6 +92,7 @@ class OnnxModel(nn.Module):
     def forward(self, x, mask):
         """In slices of at most ATTENTION_CELLS bags x windows^2: the exported graph holds each attention
         matrix whole, where PyTorch's fused kernel never does (README: export benchmark)."""
+        check_position_table(getattr(self.config, "pos_enc", None), getattr(self.config, "max_len", 0), x.shape[1])
         rows = max(1, ATTENTION_CELLS // x.shape[1] ** 2)
         logits, weights = [], []
         for start in range(0, len(x), rows):

@@ -1,6 +1,7 @@
 """report.html: self-contained, written by train, compare and cv, rebuilt by `arcmil report`, and
 rendered by a real headless browser (Debian's chromium; CI installs it and sets
 ARCMIL_REQUIRE_BROWSER=1, so there a missing browser fails the test instead of skipping it)."""
+import dataclasses
 import os
 import re
 import shutil
@@ -28,11 +29,19 @@ def browser() -> str:
     return found
 
 
+# user data shown in the report: each must arrive as text, never as markup the browser runs
+HOSTILE_ID = "<img src=x onerror=alert(1)>"
+HOSTILE_FILE = "bags<svg onload=alert(2)>.npz"
+HOSTILE_DIR = "cmp<b onmouseover=alert(3)>"
+
+
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    data = save_bags(make_demo_bags(n_bags=120, seed=4), root / "bags.npz")
-    out = root / "cmp"
+    bags = make_demo_bags(n_bags=120, seed=4)
+    bags = dataclasses.replace(bags, bag_ids=np.array([f"{HOSTILE_ID}{i}" for i in range(len(bags))]))
+    data = save_bags(bags, root / HOSTILE_FILE)
+    out = root / HOSTILE_DIR
     assert main(["compare", "--models", "attention_mil,transmil", "--seeds", "0,1", "--data", str(data),
                  "--out", str(out), *FAST]) == 0
     return out
@@ -47,6 +56,15 @@ def test_compare_writes_a_self_contained_report(compared):
         assert text in html, text
 
 
+def test_user_data_is_escaped_in_the_report(compared):
+    html = (compared / "report.html").read_text()
+    for hostile in (HOSTILE_ID, HOSTILE_FILE, HOSTILE_DIR):
+        assert hostile not in html, hostile
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html  # the gallery caption of a hostile bag id
+    assert "bags&lt;svg onload=alert(2)&gt;.npz" in html  # the data path, in the data table and the config
+    assert "cmp&lt;b onmouseover=alert(3)&gt;" in html  # the directory name in the title
+
+
 def test_a_real_browser_renders_the_table_and_images(compared, tmp_path):
     chromium = browser()
     url = (compared / "report.html").resolve().as_uri()
@@ -54,6 +72,9 @@ def test_a_real_browser_renders_the_table_and_images(compared, tmp_path):
     dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     rows = re.findall(r'<tr class="result-row">(.*?)</tr>', dom, re.S)
     assert any("attention_mil" in r for r in rows) and any("transmil" in r for r in rows), dom[:2000]
+    # the browser built no element from user data: the hostile names are DOM text
+    assert "<svg" not in dom and "onerror=" not in dom.replace("onerror=alert(1)&gt;", "") and "<b " not in dom
+    assert "&lt;img src=x onerror=alert(1)&gt;" in dom and "&lt;svg onload=alert(2)&gt;" in dom
     shot = tmp_path / "shot.png"
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1280,1600", url], capture_output=True,
                    timeout=120)

@@ -99,8 +99,9 @@ class NystromAttention(nn.Module):
         # one token per landmark: kernel_1 is the exact attention over the tokens in landmark order
         out = kernel_1 @ torch.einsum("bhte,btm->bhme", v, member)
         short = lengths <= m  # (B, 1)
+        residual = _over_real_tokens(self.residual, v, key_mask)
         if _data_dependent_branch_allowed() and bool(short.all()):
-            return out + self.residual(v)  # the pseudo-inverse would cost ~10x the rest of the model
+            return out + residual  # the pseudo-inverse would cost ~10x the rest of the model
         kernel_2 = torch.softmax((q_land @ k_land.transpose(-1, -2)).masked_fill(~landmark_mask, float("-inf")), -1)
         # an absent landmark's row becomes the identity row: the matrix stays block-diagonal, so its
         # pseudo-inverse (and the output) ignores that landmark
@@ -109,8 +110,18 @@ class NystromAttention(nn.Module):
         kernel_3 = torch.softmax((q_land @ k.transpose(-1, -2)).masked_fill(~key_mask[:, None, None, :],
                                                                            float("-inf")), -1)
         approximate = kernel_1 @ (_pinv(kernel_2, self.pinv_iterations) @ (self.dropout(kernel_3) @ v))
-        out = torch.where(short[:, :, None, None], out, approximate)
-        return out + self.residual(v)
+        return torch.where(short[:, :, None, None], out, approximate) + residual
+
+
+def _over_real_tokens(conv: nn.Module, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """``conv`` along the token axis of v (B, H, T, e) with each bag's real tokens packed together in
+    order and its padding moved past them: a real token's neighbours are real tokens (or the conv's
+    zero padding), wherever the bag's padding sat. Returned in v's token order."""
+    rank = key_mask.cumsum(dim=1) - 1  # (B, T) among the real tokens
+    pad_rank = (~key_mask).cumsum(dim=1) - 1  # among the padding
+    packed_at = torch.where(key_mask, rank, key_mask.sum(dim=1, keepdim=True) + pad_rank)  # a permutation
+    index = packed_at[:, None, :, None].expand_as(v)
+    return conv(torch.zeros_like(v).scatter(2, index, v)).gather(2, index)
 
 
 def _data_dependent_branch_allowed() -> bool:

@@ -49,9 +49,22 @@ def sinusoidal_table(n: int, d: int, device=None) -> torch.Tensor:
     return table
 
 
+def window_positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B, N) long: each real window's position counted from its bag's first real window (padding: 0),
+    so that padding on the left, on the right or in between moves no window's position."""
+    return (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def check_position_table(pos_enc: str | None, max_len: int, n_windows: int) -> None:
+    """Refuse ``n_windows`` beyond a learned position table of ``max_len`` rows."""
+    if pos_enc == "learned" and n_windows > max_len:
+        raise ConfigError(f"a bag of {n_windows} windows exceeds the learned positional table (max_len="
+                          f"{max_len}); train with a larger max_len or pos_enc='sin'")
+
+
 class PositionalEncoding(nn.Module):
     """Adds window-order information: 'sin' (any length, table times ``scale``), 'learned' (up to
-    max_len), or 'none'."""
+    max_len), or 'none'. forward(h (B, N, d), mask (B, N)) -> (B, N, d)."""
 
     def __init__(self, kind: str, d_model: int, max_len: int, dropout_p: float, scale: float = 1.0):
         super().__init__()
@@ -61,15 +74,14 @@ class PositionalEncoding(nn.Module):
             nn.init.normal_(self.table.weight, std=0.02)
         self.dropout = nn.Dropout(dropout_p)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # h: (B, N, d)
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         n = h.shape[1]
         if self.kind == "sin":
-            h = h + self.scale * sinusoidal_table(n, h.shape[2], h.device).to(h.dtype)
+            table = sinusoidal_table(n, h.shape[2], h.device).to(h.dtype)
+            h = h + self.scale * table[window_positions(mask)]
         elif self.kind == "learned":
-            if n > self.max_len:
-                raise ConfigError(f"a bag of {n} windows exceeds the learned positional table (max_len="
-                                 f"{self.max_len}); train with a larger max_len or pos_enc='sin'")
-            h = h + self.table.weight[:n]
+            check_position_table(self.kind, self.max_len, n)
+            h = h + self.table(window_positions(mask))
         return self.dropout(h)
 
 

@@ -43,7 +43,7 @@ class TransformerMIL(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""
         mask = full_mask(x) if mask is None else mask
-        h = self.pos(self.proj(zero_padding(x, mask)))  # (B, N, d)
+        h = self.pos(self.proj(zero_padding(x, mask)), mask)  # (B, N, d)
         for layer in self.layers:
             h, _ = layer(h, mask)
         h = self.norm(h)

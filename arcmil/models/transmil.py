@@ -46,7 +46,7 @@ class TransMIL(nn.Module):
         """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""
         mask = full_mask(x) if mask is None else mask
         b = x.shape[0]
-        windows = self.pos(self.proj(zero_padding(x, mask)))  # (B, N, d)
+        windows = self.pos(self.proj(zero_padding(x, mask)), mask)  # (B, N, d)
         h = torch.cat([self.cls_token.expand(b, -1, -1), windows], dim=1)  # (B, T, d)
         key_mask = torch.cat([mask.new_ones(b, 1), mask], dim=1)  # (B, T)
         for i, layer in enumerate(self.layers):

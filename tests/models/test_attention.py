@@ -46,7 +46,7 @@ def test_chunked_dropout_is_replayed_in_backward(monkeypatch):
 
 def attention_part(layer, q, k, v, mask):
     """The Nystrom layer's output without its position-based convolution residual."""
-    return layer(q, k, v, mask) - layer.residual(v * mask[:, None, :, None])
+    return layer(q, k, v, mask) - attention._over_real_tokens(layer.residual, v * mask[:, None, :, None], mask)
 
 
 @pytest.mark.parametrize("t,lengths", [(5, [5, 3]), (40, [40, 17])])
@@ -74,7 +74,8 @@ def test_nystrom_short_bag_beside_a_long_one_gets_its_exact_attention():
 
 @pytest.mark.parametrize("num_landmarks", [8, 64])  # long bags (segment means) and short bags (exact)
 def test_nystrom_landmarks_follow_rank_among_real_tokens(num_landmarks):
-    """Holes (as occlusion makes) and left padding: the attention equals that of the compacted bag."""
+    """Holes (as occlusion makes) and left padding: the attention, and with it the convolution residual,
+    equal those of the compacted bag."""
     q, k, v, _ = qkv_and_mask(40, [40])
     mask = torch.ones(1, 40, dtype=torch.bool)
     mask[0, [0, 1, 12, 25, 39]] = False  # left padding, two interior holes, right padding
@@ -83,7 +84,9 @@ def test_nystrom_landmarks_follow_rank_among_real_tokens(num_landmarks):
         holed = attention_part(layer, q, k, v, mask)
         keep = mask[0]
         compact = attention_part(layer, q[:, :, keep], k[:, :, keep], v[:, :, keep], mask[:, keep])
+        whole = layer(q, k, v, mask), layer(q[:, :, keep], k[:, :, keep], v[:, :, keep], mask[:, keep])
     torch.testing.assert_close(holed[:, :, keep], compact, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole[0][:, :, keep], whole[1], atol=1e-5, rtol=1e-5)
 
 
 def test_nystrom_on_long_sequences_ignores_padding():

@@ -60,6 +60,39 @@ def test_padding_changes_nothing(name):
         torch.testing.assert_close(garbage_weights, weights, atol=1e-5, rtol=1e-5)
 
 
+def placed(bags, offsets, width):
+    """The bags (n_i, D) placed at ``offsets`` in a (B, width, D) batch whose padding holds noise."""
+    x, mask = torch.randn(len(bags), width, D) * 3, torch.zeros(len(bags), width, dtype=torch.bool)
+    for i, (bag, offset) in enumerate(zip(bags, offsets)):
+        x[i, offset:offset + len(bag)] = bag
+        mask[i, offset:offset + len(bag)] = True
+    return x, mask
+
+
+@pytest.mark.parametrize("name,overrides", [(n, {}) for n in ALL] + [(n, {"pos_enc": "learned"}) for n in TRANSFORMERS])
+def test_padding_side_changes_nothing(name, overrides):
+    """The same bags padded on the right, on the left and on both sides, beside batch-mates of other
+    lengths, get the same logits and window weights (positions count from a bag's first real window;
+    Nystrom's convolution sees only real neighbours; 4 landmarks put the longer bags on its approximate path)."""
+    if "nystrom" in name:
+        overrides = {**overrides, "num_landmarks": 4}
+    model = small(name, **overrides)
+    torch.manual_seed(2)
+    lengths, width = [6, 3, 9], 13
+    bags = [torch.randn(n, D) for n in lengths]
+    layouts = {"right": [0] * 3, "left": [width - n for n in lengths], "both": [(width - n) // 2 for n in lengths],
+               "ragged": [1, 7, 4]}
+    outputs = {}
+    for layout, offsets in layouts.items():
+        logits, weights = model(*placed(bags, offsets, width))
+        outputs[layout] = logits, [weights[i, o:o + n] for i, (o, n) in enumerate(zip(offsets, lengths))]
+    right_logits, right_weights = outputs.pop("right")
+    for layout, (logits, weights) in outputs.items():
+        torch.testing.assert_close(logits, right_logits, atol=1e-5, rtol=1e-5, msg=lambda m: f"{layout}: {m}")
+        for w, w_right in zip(weights, right_weights):
+            torch.testing.assert_close(w, w_right, atol=1e-5, rtol=1e-5, msg=lambda m: f"{layout}: {m}")
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_bf16_autocast_keeps_logits_and_weights_in_float32(name):
     """Heads and poolers compute in float32 under autocast: logits are not bf16-rounded."""
