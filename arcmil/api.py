@@ -101,16 +101,18 @@ class MILClassifier:
         return explain_bags(self.model_, bags, list(methods), normalizer=self.normalizer_, calibrator=self.calibrator_,
                             steps=steps, device=device)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """A checkpoint that ``MILClassifier.load`` and ``arcmil predict`` read."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """A checkpoint that ``MILClassifier.load`` and ``arcmil predict`` read, written whole; an existing
+        file is refused unless ``overwrite``."""
         from arcmil.checkpoint import save_checkpoint
-
-        self._check_fitted()
+        from arcmil.outputs import write_new_file
         from arcmil.report import clean_json
 
-        save_checkpoint(path, self.model_, self.model_name_, threshold=self.threshold_,
-                        threshold_method=self.threshold_method_, normalizer=self.normalizer_,
-                        calibrator=self.calibrator_, extra={"results": clean_json(self.results_)})
+        self._check_fitted()
+        write_new_file(path, lambda tmp: save_checkpoint(
+            tmp, self.model_, self.model_name_, threshold=self.threshold_, threshold_method=self.threshold_method_,
+            normalizer=self.normalizer_, calibrator=self.calibrator_, extra={"results": clean_json(self.results_)}),
+            overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "MILClassifier":

@@ -3,9 +3,18 @@
 Weighted BCE (``pos_weight``) trains scores that rank well but do not match observed frequencies;
 the calibrator is fitted after training on the validation split and then applies everywhere the
 model scores (the threshold is tuned on calibrated scores; checkpoints, ``predict`` and the Python
-API carry it). ``temperature``: p = sigmoid(logit / T), one parameter, the ranking unchanged;
-``isotonic``: scikit-learn's IsotonicRegression on the raw probabilities, a monotone step map
-(ties can merge nearby scores); ``none``: p = sigmoid(logit).
+API carry it).
+
+- ``platt`` (default): p = sigmoid(a * logit + b), Platt's (1999) two-parameter map, fitted by
+  scikit-learn's LogisticRegression on Platt's smoothed targets. The bias b undoes the shift of about
+  log(pos_weight) that weighted BCE puts on every logit, which no temperature can; the smoothed targets
+  keep the slope finite on separable validation scores, so distinct scores stay distinct (no ties at
+  exactly 1.0). a >= MIN_PLATT_SLOPE: a validation set on which the score ranks worse than chance
+  gets nearly its base rate, with the model's ranking kept (never reversed, never tied).
+- ``temperature``: p = sigmoid(logit / T), one parameter, the ranking unchanged, no shift undone.
+- ``isotonic``: scikit-learn's IsotonicRegression on the raw probabilities, a monotone step map
+  (ties can merge nearby scores).
+- ``none``: p = sigmoid(logit).
 """
 from __future__ import annotations
 
@@ -16,22 +25,27 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit
 from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 
 from arcmil.errors import ArcmilError
 
-CALIBRATIONS = ("temperature", "isotonic", "none")
+CALIBRATIONS = ("platt", "temperature", "isotonic", "none")
 ECE_BINS = 15  # equal-width probability bins of the expected calibration error
 LOG_TEMPERATURE_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: wider never helps a validation NLL fit
+MIN_PLATT_SLOPE = float(np.exp(-LOG_TEMPERATURE_BOUNDS[1]))  # the flattest map temperature scaling can fit
 
 
 @dataclass(frozen=True)
 class Calibrator:
-    """``method`` with its fitted parameters: ``temperature`` (T), or the isotonic map's knots
-    (``knots_x`` raw probabilities -> ``knots_y`` calibrated, linear between, clipped outside)."""
+    """``method`` with its fitted parameters: Platt's ``slope`` and ``bias``, the ``temperature`` T, or
+    the isotonic map's knots (``knots_x`` raw probabilities -> ``knots_y`` calibrated, linear between,
+    clipped outside)."""
 
     method: str = "none"
     temperature: float = 1.0
+    slope: float = 1.0
+    bias: float = 0.0
     knots_x: tuple[float, ...] = ()
     knots_y: tuple[float, ...] = ()
 
@@ -39,6 +53,8 @@ class Calibrator:
     def fit(cls, method: str, labels: np.ndarray, logits: np.ndarray) -> "Calibrator":
         """Fit on validation ``labels`` (B,) in {0, 1} and the model's ``logits`` (B,)."""
         labels, logits = np.asarray(labels, dtype=np.float64), np.asarray(logits, dtype=np.float64)
+        if method == "platt":
+            return cls("platt", **_platt(labels, logits))
         if method == "temperature":
             def nll(log_t):
                 z = logits / np.exp(log_t)
@@ -62,6 +78,8 @@ class Calibrator:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (any shape) -> calibrated probabilities, in torch ops an ONNX graph can hold: the
         isotonic map interpolates between its knots with comparisons and gathers (np.interp's result)."""
+        if self.method == "platt":
+            return torch.sigmoid(logits * self.slope + self.bias)
         if self.method == "temperature":
             return torch.sigmoid(logits / self.temperature)
         probs = torch.sigmoid(logits)
@@ -83,6 +101,8 @@ class Calibrator:
     def to_dict(self) -> dict:
         """Plain data for checkpoints and results."""
         out = {"method": self.method}
+        if self.method == "platt":
+            out.update(slope=self.slope, bias=self.bias)
         if self.method == "temperature":
             out["temperature"] = self.temperature
         if self.method == "isotonic":
@@ -99,11 +119,36 @@ class Calibrator:
             raise ArcmilError(f"unknown calibration {data!r} (expected method in {', '.join(CALIBRATIONS)})")
         knots_x, knots_y = tuple(data.get("knots_x", ())), tuple(data.get("knots_y", ()))
         temperature = float(data.get("temperature", 1.0))
+        slope, bias = float(data.get("slope", 1.0)), float(data.get("bias", 0.0))
         if method == "isotonic" and (len(knots_x) != len(knots_y) or not knots_x):
             raise ArcmilError(f"isotonic calibration needs matching knots, got {len(knots_x)} and {len(knots_y)}")
         if not temperature > 0:
             raise ArcmilError(f"calibration temperature must be positive, got {temperature}")
-        return cls(method, temperature, knots_x, knots_y)
+        if not (slope > 0 and np.isfinite(slope) and np.isfinite(bias)):
+            raise ArcmilError(f"Platt calibration needs a finite slope > 0 and bias, got {slope} and {bias}")
+        return cls(method, temperature, slope, bias, knots_x, knots_y)
+
+
+def _platt(labels: np.ndarray, logits: np.ndarray) -> dict:
+    """Platt's map on validation: logistic regression of the labels on the logits, unpenalised, with
+    the targets (n+ + 1) / (n+ + 2) for positives and 1 / (n- + 2) for negatives (Platt 1999, sec. 2.2),
+    given to scikit-learn as each bag weighted once per class."""
+    n_pos = labels.sum()
+    n_neg = len(labels) - n_pos
+    target = np.where(labels == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(
+        np.concatenate([logits, logits])[:, None], np.r_[np.ones(len(labels)), np.zeros(len(labels))],
+        sample_weight=np.r_[target, 1 - target])
+    slope, bias = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    if slope < MIN_PLATT_SLOPE:  # ranks worse than chance on validation: keep the ranking, fit the bias alone
+        slope = MIN_PLATT_SLOPE
+
+        def loss(b):
+            z = slope * logits + b
+            return -np.mean(target * log_expit(z) + (1 - target) * log_expit(-z))
+
+        bias = float(minimize_scalar(loss).x)
+    return {"slope": slope, "bias": bias}
 
 
 def expected_calibration_error(labels, probs, n_bins: int = ECE_BINS) -> float:

@@ -140,18 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open_run(args, command: str):
-    """The interrupted run (``--resume``) or a new one from ``--config`` and the flags given (flags win);
-    None after ``--print-config`` has printed its settings."""
+    """The interrupted run (``--resume``; the settings given must be those it recorded) or a new one from
+    ``--config`` and the flags given (flags win); None after ``--print-config`` has printed its settings."""
     from arcmil.run import Run
     from arcmil.settings import read_yaml
 
-    if args.resume:
-        run = Run.resume(command, args.resume)
-    else:
-        settings = read_yaml(args.config) if args.config else {}
-        settings.update({k: getattr(args, k) for k in (*RUN_KEYS, *TRAIN_FIELDS, *EVAL_FIELDS, *MODEL_FIELDS)
-                         if getattr(args, k, None) is not None})
-        run = Run.new(command, settings)
+    settings = read_yaml(args.config) if args.config else {}
+    settings.update({k: getattr(args, k) for k in (*RUN_KEYS, *TRAIN_FIELDS, *EVAL_FIELDS, *MODEL_FIELDS)
+                     if getattr(args, k, None) is not None})
+    run = Run.resume(command, args.resume, settings) if args.resume else Run.new(command, settings)
     if args.print_config:
         return print(run.config.to_yaml(), end="")
     return run

@@ -22,10 +22,13 @@ BOOTSTRAP_ELEMENTS = 2**22  # resampled scores held at once by bootstrap_ci (32 
 
 
 def tune_threshold(y_true, scores, method: str = "f1", fixed: float = 0.5) -> float:
-    """Decision threshold (predict positive when score >= threshold) chosen on validation data.
+    """Decision threshold (predict positive when score >= threshold) chosen on validation probabilities.
 
     'f1' maximises F1 and 'youden' maximises TPR - FPR, each searched exactly over the distinct
-    scores (the lowest such threshold wins ties); 'fixed' returns ``fixed``.
+    scores (the lowest such cut wins ties); 'fixed' returns ``fixed``. A searched threshold sits halfway
+    between the chosen score and the next lower one (0 below the lowest): it makes the same validation
+    decisions, lies on no validation bag's own score (where float error between two scorers of the same
+    model, e.g. PyTorch and ONNX, could flip that bag), and leaves a margin on both sides.
     """
     y_true, scores = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
     if method == "fixed":
@@ -36,13 +39,19 @@ def tune_threshold(y_true, scores, method: str = "f1", fixed: float = 0.5) -> fl
         precision, recall = precision[:-1], recall[:-1]
         denom = precision + recall
         f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
-        return float(thresholds[np.argmax(f1)])
+        return _below(float(thresholds[np.argmax(f1)]), scores)
     if method == "youden":
         fpr, tpr, thresholds = roc_curve(y_true, scores, drop_intermediate=False)
         # thresholds descend; the first is +inf (predict nothing). Reverse so argmax keeps the lowest.
         j = (tpr - fpr)[1:][::-1]
-        return float(thresholds[1:][::-1][np.argmax(j)])
+        return _below(float(thresholds[1:][::-1][np.argmax(j)]), scores)
     raise ValueError(f"unknown threshold method {method!r}; use one of {', '.join(THRESHOLD_METHODS)}")
+
+
+def _below(chosen: float, scores: np.ndarray) -> float:
+    """Halfway between the chosen score and the next lower distinct score (or 0)."""
+    lower = scores[scores < chosen]
+    return (chosen + (lower.max() if len(lower) else 0.0)) / 2
 
 
 def _safe_auc(fn, y_true, scores) -> float | None:

@@ -15,12 +15,21 @@ from pathlib import Path
 from arcmil.errors import ArcmilError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)``, then rename over ``path`` (atomic on POSIX)."""
+    """``write(tmp_path)``, then rename over ``path`` (atomic on POSIX). The file gets the mode any new
+    file gets (0666 less the umask), not mkstemp's private 0600: an exported model or a report is read
+    by other users and services."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

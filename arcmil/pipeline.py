@@ -57,7 +57,7 @@ class EvalConfig:
     ``fixed_threshold``) and the number of bootstrap resamples behind the test intervals (0: none)."""
 
     normalize: str = "l2"
-    calibrate: str = "temperature"
+    calibrate: str = "platt"
     threshold_method: str = "f1"
     fixed_threshold: float = 0.5
     n_bootstrap: int = 1000
@@ -146,9 +146,9 @@ class RunResult:
 WIDE_WEIGHTS_MAX_WINDOWS = 512  # longer bags get their window weights in long format instead of w_* columns
 
 
-def has_short_bags(*evaluations: Evaluation) -> bool:
+def has_short_bags(*parts: BagSet) -> bool:
     """Whether window weights fit as w_* columns: no bag longer than WIDE_WEIGHTS_MAX_WINDOWS."""
-    return max(len(w) for ev in evaluations for w in ev.weights) <= WIDE_WEIGHTS_MAX_WINDOWS
+    return max(int(part.lengths.max()) for part in parts) <= WIDE_WEIGHTS_MAX_WINDOWS
 
 
 def predictions_frame(part: BagSet, ev: Evaluation, threshold: float, split: str | None = None,
@@ -208,7 +208,7 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     test_metrics = binary_metrics(test.labels, test.probs, threshold)
     test_metrics["ci"] = bootstrap_ci(test.labels, test.probs, threshold, n_boot=evaluation.n_bootstrap,
                                       seed=cfg.seed)
-    wide = has_short_bags(*evaluations.values())
+    wide = has_short_bags(*data.parts.values())
     predictions = pd.concat([predictions_frame(data.parts[name], evaluations[name], threshold, name, wide)
                              for name in SPLITS], ignore_index=True)
     summary = {**data.bags.summary(), "split_origin": data.split_origin, "normalization": evaluation.normalize,

@@ -115,19 +115,23 @@ def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE,
 
     out = Path(out)
     long_out = out.with_name(f"{out.stem}_window_weights.csv")
-    for path in (out, long_out):
-        refuse_existing_file(path, overwrite)
+    refuse_existing_file(out, overwrite)
     s = Scorer.load(checkpoint, data, device)
+    wide = has_short_bags(s.bags)  # else the window weights go to long_out, one row per window
+    if not wide:
+        refuse_existing_file(long_out, overwrite)
     world = init_world(s.device)
     ev = score_bags(s.model, s.bags, s.normalizer, batch_size=batch_size, device=s.device, precision=precision,
                     world=world, calibrator=s.calibrator)
     if not world.is_main:
         return None
     threshold = s.meta["threshold"]
-    frame = predictions_frame(s.bags, ev, threshold, split=s.bags.split, wide=has_short_bags(ev))
-    if "w_0" not in frame.columns:
+    frame = predictions_frame(s.bags, ev, threshold, split=s.bags.split, wide=wide)
+    if not wide:
         write_new_file(long_out, lambda tmp: window_weights_frame(s.bags, ev).to_csv(tmp, index=False),
                        overwrite=overwrite)
+    elif overwrite and out.exists():  # the weights of the predictions being replaced: not this output's
+        long_out.unlink(missing_ok=True)
     write_new_file(out, lambda tmp: frame.to_csv(tmp, index=False), overwrite=overwrite)
     summary = f"scored {len(s.bags)} bags with {s.meta['tag']} at threshold {threshold:.4f} -> {out}"
     if s.bags.labels is not None and len(np.unique(s.bags.labels)) == 2:

@@ -8,13 +8,29 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from pathlib import Path
+
+import yaml
 
 from arcmil.distributed import SINGLE, World
 from arcmil.errors import ArcmilError
 from arcmil.outputs import publish_files
-from arcmil.runstate import CONFIG_FILE, INFO_FILE, data_fingerprint, lifecycle, load_resume, read_status, set_status
-from arcmil.settings import ExperimentConfig, read_yaml, resolve
+from arcmil.runstate import (
+    CONFIG_FILE,
+    INFO_FILE,
+    data_fingerprint,
+    is_local_path,
+    lifecycle,
+    load_resume,
+    read_status,
+    record_resume,
+    set_status,
+)
+from arcmil.settings import COMMAND_KEYS, ExperimentConfig, read_yaml, resolve
+
+# settings that change no result: a resumed run may be given new values (recorded in run_info.json)
+RESUME_MAY_CHANGE = ("device", "progress")
 
 
 class Run:
@@ -25,30 +41,62 @@ class Run:
         self.config, self.out, self.resuming = config, Path(out), resuming
         self.world: World = SINGLE
         self.tracker = None
+        self.resumed_with: dict = {}  # settings a resumed run was given that differ from the recorded ones
 
     @classmethod
     def new(cls, command: str, settings: dict) -> "Run":
         """A fresh run of ``command`` with ``settings`` (YAML and flags merged); its directory is
-        ``settings['out']`` or runs/<name>_<time>, refused if it holds files (checked now, created later)."""
+        ``settings['out']`` or runs/<name>_<time>, refused if it holds files (checked now, created later).
+        A data file's path is recorded absolute, so the run resumes (and its report finds the data) from
+        any working directory."""
         from arcmil.outputs import default_run_dir, refuse_existing_dir
 
         settings = dict(settings)
         out = settings.pop("out", None)
+        if is_local_path(settings.get("data")):
+            settings["data"] = str(Path(settings["data"]).resolve())
         config = resolve(command, settings)
         return cls(config, refuse_existing_dir(out or default_run_dir("runs", config.run_name())), resuming=False)
 
     @classmethod
-    def resume(cls, command: str, out: str | Path) -> "Run":
-        """The interrupted run in ``out``: its config, after checking it is unfinished and its data unchanged."""
-        out = Path(out)
+    def resume(cls, command: str, out: str | Path, given: dict | None = None) -> "Run":
+        """The interrupted run in ``out``, continued exactly as recorded: refused when it is complete, was
+        started by another command, its data changed, or ``given`` (the settings passed with --resume) asks
+        for something else than it recorded. Only RESUME_MAY_CHANGE settings may differ (they change no
+        result); ``data`` may name the same file (same SHA-256) at another path."""
+        out, given = Path(out), {k: v for k, v in (given or {}).items() if v is not None}
         if read_status(out)["status"] == "complete":
             raise ArcmilError(f"{out}: this run is complete; nothing to resume")
-        config = resolve(command, read_yaml(out / CONFIG_FILE))
-        recorded = json.loads((out / INFO_FILE).read_text())["data"]
-        if recorded["sha256"] and data_fingerprint(config.data)["sha256"] != recorded["sha256"]:
-            raise ArcmilError(f"{config.data}: the data changed since the run in {out} started "
-                              "(SHA-256 differs); start a new run instead of resuming")
-        return cls(config, out, resuming=True)
+        info = json.loads((out / INFO_FILE).read_text())
+        recorded = read_yaml(out / CONFIG_FILE)
+        started_by = info.get("command") or _command_of(out / CONFIG_FILE)
+        if started_by != command:
+            raise ArcmilError(f"{out}: a run of arcmil {started_by}, not {command}; resume it with "
+                              f"`arcmil {started_by} --resume {out}`")
+        if "out" in given and Path(given.pop("out")).resolve() != out.resolve():
+            raise ArcmilError(f"--out names another directory than --resume {out}; a run resumes in its own directory")
+        config = resolve(command, recorded)
+        # another model cannot be resolved with the recorded model's settings: compared on its own
+        refused = [f"{k}={recorded[k]!r} (given {given.pop(k)!r})" for k in ("model", "models")
+                   if k in given and given[k] != recorded.get(k)]
+        asked = resolve(command, {**recorded, **given})
+        changes = {k: (v, asked.to_dict()[k]) for k, v in config.to_dict().items() if asked.to_dict()[k] != v}
+        refused += [f"{k}={was!r} (given {now!r})" for k, (was, now) in changes.items()
+                    if k not in (*RESUME_MAY_CHANGE, "data")]
+        if refused:
+            raise ArcmilError(f"{out}: --resume continues the run as it was started: {', '.join(refused)}; "
+                              "start a new run (--out) to change them")
+        data = asked.data if "data" in changes else config.data
+        sha256 = info["data"]["sha256"]
+        if is_local_path(data) and not Path(data).exists():
+            raise ArcmilError(f"{out}: its data {data} is not found (from {Path.cwd()}); give --data with the "
+                              "same file at its new path")
+        if sha256 and data_fingerprint(data)["sha256"] != sha256:
+            raise ArcmilError(f"{data}: the data changed since the run in {out} started (SHA-256 differs); "
+                              "start a new run instead of resuming")
+        run = cls(replace(asked, data=data), out, resuming=True)
+        run.resumed_with = {k: now for k, (_, now) in changes.items()}
+        return run
 
     def load_bags(self):
         """The run's bags, checked against every model (split or folds, lengths; a search's space and
@@ -102,7 +150,10 @@ class Run:
 
         self.world = init_world(select_device(self.config.train.device))
         settings = self.config.to_dict()
-        with lifecycle(self.out, settings, environment(), resuming=self.resuming, writer=self.writes):
+        if self.writes and self.resuming:
+            record_resume(self.out, self.resumed_with)
+        with lifecycle(self.out, self.config.command, settings, environment(), resuming=self.resuming,
+                       writer=self.writes):
             if self.writes and self.config.tracker:
                 self.tracker = make_tracker(self.config.tracker, self.out, self.out.name, settings)
             try:
@@ -132,3 +183,16 @@ class Run:
                 self.tracker.log_final(final_metrics)
             for image in sorted(self.out.glob("*.png")):
                 self.tracker.log_image(image)
+
+
+def _command_of(config_file: Path) -> str | None:
+    """The command whose config.yaml holds exactly the keys of ``config_file`` (for runs from before the
+    command was recorded in run_info.json)."""
+    recorded = yaml.safe_load(config_file.read_text()) or {}
+    for command in COMMAND_KEYS:
+        try:
+            if set(resolve(command, {k: v for k, v in recorded.items() if v is not None}).to_dict()) == set(recorded):
+                return command
+        except ArcmilError:
+            continue
+    return None

@@ -30,15 +30,22 @@ from arcmil.outputs import atomic_write, write_text
 STATE_FILE, RESUME_FILE, CONFIG_FILE, INFO_FILE = "run_state.json", "resume.pt", "config.yaml", "run_info.json"
 
 
+def is_local_path(data: str | None) -> bool:
+    """Whether a data setting names a file or directory (not the demo data or a ``mil:`` dataset)."""
+    return bool(data) and not str(data).startswith("mil:")
+
+
 def data_fingerprint(data: str | None) -> dict:
-    """SHA-256 of the data file (of every file of a store directory); the name for built-in data."""
-    if not data or str(data).startswith("mil:"):
+    """SHA-256 of the data file's content (of every file of a store directory, with its name there); the
+    name for built-in data."""
+    if not is_local_path(data):
         return {"source": data or "built-in demo data", "sha256": None}
     path = Path(data)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for file in files:
-        digest.update(file.name.encode())
+        if path.is_dir():  # a store's files by their names within it; a file's own name may change
+            digest.update(str(file.relative_to(path)).encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -55,27 +62,36 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def write_provenance(out: Path, settings: dict, environment: dict) -> None:
-    """config.yaml (the settings, to rerun with --config) and run_info.json (versions, data hash, commit)."""
+def write_provenance(out: Path, command: str, settings: dict, environment: dict) -> None:
+    """config.yaml (the settings, to rerun with --config) and run_info.json (the command, versions, data
+    hash, commit)."""
     write_text(out / CONFIG_FILE, yaml.safe_dump(settings, sort_keys=False))
-    info = {"versions": environment, "data": data_fingerprint(settings.get("data")), "git_commit": git_commit()}
+    info = {"command": command, "versions": environment, "data": data_fingerprint(settings.get("data")),
+            "git_commit": git_commit()}
     write_text(out / INFO_FILE, json.dumps(info, indent=2))
 
 
-def start_run(out: Path, settings: dict, environment: dict) -> None:
+def record_resume(out: Path, changed: dict) -> None:
+    """Add a resume, with the settings it changed (those that change no result), to run_info.json."""
+    info = json.loads((out / INFO_FILE).read_text())
+    info.setdefault("resumes", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changed})
+    write_text(out / INFO_FILE, json.dumps(info, indent=2))
+
+
+def start_run(out: Path, command: str, settings: dict, environment: dict) -> None:
     """Create the run directory with its config, provenance and 'running' status."""
     out.mkdir(parents=True, exist_ok=True)
-    write_provenance(out, settings, environment)
+    write_provenance(out, command, settings, environment)
     set_status(out, "running")
 
 
 @contextlib.contextmanager
-def lifecycle(out: Path, settings: dict, environment: dict, *, resuming: bool, writer: bool = True):
+def lifecycle(out: Path, command: str, settings: dict, environment: dict, *, resuming: bool, writer: bool = True):
     """Record a run's status around its work: 'running' (a new run also gets config.yaml and
     run_info.json), then 'complete', or 'failed' with the error. ``writer``: this process writes
     (rank 0 under torchrun)."""
     if writer and not resuming:
-        start_run(out, settings, environment)
+        start_run(out, command, settings, environment)
     try:
         yield
     except BaseException as exc:

@@ -165,6 +165,13 @@ class ExperimentConfig:
     tracker: str | None = None
     search: SearchConfig | None = None
 
+    def __post_init__(self):
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be between 0 and 1 (the validation share of each training fold), "
+                              f"got {self.val_fraction}")
+        if self.folds is not None and self.folds < 2:
+            raise ConfigError(f"folds must be at least 2, got {self.folds}")
+
     @property
     def model(self) -> str:
         return self.models[0]

@@ -25,13 +25,17 @@ def paired_test(a, b, *, test_train_ratio: float | None = None, alpha: float = 0
     n = len(d)
     out = {"n": n, "mean_diff": float(d.mean()) if n else None, "alpha": alpha,
            "test": "paired t" if test_train_ratio is None else "corrected resampled t (Nadeau & Bengio 2003)"}
-    var = d.var(ddof=1) if n > 1 else 0.0
-    if n < 2 or var == 0.0:
-        # identical (or too few) differences: no evidence either way unless every run disagrees the same way
-        out.update(t=None, p_value=1.0 if n < 2 or d.mean() == 0 else 0.0)
+    if n < 2:
+        out.update(t=None, p_value=1.0)
+    elif np.allclose(d, d[0], rtol=1e-9, atol=1e-12):
+        # differences without variance: the t statistic is undefined (0/0 or infinite), not evidence; the
+        # exact sign test asks only how often n runs agree in direction by chance (n = 2: p = 0.5)
+        positive = int((d > 0).sum())
+        out.update(test="sign test (the differences have no variance)", t=None,
+                   p_value=1.0 if d[0] == 0 else float(stats.binomtest(positive, n).pvalue))
     else:
         scale = 1.0 / n + (test_train_ratio or 0.0)
-        t = d.mean() / np.sqrt(scale * var)
+        t = d.mean() / np.sqrt(scale * d.var(ddof=1))
         out.update(t=float(t), p_value=float(2 * stats.t.sf(abs(t), df=n - 1)))
     out["significant"] = bool(out["p_value"] < alpha)
     return out

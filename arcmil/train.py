@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from arcmil.distributed import World, local_device
-from arcmil.errors import ConfigError, check_choices
+from arcmil.errors import ArcmilError, ConfigError, check_choices
 from arcmil.runstate import rng_state, set_rng_state
 
 MONITORS = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
@@ -128,8 +128,8 @@ def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     """AdamW and the learning-rate schedule: 'cosine' (warm-up then cosine decay over the epoch
-    budget, stepped after every batch) or 'plateau' (ReduceLROnPlateau on validation loss, stepped
-    after every epoch)."""
+    budget, stepped after every batch) or 'plateau' (ReduceLROnPlateau on the monitored validation
+    metric, stepped after every epoch)."""
     # fused: one kernel for all parameters instead of a Python loop over them (same update rule);
     # torch >= 2.4 has it for CPU and CUDA parameters
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
@@ -138,8 +138,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
         factor = functools.partial(warmup_cosine, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
                                    total_steps=cfg.epochs * steps_per_epoch)
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.lr_factor,
-                                                           patience=cfg.lr_patience)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=MONITORS[cfg.monitor],
+                                                           factor=cfg.lr_factor, patience=cfg.lr_patience)
     return optimizer, scheduler
 
 
@@ -226,6 +226,16 @@ def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32
     return Evaluation(expit(logits_out), labels, [weights[i] for i in index], index, loss, logits_out)
 
 
+def _own_rng_state(saved, world: World) -> dict:
+    """This rank's RNG state from a resume state's per-rank list (one dict: a state saved before ranks
+    kept their own)."""
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) != world.size:
+        raise ConfigError(f"the run was saved by {len(states)} process(es) and is resumed by {world.size}; "
+                          "resume it with as many processes as it started with")
+    return states[world.rank]
+
+
 @dataclass
 class FitResult:
     best_epoch: int
@@ -257,7 +267,7 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         train_loader.generator.set_state(resume["loader"])
-        set_rng_state(resume["rng"])
+        set_rng_state(_own_rng_state(resume["rng"], train_loader.world))
         best_score, best_state, best_epoch = resume["best_score"], resume["best_state"], resume["best_epoch"]
         waited, history, done = resume["waited"], resume["history"], resume["epoch"]
     start = time.perf_counter()
@@ -273,9 +283,13 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
         lr = optimizer.param_groups[0]["lr"]  # at the epoch's start (per-batch schedules move it)
         train_loss = train_one_epoch(runner, train_loader, criterion, optimizer, device, cfg.precision, per_batch)
         val = evaluate(runner, val_loader, criterion, device, cfg.precision)
+        if not (math.isfinite(train_loss) and np.isfinite(val.logits).all()):
+            raise ArcmilError(f"training diverged in epoch {epoch} (training loss {train_loss:.4g}, non-finite "
+                              f"validation scores: {int((~np.isfinite(val.logits)).sum())}); lower the learning "
+                              f"rate (lr={cfg.lr:g})")
         row = {"epoch": epoch, "train_loss": train_loss, **_val_metrics(val), "lr": lr}
         if per_batch is None:
-            scheduler.step(row["val_loss"])
+            scheduler.step(row[cfg.monitor])
         row["seconds"] = time.perf_counter() - tic
         history.append(row)
         score = sign * row[cfg.monitor]
@@ -289,10 +303,12 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
         if show:
             tqdm.write(f"[{desc}] epoch {epoch:>2}  train_loss {train_loss:.4f}  val_loss {row['val_loss']:.4f}  "
                        f"val_roc_auc {row['val_roc_auc']:.4f}  lr {row['lr']:.2e}{'  *' if improved else ''}")
+        # every rank's own RNG state (dropout draws differ per rank); a collective, so every rank calls it
+        rngs = train_loader.world.gather(rng_state()) if on_epoch or train_loader.world.active else None
         if on_epoch is not None:
             on_epoch({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "loader": train_loader.generator.get_state(),
-                      "rng": rng_state(), "best_score": best_score, "best_state": best_state,
+                      "rng": rngs, "best_score": best_score, "best_state": best_state,
                       "best_epoch": best_epoch, "waited": waited, "history": history})
     model.load_state_dict(best_state)
     return FitResult(best_epoch, history, stopped_early=len(history) < cfg.epochs,

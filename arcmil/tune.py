@@ -27,7 +27,7 @@ from arcmil.pipeline import EvalConfig, RunResult, run_experiment, train_run
 from arcmil.settings import COMMAND_KEYS, EVAL_FIELDS, MODEL_FIELDS, TRAIN_FIELDS, SearchConfig, read_mapping, resolve
 from arcmil.train import TRAIN_SEARCH_SPACE, TrainConfig
 
-PRUNER_WARMUP_STEPS = 2  # no pruning on the first two reports: the warm-up epoch's scores say little
+PRUNER_WARMUP_STEPS = 2  # no pruning on the first two reports (steps 0 and 1): early epochs' scores say little
 
 
 def _import_optuna():
@@ -39,11 +39,18 @@ def _import_optuna():
     return optuna
 
 
+def make_pruner():
+    """Optuna's median pruner; a trial's reports are steps 0, 1, ... (epochs or inner folds finished
+    before), so the first PRUNER_WARMUP_STEPS of them are never pruned."""
+    return _import_optuna().pruners.MedianPruner(n_warmup_steps=PRUNER_WARMUP_STEPS)
+
+
 def search_space(model_name: str, overrides: dict, space_file: str | None = None) -> dict[str, dict]:
     """The parameters searched for ``model_name``: the training ranges and the model's (beside its
     config), less the variant's preset and those that do not matter for this config, then the
     ``space_file`` YAML (name: {low, high[, log | step]} or {choices}; null removes a parameter; a
-    setting of other models only is skipped, so one file can serve a comparison)."""
+    setting of other models only, or one the variant fixes (its preset, e.g. pool for
+    transformer_mil_topk), is skipped, so one file can serve a comparison)."""
     entry, config = get_entry(model_name), make_config(model_name, **overrides)
     model_space = {name: spec for name, spec in config.SEARCH_SPACE.items()
                    if name not in entry.preset and config.SEARCH_WHEN.get(name, lambda c: True)(config)}
@@ -54,7 +61,7 @@ def search_space(model_name: str, overrides: dict, space_file: str | None = None
             if name not in TRAIN_FIELDS and name not in MODEL_FIELDS:
                 raise ConfigError(f"{space_file}: {name!r} is not a training or model setting"
                                   f"{closest(str(name), [*TRAIN_FIELDS, *MODEL_FIELDS])}")
-            if name in MODEL_FIELDS and name not in own:
+            if name in MODEL_FIELDS and (name not in own or name in entry.preset):
                 continue
             if spec is None:
                 space.pop(name, None)
@@ -143,8 +150,8 @@ def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchCo
         trial_cfg, trial_overrides = split_settings({n: _suggest(trial, n, s) for n, s in space.items()},
                                                     replace(cfg, progress=False), overrides)
         if not search.inner_folds:
-            def report(state):
-                trial.report(state["history"][-1]["val_roc_auc"], state["epoch"])
+            def report(state):  # step = epochs finished before this one, as the inner folds' steps are 0-based
+                trial.report(state["history"][-1]["val_roc_auc"], state["epoch"] - 1)
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
@@ -166,7 +173,7 @@ def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchCo
     study = optuna.create_study(
         study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-        pruner=optuna.pruners.MedianPruner(n_warmup_steps=PRUNER_WARMUP_STEPS))
+        pruner=make_pruner())
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if fail_running else ():
         study.tell(stale.number, state=TrialState.FAIL)
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -175,8 +182,8 @@ def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchCo
     if on_trial is not None:
         callbacks.append(lambda s, t: t.state == TrialState.COMPLETE and on_trial(t.number, t.value))
     if remaining > 0:
-        with warnings.catch_warnings():  # pruned trials' unfinished epochs; sklearn's ill-posed AUC warnings
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings():  # scikit-learn's ill-posed metric warnings on tiny inner folds only
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"sklearn\.")
             study.optimize(objective, n_trials=remaining, timeout=search.timeout, catch=(ArcmilError,),
                            callbacks=callbacks)
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -17,8 +17,12 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     section = README.read_text().split("## Experiment scripts and Python API")[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
-    assert (tmp_path / "transmil.pth").exists()
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    bags, windows = namespace["bags"], namespace["windows"]
+    assert namespace["probs"].shape == (len(bags),) and set(np.unique(namespace["labels"])) <= {0, 1}
+    assert len(windows) == int(bags.lengths[:3].sum())  # one row per window of the three explained bags
+    np.testing.assert_allclose(windows.groupby("bag_id")["weights"].sum(), 1.0, rtol=1e-5)
 
 
 def test_estimator_on_arrays_agrees_with_its_checkpoint(tmp_path):

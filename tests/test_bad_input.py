@@ -1,5 +1,6 @@
 """Malformed input, tried for real through the command line: one line naming file, bag and field,
 exit code 2, no traceback, and nothing written."""
+import json
 import subprocess
 import sys
 
@@ -147,10 +148,19 @@ def test_no_traceback_unless_debug(tmp_path):
     (["--patience", "-2"], "patience must be at least 1, got -2"),
     (["--model", "transmil_nystrom", "--attention", "full"], "transmil_nystrom is defined by attention='nystrom'"),
     (["--n-bootstrap", "-1"], "n_bootstrap must be 0 or more, got -1"),
+    (["cv", "--val-fraction", "1.5"], "val_fraction must be between 0 and 1"),
+    (["compare", "--val-fraction", "0"], "val_fraction must be between 0 and 1"),
+    (["cv", "--folds", "1"], "folds must be at least 2, got 1"),
+    (["train", "--lr", "1e30"], "training diverged in epoch 1"),
 ])
 def test_bad_settings_exit_2_with_one_line_and_write_nothing(flags, message, tmp_path, capsys):
     data = save_bags(make_demo_bags(n_bags=40, seed=1), tmp_path / "data.npz")
-    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *FAST, *flags]) == 2
+    command, flags = (flags[0], flags[1:]) if flags[0] in ("train", "cv", "compare") else ("train", flags)
+    assert main([command, "--data", str(data), "--out", str(tmp_path / "run"), *FAST, *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
-    assert not (tmp_path / "run").exists()
+    if "diverged" in message:  # found while training: the run directory says so, and holds no results
+        assert json.loads((tmp_path / "run" / "run_state.json").read_text())["status"] == "failed"
+        assert not list((tmp_path / "run").glob("stage3_*")) and not (tmp_path / "run" / "predictions.csv").exists()
+    else:
+        assert not (tmp_path / "run").exists()

@@ -37,7 +37,7 @@ def test_train_writes_every_output(trained):
     assert results["tag"] == "transmil_cls_d32_h2_L2_ff64_drop01_sin"
     assert results["model_config"]["d_model"] == 32 and results["train_config"]["epochs"] == 2
     assert results["eval_config"]["n_bootstrap"] == 50 and results["threshold"]["method"] == "f1"
-    assert len(results["history"]) == results["epochs_run"] <= 2
+    assert len(results["history"]) == results["epochs_run"] == 2 and not results["stopped_early"]  # patience 3 > 2
     for key in ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
                 "mcc", "confusion_matrix", "ci"):
         assert key in results["test"]
@@ -212,6 +212,18 @@ def test_long_bags_get_window_weights_in_long_format(tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(tmp_path / "run" / "best_attention_mil.pth"), "--data", str(data),
                  "--out", str(tmp_path / "scores.csv")]) == 0
     assert len(pd.read_csv(tmp_path / "scores_window_weights.csv")) == 990
+    # short bags scored over those predictions: the long weights described the replaced output and go with it
+    short = save_bags(make_demo_bags(n_bags=20, seed=4), tmp_path / "short.npz")
+    checkpoint = str(tmp_path / "run" / "best_attention_mil.pth")
+    assert main(["predict", "--checkpoint", checkpoint, "--data", str(short), "--out", str(tmp_path / "scores.csv")]) == 2
+    assert "scores.csv: already exists" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", checkpoint, "--data", str(short), "--out", str(tmp_path / "scores.csv"),
+                 "--overwrite"]) == 0
+    assert "w_9" in pd.read_csv(tmp_path / "scores.csv").columns and not (tmp_path / "scores_window_weights.csv").exists()
+    # a file this predict would not write does not block it
+    (tmp_path / "new_window_weights.csv").write_text("someone's file\n")
+    assert main(["predict", "--checkpoint", checkpoint, "--data", str(short), "--out", str(tmp_path / "new.csv")]) == 0
+    assert (tmp_path / "new_window_weights.csv").read_text() == "someone's file\n"
 
 
 def test_classic_mil_sources_get_their_recorded_preset(capsys):

@@ -4,6 +4,7 @@ from scipy import stats
 
 from arcmil.cv import cv_splits, run_cv
 from arcmil.errors import DataError
+from arcmil.pipeline import EvalConfig
 from arcmil.stats import mean_std, paired_test
 from arcmil.train import TrainConfig
 
@@ -34,12 +35,17 @@ def test_run_cv_records_each_fold_and_uses_only_its_training_part(small_bags):
     for record in result.folds:
         assert record["n_train"] + record["n_val"] + record["n_test"] == len(small_bags)
         assert record["test"]["n"] == record["n_test"]
-        assert record["test_at_0.5"]["threshold"] == 0.5
     accuracy = [r["test"]["accuracy"] for r in result.folds]
     assert result.summary["at_val_threshold"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracy))
     assert result.summary["at_val_threshold"]["accuracy"]["std"] == pytest.approx(np.std(accuracy, ddof=1))
     again = run_cv(small_bags, "attention_mil", cfg, folds=3, seeds=[0], hidden_dim=16)
     assert again.summary == result.summary
+    # "at 0.5" is the fixed threshold 0.5 on the calibrated probabilities, as threshold_method fixed decides
+    fixed = run_cv(small_bags, "attention_mil", cfg, evaluation=EvalConfig(threshold_method="fixed"), folds=3,
+                   seeds=[0], hidden_dim=16)
+    for record, fixed_record in zip(result.folds, fixed.folds):
+        decisions = ("f1", "precision", "recall", "accuracy", "confusion_matrix")
+        assert {k: fixed_record["test"][k] for k in decisions} == {k: record["test_at_0.5"][k] for k in decisions}
 
 
 def test_cv_refuses_too_few_bags_per_class(small_bags):
@@ -69,5 +75,12 @@ def test_corrected_test_inflates_the_variance():
 def test_paired_test_edge_cases():
     assert paired_test([0.8, 0.8], [0.8, 0.8])["p_value"] == 1.0
     assert not paired_test([0.9], [0.1])["significant"]  # one run proves nothing
+    # identical differences have no variance: not infinite evidence, but an exact sign test on their directions
+    same = paired_test([0.9, 0.9], [0.88, 0.88])
+    assert same["p_value"] == 0.5 and not same["significant"] and same["t"] is None and "sign test" in same["test"]
+    near = paired_test([0.9, 0.8], [0.88, 0.78])  # equal up to float error (0.02 and 0.020000000000000018)
+    assert near["p_value"] == 0.5 and not near["significant"]
+    assert paired_test([0.9] * 10, [0.8] * 10)["p_value"] == pytest.approx(2 / 2**10)  # ten of ten agree
+    assert paired_test([0.8] * 10, [0.9] * 10)["p_value"] == pytest.approx(2 / 2**10)
     assert mean_std([0.5, None, 0.7]) == {"mean": pytest.approx(0.6), "std": pytest.approx(np.std([0.5, 0.7], ddof=1)),
                                          "n": 2}

@@ -58,3 +58,31 @@ def test_two_processes_match_one(tmp_path):
     np.testing.assert_allclose(two_pred["prob"], one_pred["prob"], rtol=1e-4, atol=1e-6)
     assert list(two_pred["bag_id"]) == list(one_pred["bag_id"])
     assert two["threshold"]["value"] == pytest.approx(one["threshold"]["value"], rel=1e-4)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
+def test_a_killed_two_process_run_with_dropout_resumes_each_rank_with_its_own_rng(tmp_path):
+    """Each rank draws its own dropout masks; a resume must give each its own RNG state back (not rank 0's),
+    or the resumed run's numbers drift from the uninterrupted one's."""
+    import signal
+    import time
+
+    data = save_bags(make_demo_bags(n_bags=300, seed=4), tmp_path / "bags.npz")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    args = [*ARGS[:ARGS.index("--dropout-p")], *ARGS[ARGS.index("--dropout-p") + 2:], "--epochs", "8", "--data",
+            str(data)]
+    arcmil(torchrun, [*args, "--out", str(tmp_path / "full")])
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*torchrun, "-m", "arcmil", *args, "--out", str(run)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    state, deadline = run / "run_state.json", time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (
+            state.exists() and json.loads(state.read_text()).get("epoch", 0) >= 3):
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    proc.wait()
+    arcmil(torchrun, ["train", "--resume", str(run)])
+    pd.testing.assert_frame_equal(pd.read_csv(run / "predictions.csv"), pd.read_csv(tmp_path / "full" / "predictions.csv"),
+                                  check_exact=True)

@@ -1,11 +1,16 @@
 """The note's experiment scripts: identical but for the model block, and runnable as plain scripts."""
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from arcmil.data import save_bags
+import numpy as np
+import pandas as pd
+
+from arcmil import MILClassifier
+from arcmil.data import load_bags, save_bags
 from arcmil.demo import make_demo_bags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,4 +42,9 @@ def test_script_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (run,) = (tmp_path / "out").iterdir()
     assert run.name.startswith("transmil_cls_d128_h4_L2_ff256_drop01_sin_")
-    assert (run / "best_transmil.pth").exists() and (run / "stage3_transmil_results.json").exists()
+    results = json.loads((run / "stage3_transmil_results.json").read_text())
+    assert results["epochs_run"] == 1 and results["train_config"]["epochs"] == 1  # ARCMIL_EPOCHS reached the run
+    # the saved checkpoint is the model that wrote the predictions
+    predictions = pd.read_csv(run / "predictions.csv")
+    again = MILClassifier.load(run / "best_transmil.pth").predict_proba(load_bags(data))[:, 1]
+    np.testing.assert_allclose(again, predictions.set_index("bag_id").loc[load_bags(data).bag_ids, "prob"], atol=1e-6)

@@ -18,8 +18,16 @@ def test_f1_threshold_matches_brute_force(seed, ties):
     y, s = scored(np.random.default_rng(seed), ties=ties)
     best = max(f1_score(y, s >= t) for t in np.unique(s))
     t = tune_threshold(y, s, "f1")
-    assert t in set(s)
     assert f1_score(y, s >= t) == pytest.approx(best)
+    assert_halfway_between_scores(t, s)
+
+
+def assert_halfway_between_scores(t, s):
+    """A tuned threshold lies on no score: halfway between its neighbours among the distinct scores."""
+    distinct = np.unique(np.r_[0.0, s])
+    assert t not in set(s)
+    above, below = distinct[distinct > t].min(), distinct[distinct < t].max()
+    assert t == pytest.approx((above + below) / 2)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -31,7 +39,16 @@ def test_youden_threshold_matches_brute_force(seed):
         return pred[y == 1].mean() - pred[y == 0].mean()
 
     best = max(youden(t) for t in np.unique(s))
-    assert youden(tune_threshold(y, s, "youden")) == pytest.approx(best)
+    t = tune_threshold(y, s, "youden")
+    assert youden(t) == pytest.approx(best)
+    assert_halfway_between_scores(t, s)
+
+
+def test_threshold_below_the_lowest_score_and_on_separable_scores():
+    # every bag positive is best when the lowest score is a positive: halfway to 0
+    assert tune_threshold([1, 0, 1], [0.2, 0.4, 0.9], "f1") == pytest.approx(0.1)
+    # separable: the cut sits between the highest negative and the lowest positive, not on 0.8
+    assert tune_threshold([0, 0, 1, 1], [0.1, 0.3, 0.8, 0.95], "f1") == pytest.approx(0.55)
 
 
 def test_fixed_and_unknown_methods():

@@ -1,6 +1,7 @@
 """The shared run: one resolved config per command that config.yaml records whole, resume that refuses
 changed data, and the pre-flight checks and trackers that train, compare and cv now share."""
 import dataclasses
+import json
 
 import pytest
 import yaml
@@ -64,6 +65,74 @@ def test_resume_refuses_a_changed_data_file(tmp_path):
     save_bags(make_demo_bags(n_bags=40, seed=2), data)
     with pytest.raises(ArcmilError, match="the data changed since the run"):
         Run.resume("cv", run.out)
+
+
+def interrupted(command: str, settings: dict) -> Run:
+    """A run of ``command`` killed before its first result."""
+    run = Run.new(command, settings)
+    with pytest.raises(KeyboardInterrupt), run.started():
+        raise KeyboardInterrupt
+    return run
+
+
+def test_resume_refuses_settings_other_than_the_recorded_ones(tmp_path):
+    data = save_bags(make_demo_bags(n_bags=40, seed=1), tmp_path / "bags.npz")
+    run = interrupted("train", {"data": str(data), "out": str(tmp_path / "run"), "model": "transmil", "epochs": 9})
+    for given, key in (({"epochs": 7}, "epochs"), ({"lr": 0.1, "epochs": 9}, "lr"), ({"model": "attention_mil"}, "model"),
+                       ({"calibrate": "isotonic"}, "calibrate"), ({"d_model": 64}, "d_model")):
+        with pytest.raises(ArcmilError, match=f"as it was started: .*{key}=.* \\(given "):
+            Run.resume("train", run.out, given)
+    assert Run.resume("train", run.out, {"epochs": 9, "model": "transmil"}).config == run.config  # as recorded: fine
+    with pytest.raises(ArcmilError, match="--out names another directory"):
+        Run.resume("train", run.out, {"out": str(tmp_path / "elsewhere")})
+    resumed = Run.resume("train", run.out, {"device": "cpu", "progress": False})  # change no result: allowed
+    assert resumed.config.train.device == "cpu" and not resumed.config.train.progress
+    with pytest.raises(KeyboardInterrupt), resumed.started():
+        raise KeyboardInterrupt
+    info = json.loads((run.out / "run_info.json").read_text())
+    assert info["command"] == "train" and info["resumes"][-1]["changed"] == {"device": "cpu", "progress": False}
+
+
+@pytest.mark.parametrize("started,resumed", [("train", "cv"), ("cv", "train"), ("compare", "cv"), ("tune", "train")])
+def test_resume_refuses_another_command(started, resumed, tmp_path):
+    settings = {"trials": 2} if started == "tune" else {}
+    run = interrupted(started, {"out": str(tmp_path / "run"), **settings})
+    with pytest.raises(ArcmilError, match=f"a run of arcmil {started}, not {resumed}"):
+        Run.resume(resumed, run.out)
+    info = json.loads((run.out / "run_info.json").read_text())
+    del info["command"]  # a run from before the command was recorded: told by its config.yaml's keys
+    (run.out / "run_info.json").write_text(json.dumps(info))
+    with pytest.raises(ArcmilError, match=f"a run of arcmil {started}, not {resumed}"):
+        Run.resume(resumed, run.out)
+
+
+def test_resume_finds_the_data_from_any_directory_and_at_a_new_path(tmp_path, monkeypatch):
+    (tmp_path / "project").mkdir()
+    save_bags(make_demo_bags(n_bags=40, seed=1), tmp_path / "project" / "bags.npz")
+    monkeypatch.chdir(tmp_path / "project")
+    run = interrupted("cv", {"data": "bags.npz", "out": "run", "folds": 3})  # a relative path
+    monkeypatch.chdir(tmp_path)
+    assert Run.resume("cv", "project/run").config.data == str(tmp_path / "project" / "bags.npz")
+    (tmp_path / "project" / "bags.npz").rename(tmp_path / "moved.npz")
+    with pytest.raises(ArcmilError, match="bags.npz is not found .*give --data"):
+        Run.resume("cv", "project/run")
+    assert Run.resume("cv", "project/run", {"data": "moved.npz"}).config.data == "moved.npz"  # same file, new place
+    save_bags(make_demo_bags(n_bags=40, seed=2), tmp_path / "other.npz")
+    with pytest.raises(ArcmilError, match="the data changed since the run"):
+        Run.resume("cv", "project/run", {"data": "other.npz"})
+    assert run.out.name == "run"
+
+
+def test_cli_resume_with_other_flags_is_a_one_line_error(tmp_path, capsys):
+    run = interrupted("train", {"out": str(tmp_path / "run"), "epochs": 3})
+    assert main(["train", "--resume", str(run.out), "--epochs", "7", "--lr", "0.1", "--model", "transmil"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    for change in ("model='attention_mil' (given 'transmil')", "epochs=3 (given 7)", "lr=0.0005 (given 0.1)"):
+        assert change in err, err
+    assert main(["cv", "--resume", str(run.out)]) == 2
+    assert "a run of arcmil train, not cv" in capsys.readouterr().err
+    assert json.loads((run.out / "run_state.json").read_text())["status"] == "failed"  # untouched by the refusals
 
 
 @pytest.mark.parametrize("command", [["cv", "--model", "transmil"], ["compare", "--models", "transmil", "--folds", "3"]])

@@ -1,8 +1,11 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from arcmil.data import make_loader
+from arcmil.errors import ArcmilError
 from arcmil.distributed import SINGLE, World
 from arcmil.models import build_model
 from arcmil.pipeline import prepare_data, run_experiment
@@ -27,23 +30,63 @@ def test_same_seed_same_numbers(small_bags, name):
     assert not np.array_equal(a.predictions["prob"], c.predictions["prob"])
 
 
-def test_early_stopping_keeps_the_best_state(small_bags):
-    cfg = TrainConfig(epochs=8, patience=2, lr=3e-3, progress=False)
-    result = run_experiment(small_bags, "transformer_mil", cfg, d_model=32, nhead=2, dim_feedforward=64)
-    history = result.history
-    losses = [row["val_loss"] for row in history]
-    assert result.best_epoch == int(np.argmin(losses)) + 1
-    assert len(history) <= cfg.epochs
-    if result.stopped_early:
-        assert len(history) - result.best_epoch == cfg.patience
-    # the restored model reproduces the best epoch's validation loss
-    assert result.validation["loss"] == pytest.approx(min(losses), rel=1e-5)
+@pytest.mark.parametrize("monitor,scores,best,run", [
+    ("val_loss", [0.9, 0.7, 0.8, 0.75, 0.71, 0.5], 2, 5),  # best at 2, then 3 epochs without a lower loss: stop
+    ("val_roc_auc", [0.6, 0.8, 0.8, 0.79, 0.9, 0.7, 0.7, 0.7], 5, 8),  # a tie is no improvement; best at 5
+])
+def test_patience_stops_on_a_plateau_at_the_right_epoch_and_keeps_the_best_state(small_bags, monkeypatch, monitor,
+                                                                                  scores, best, run):
+    import dataclasses
+
+    import arcmil.train as train
+
+    real_evaluate, epoch = train.evaluate, iter(range(len(scores)))
+
+    def scripted(*args, **kwargs):  # the real scores, with the monitored value replaced by the script's
+        ev = real_evaluate(*args, **kwargs)
+        value = scores[next(epoch)]
+        return dataclasses.replace(ev, loss=value) if monitor == "val_loss" else ev
+
+    monkeypatch.setattr(train, "evaluate", scripted)
+    if monitor == "val_roc_auc":
+        script = iter(scores)
+        monkeypatch.setattr(train, "_val_metrics", lambda val: {"val_loss": val.loss, "val_roc_auc": next(script),
+                                                                "val_pr_auc": 0.5})
+    states = {}
+    cfg = TrainConfig(epochs=8, patience=3, monitor=monitor, progress=False)
+    result = run_experiment(small_bags, "attention_mil", cfg, hidden_dim=16,
+                            on_epoch=lambda s: states.update({s["epoch"]: copy.deepcopy(s["model"])}))
+    assert result.best_epoch == best and len(result.history) == run and result.stopped_early == (run < cfg.epochs)
+    assert [row[monitor] for row in result.history] == scores[:run]
+    final = result.model.state_dict()
+    assert all(torch.equal(final[k], states[best][k]) for k in final)  # the best epoch's weights, not the last
+
+
+def test_plateau_schedule_follows_the_monitored_metric(small_bags):
+    from arcmil.train import make_optimizer
+
+    model = build_model("attention_mil", input_dim=small_bags.dim)
+    for monitor, mode in (("val_loss", "min"), ("val_roc_auc", "max"), ("val_pr_auc", "max")):
+        _, scheduler = make_optimizer(model, TrainConfig(lr_schedule="plateau", monitor=monitor), 10)
+        assert scheduler.mode == mode
+    cfg = TrainConfig(epochs=6, lr_schedule="plateau", lr_patience=0, patience=6, monitor="val_roc_auc", lr=1e-3,
+                      progress=False)
+    history = run_experiment(small_bags, "attention_mil", cfg, hidden_dim=16).history
+    for before, after in zip(history, history[1:]):  # the rate halves after each epoch that did not raise the AUC
+        best_so_far = max(row["val_roc_auc"] for row in history[:before["epoch"] - 1]) if before["epoch"] > 1 else -1
+        improved = before["val_roc_auc"] > best_so_far
+        assert after["lr"] == pytest.approx(before["lr"] * (1 if improved else 0.5)), (before, after)
+
+
+def test_a_diverging_run_stops_with_our_error(small_bags):
+    with pytest.raises(ArcmilError, match=r"training diverged in epoch 1 .*lower the learning rate \(lr=1e\+30\)"):
+        run_experiment(small_bags, "attention_mil", TrainConfig(lr=1e30, progress=False), hidden_dim=16)
 
 
 def test_threshold_is_tuned_on_validation_only(small_bags):
     result = run_experiment(small_bags, "attention_mil", TrainConfig(**FAST))
     val = result.predictions[result.predictions.split == "val"]
-    assert np.isclose(val["prob"], result.threshold, rtol=0, atol=1e-12).any()  # one of the validation scores
+    assert not np.isclose(val["prob"], result.threshold, rtol=0, atol=1e-9).any()  # between validation scores
     assert result.validation["f1"] >= max(
         ((val.prob >= t) & (val.label == 1)).sum() * 2 / ((val.prob >= t).sum() + val.label.sum()) for t in val.prob
     ) - 1e-12

@@ -54,6 +54,34 @@ def test_each_model_searches_what_it_has_and_the_yaml_overrides_it(tmp_path):
             search_space("attention_mil", {}, str(path))
 
 
+def test_a_space_file_never_searches_what_the_variant_fixes(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("pool: {choices: [attention, topk]}\ngated: {choices: [true, false]}\n")
+    assert "pool" not in search_space("transformer_mil_topk", {}, str(path))  # topk is what the variant is
+    assert search_space("transformer_mil", {}, str(path))["pool"] == {"choices": ["attention", "topk"]}
+    assert "gated" not in search_space("attention_mil_gated", {}, str(path))
+    assert "gated" in search_space("attention_mil", {}, str(path))
+
+
+def test_the_pruner_spares_a_trial_its_first_two_epochs():
+    """Trials report one step per finished epoch from step 0: a trial far below the median is first prunable
+    at its third epoch."""
+    from arcmil.tune import make_pruner
+
+    study = optuna.create_study(direction="maximize", pruner=make_pruner())
+    for _ in range(5):  # the pruner's n_startup_trials
+        good = study.ask()
+        for step in range(3):
+            good.report(0.9, step)
+        study.tell(good, 0.9)
+    bad = study.ask()
+    prunable = []
+    for epoch in (1, 2, 3):
+        bad.report(0.1, epoch - 1)
+        prunable.append(bad.should_prune())
+    assert prunable == [False, False, True]
+
+
 def test_search_settings_resolve_and_refuse_nonsense():
     assert resolve("tune", {}).search == SearchConfig(trials=50)
     assert resolve("cv", {"trials": 5, "inner_folds": 3}).search == SearchConfig(trials=5, inner_folds=3)
@@ -104,7 +132,8 @@ def test_nested_cv_searches_each_fold_without_its_test_fold(space_file):
     assert clean.folds[0]["test"]["roc_auc"] != dirty.folds[0]["test"]["roc_auc"]
     rows = clean.fold_rows()
     assert all("search_roc_auc" in r and "tuned_lr" in r for r in rows)
-    assert {r["tuned_hidden_dim"] for r in rows} <= {8, 16}
+    for record, row in zip(clean.folds, rows):  # each fold's final model is trained with its search's best
+        assert row["tuned_hidden_dim"] == record["search"]["best_params"]["hidden_dim"]
 
 
 def test_a_study_continues_where_it_stopped(tmp_path, space_file):
@@ -155,12 +184,17 @@ def test_compare_and_cv_tune_end_to_end(tmp_path, space_file, capsys):
     common = ["--data", str(data), "--tune", "2", "--space", space_file, "--n-bootstrap", "0", "--no-progress"]
     assert main(["compare", "--models", "attention_mil,transmil", "--out", str(tmp_path / "cmp"), *common]) == 0
     summary = json.loads((tmp_path / "cmp" / "transmil" / "model_summary.json").read_text())
-    assert summary["searches"][0]["n_trials"] == 2 and summary["searches"][0]["best_params"]["d_model"] in (16, 32)
+    assert summary["searches"][0]["n_trials"] == 2
+    seed_run = json.loads(next((tmp_path / "cmp" / "transmil").rglob("stage3_transmil_results.json")).read_text())
+    assert seed_run["model_config"]["d_model"] == summary["searches"][0]["best_params"]["d_model"]
     assert "each model tuned with 2 trials" in capsys.readouterr().out
     assert main(["cv", "--model", "attention_mil", "--folds", "3", "--repeats", "1", "--out", str(tmp_path / "cv"),
                  *common]) == 0
     folds = pd.read_csv(tmp_path / "cv" / "cv_folds.csv")
-    assert len(folds) == 3 and folds["tuned_hidden_dim"].isin([8, 16]).all()
+    assert len(folds) == 3
+    for fold in folds.itertuples():
+        record = json.loads((tmp_path / "cv" / "folds" / f"r{fold.repeat}_f{fold.fold}.json").read_text())
+        assert fold.tuned_hidden_dim == record["search"]["best_params"]["hidden_dim"]
     assert "nested CV" in capsys.readouterr().out
 
 
