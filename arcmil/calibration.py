@@ -6,11 +6,13 @@ model scores (the threshold is tuned on calibrated scores; checkpoints, ``predic
 API carry it).
 
 - ``platt`` (default): p = sigmoid(a * logit + b), Platt's (1999) two-parameter map, fitted by
-  scikit-learn's LogisticRegression on Platt's smoothed targets. The bias b undoes the shift of about
-  log(pos_weight) that weighted BCE puts on every logit, which no temperature can; the smoothed targets
-  keep the slope finite on separable validation scores, so distinct scores stay distinct (no ties at
-  exactly 1.0). a >= MIN_PLATT_SLOPE: a validation set on which the score ranks worse than chance
-  gets nearly its base rate, with the model's ranking kept (never reversed, never tied).
+  scikit-learn's LogisticRegression on the validation logits with its default L2 prior on the slope
+  (C = 1; the intercept is not penalised). The bias b undoes the shift of about log(pos_weight) that
+  weighted BCE puts on every logit, which no temperature can; the prior keeps the slope finite on
+  separable validation scores (distinct scores stay distinct, no ties at exactly 1.0) and weighs
+  less as the validation set grows. a >= MIN_PLATT_SLOPE: a validation set on which the score ranks
+  worse than chance gets nearly its base rate, with the model's ranking kept (never reversed).
+  (Platt's smoothed targets instead of the prior were measured too: README, calibration table.)
 - ``temperature``: p = sigmoid(logit / T), one parameter, the ranking unchanged, no shift undone.
 - ``isotonic``: scikit-learn's IsotonicRegression on the raw probabilities, a monotone step map
   (ties can merge nearby scores).
@@ -34,6 +36,7 @@ CALIBRATIONS = ("platt", "temperature", "isotonic", "none")
 ECE_BINS = 15  # equal-width probability bins of the expected calibration error
 LOG_TEMPERATURE_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: wider never helps a validation NLL fit
 MIN_PLATT_SLOPE = float(np.exp(-LOG_TEMPERATURE_BOUNDS[1]))  # the flattest map temperature scaling can fit
+PLATT_C = 1.0  # scikit-learn's default inverse L2 strength on Platt's slope (README: calibration table)
 
 
 @dataclass(frozen=True)
@@ -130,22 +133,16 @@ class Calibrator:
 
 
 def _platt(labels: np.ndarray, logits: np.ndarray) -> dict:
-    """Platt's map on validation: logistic regression of the labels on the logits, unpenalised, with
-    the targets (n+ + 1) / (n+ + 2) for positives and 1 / (n- + 2) for negatives (Platt 1999, sec. 2.2),
-    given to scikit-learn as each bag weighted once per class."""
-    n_pos = labels.sum()
-    n_neg = len(labels) - n_pos
-    target = np.where(labels == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(
-        np.concatenate([logits, logits])[:, None], np.r_[np.ones(len(labels)), np.zeros(len(labels))],
-        sample_weight=np.r_[target, 1 - target])
+    """Platt's map on validation: scikit-learn's logistic regression of the labels on the logits
+    (PLATT_C), its slope floored at MIN_PLATT_SLOPE with the bias refitted for that slope."""
+    fit = LogisticRegression(C=PLATT_C, tol=1e-10, max_iter=1000).fit(logits[:, None], labels)
     slope, bias = float(fit.coef_[0, 0]), float(fit.intercept_[0])
     if slope < MIN_PLATT_SLOPE:  # ranks worse than chance on validation: keep the ranking, fit the bias alone
         slope = MIN_PLATT_SLOPE
 
-        def loss(b):
+        def loss(b):  # the same penalised objective; the penalty is constant for a fixed slope
             z = slope * logits + b
-            return -np.mean(target * log_expit(z) + (1 - target) * log_expit(-z))
+            return -np.sum(labels * log_expit(z) + (1 - labels) * log_expit(-z))
 
         bias = float(minimize_scalar(loss).x)
     return {"slope": slope, "bias": bias}

@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from arcmil import MILClassifier
-from arcmil.calibration import MIN_PLATT_SLOPE, Calibrator, calibration_metrics, expected_calibration_error
+from arcmil.calibration import MIN_PLATT_SLOPE, PLATT_C, Calibrator, calibration_metrics, expected_calibration_error
 from arcmil.cli import main
 from arcmil.data import save_bags
 from arcmil.demo import make_demo_bags
@@ -36,20 +36,18 @@ def test_temperature_equals_scikit_learn_logistic_regression_without_intercept()
     np.testing.assert_allclose(calibrator(logits), reference.predict_proba(logits[:, None])[:, 1], atol=1e-5)
 
 
-def test_platt_minimises_the_log_loss_on_platts_smoothed_targets():
-    """Against a direct minimisation (scipy, not scikit-learn) of Platt's (1999) objective."""
+def test_platt_minimises_the_penalised_log_loss():
+    """Against a direct minimisation (scipy, not scikit-learn) of C x log-loss + slope^2 / 2 (intercept free)."""
     from scipy.optimize import minimize
     from scipy.special import log_expit
 
     labels, logits = overconfident(600, seed=6)
-    n_pos, n_neg = labels.sum(), len(labels) - labels.sum()
-    target = np.where(labels == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
 
     def loss(ab):
         z = ab[0] * logits + ab[1]
-        return -np.mean(target * log_expit(z) + (1 - target) * log_expit(-z))
+        return -PLATT_C * np.sum(labels * log_expit(z) + (1 - labels) * log_expit(-z)) + ab[0] ** 2 / 2
 
-    reference = minimize(loss, [1.0, 0.0], method="BFGS", options={"gtol": 1e-10}).x
+    reference = minimize(loss, [1.0, 0.0], method="BFGS", options={"gtol": 1e-8}).x
     calibrator = Calibrator.fit("platt", labels, logits)
     assert (calibrator.slope, calibrator.bias) == pytest.approx(tuple(reference), rel=1e-4, abs=1e-6)
     np.testing.assert_allclose(calibrator(logits), expit(reference[0] * logits + reference[1]), atol=1e-6)
