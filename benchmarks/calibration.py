@@ -1,7 +1,7 @@
 """Calibration methods judged on held-out data: test expected calibration error and Brier score of the
-raw sigmoid probabilities (``none``), temperature scaling and isotonic regression, each fitted on the
-validation split exactly as ``arcmil train --calibrate METHOD`` fits it, plus test F1 at the threshold
-tuned on the calibrated validation scores.
+raw sigmoid probabilities (``none``), Platt's map, temperature scaling and isotonic regression, each
+fitted on the validation split exactly as ``arcmil train --calibrate METHOD`` fits it, plus test F1 at
+the threshold tuned on the calibrated validation scores.
 
 Training does not depend on the calibration, so each (task, seed, model) cell trains once
 (``run_experiment`` with the default recipe, ``TrainConfig(seed=seed)``) and applies every method to
@@ -65,6 +65,19 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def print_table(summary: list[dict]) -> None:
+    """One row per task and model, one column per method for each of ECE, Brier and F1."""
+    cells = {(r["task"], r["model"], r["method"]): r for r in summary}
+    print("| task | model | " + " | ".join(f"{what}: {m}" for what in ("ECE", "Brier", "F1") for m in CALIBRATIONS)
+          + " |")
+    print("|---|---|" + "---|" * 3 * len(CALIBRATIONS))
+    for task, model in dict.fromkeys((r["task"], r["model"]) for r in summary):
+        row = [cells[(task, model, m)] for m in CALIBRATIONS]
+        print(f"| {task} | {model} | " + " | ".join(
+            [f"{r['ece_median']:.3f} ({r['ece_worst']:.3f})" for r in row] + [f"{r['brier_median']:.3f}" for r in row]
+            + [f"{r['f1_median']:.3f}" for r in row]) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
@@ -78,12 +91,9 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         runs = [row for rows in pool.map(run_cell, *zip(*cells)) for row in rows]
     summary = summarize(runs)
-    print(f"{len(parse_seeds(args.seeds))} seeds, 1 thread per process, {args.workers} processes; test split\n")
-    print("| task | model | calibration | ECE median | ECE worst | Brier median | Brier worst | F1 median |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in summary:
-        print(f"| {r['task']} | {r['model']} | {r['method']} | {r['ece_median']:.3f} | {r['ece_worst']:.3f} | "
-              f"{r['brier_median']:.3f} | {r['brier_worst']:.3f} | {r['f1_median']:.3f} |")
+    print(f"{len(parse_seeds(args.seeds))} seeds, 1 thread per process, {args.workers} processes; test split: "
+          "median (worst seed) ECE, median Brier, median F1\n")
+    print_table(summary)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"environment": environment(), "seeds": parse_seeds(args.seeds),
