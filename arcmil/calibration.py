@@ -10,8 +10,8 @@ API carry it).
   (C = 1; the intercept is not penalised). The bias b undoes the shift of about log(pos_weight) that
   weighted BCE puts on every logit, which no temperature can; the prior keeps the slope finite on
   separable validation scores (distinct scores stay distinct, no ties at exactly 1.0) and weighs
-  less as the validation set grows. a >= MIN_PLATT_SLOPE: a validation set on which the score ranks
-  worse than chance gets nearly its base rate, with the model's ranking kept (never reversed).
+  less as the validation set grows. a > 0: a validation set on which the score ranks no better than
+  chance gets a = MIN_PLATT_SLOPE, nearly its base rate, with the model's ranking kept (never reversed).
   (Platt's smoothed targets instead of the prior were measured too: README, calibration table.)
 - ``temperature``: p = sigmoid(logit / T), one parameter, the ranking unchanged, no shift undone.
 - ``isotonic``: scikit-learn's IsotonicRegression on the raw probabilities, a monotone step map
@@ -134,10 +134,10 @@ class Calibrator:
 
 def _platt(labels: np.ndarray, logits: np.ndarray) -> dict:
     """Platt's map on validation: scikit-learn's logistic regression of the labels on the logits
-    (PLATT_C), its slope floored at MIN_PLATT_SLOPE with the bias refitted for that slope."""
+    (PLATT_C); a slope <= 0 becomes MIN_PLATT_SLOPE, with the bias refitted for it."""
     fit = LogisticRegression(C=PLATT_C, tol=1e-10, max_iter=1000).fit(logits[:, None], labels)
     slope, bias = float(fit.coef_[0, 0]), float(fit.intercept_[0])
-    if slope < MIN_PLATT_SLOPE:  # ranks worse than chance on validation: keep the ranking, fit the bias alone
+    if slope <= 0:  # ranks no better than chance on validation: keep the ranking, fit the bias alone
         slope = MIN_PLATT_SLOPE
 
         def loss(b):  # the same penalised objective; the penalty is constant for a fixed slope

@@ -1,8 +1,8 @@
 """Per-window importance by three methods, and how well each localises the truly positive windows.
 
 * ``weights``: the model's own attention (what ``forward`` returns).
-* ``occlusion``: logit(bag) − logit(bag without window i), the window removed through the mask
-  (so the other windows keep their positions).
+* ``occlusion``: logit(bag) − logit(bag without window i), the window removed through the mask:
+  exactly the bag without it (positions count real windows only, so later windows move up one).
 * ``integrated_gradients`` (Sundararajan et al. 2017, eq. 3): (x_i − x'_i) · ∫ ∂F/∂x_i along the
   straight path from an all-zero baseline x', summed over features; midpoint Riemann sum. The
   attributions add up to F(x) − F(x') (completeness, Prop. 1), up to the sum's error.

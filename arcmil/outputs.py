@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -15,21 +16,14 @@ from pathlib import Path
 from arcmil.errors import ArcmilError
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)``, then rename over ``path`` (atomic on POSIX). The file gets the mode any new
-    file gets (0666 less the umask), not mkstemp's private 0600: an exported model or a report is read
-    by other users and services."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    os.close(fd)
+    """``write(tmp_path)``, then rename over ``path`` (atomic on POSIX). The temporary file is created
+    with mode 0666 less the umask, as any new file (not mkstemp's private 0600): an exported model or
+    a report is read by other users and services."""
+    tmp = path.parent / f".{path.name}.partial-{secrets.token_hex(8)}"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        write(str(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -79,7 +73,8 @@ def refuse_existing_file(path: str | os.PathLike, overwrite: bool = False) -> Pa
     """``path``, unless a file is there and ``overwrite`` was not asked for (checked before slow work too)."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ArcmilError(f"{path}: already exists; refusing to overwrite (pass --overwrite or choose another name)")
+        raise ArcmilError(f"{path}: already exists; refusing to overwrite (pass --overwrite, in Python "
+                          "overwrite=True, or choose another name)")
     return path
 
 

@@ -92,7 +92,9 @@ class OnnxModel(nn.Module):
     def forward(self, x, mask):
         """In slices of at most ATTENTION_CELLS bags x windows^2: the exported graph holds each attention
         matrix whole, where PyTorch's fused kernel never does (README: export benchmark)."""
-        check_position_table(getattr(self.config, "pos_enc", None), getattr(self.config, "max_len", 0), x.shape[1])
+        # the graph itself cannot raise a readable error (onnxruntime reports a Gather index out of range)
+        check_position_table(getattr(self.config, "pos_enc", None), getattr(self.config, "max_len", 0),
+                             int(mask.sum(1).max()))
         rows = max(1, ATTENTION_CELLS // x.shape[1] ** 2)
         logits, weights = [], []
         for start in range(0, len(x), rows):

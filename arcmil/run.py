@@ -31,6 +31,37 @@ from arcmil.settings import COMMAND_KEYS, ExperimentConfig, read_yaml, resolve
 
 # settings that change no result: a resumed run may be given new values (recorded in run_info.json)
 RESUME_MAY_CHANGE = ("device", "progress")
+MOVABLE = ("data", "space")  # files a resumed run may find at a new path, with the same content
+
+
+def absolute_paths(settings: dict) -> dict:
+    """``settings`` with the data file, search space file and SQLite storage given relative made absolute,
+    so a run resumes (and its report finds its data) from any working directory."""
+    settings = dict(settings)
+    for key in MOVABLE:
+        if is_local_path(settings.get(key)):
+            settings[key] = str(Path(settings[key]).resolve())
+    storage = settings.get("storage")
+    if storage and storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
+        settings["storage"] = "sqlite:///" + str(Path(storage.removeprefix("sqlite:///")).resolve())
+    return settings
+
+
+def _names(models) -> list[str]:
+    return [m.strip() for m in str(models or "").split(",") if m.strip()]
+
+
+def _same_content(key: str, recorded: str | None, given: str | None, info: dict) -> bool:
+    """Whether a movable file given at a new path is the recorded one: data by the SHA-256 recorded in
+    run_info.json (demo and mil: data have none: never), a search space by comparing the two files."""
+    if not (is_local_path(given) and Path(given).is_file()):
+        return False
+    if key == "data":
+        sha256 = info["data"]["sha256"]
+        return bool(sha256) and sha256 in (data_fingerprint(given)["sha256"],
+                                           data_fingerprint(given, legacy=True)["sha256"])
+    return is_local_path(recorded) and Path(recorded).is_file() and \
+        Path(recorded).read_bytes() == Path(given).read_bytes()
 
 
 class Run:
@@ -51,10 +82,8 @@ class Run:
         any working directory."""
         from arcmil.outputs import default_run_dir, refuse_existing_dir
 
-        settings = dict(settings)
+        settings = absolute_paths(settings)
         out = settings.pop("out", None)
-        if is_local_path(settings.get("data")):
-            settings["data"] = str(Path(settings["data"]).resolve())
         config = resolve(command, settings)
         return cls(config, refuse_existing_dir(out or default_run_dir("runs", config.run_name())), resuming=False)
 
@@ -63,8 +92,8 @@ class Run:
         """The interrupted run in ``out``, continued exactly as recorded: refused when it is complete, was
         started by another command, its data changed, or ``given`` (the settings passed with --resume) asks
         for something else than it recorded. Only RESUME_MAY_CHANGE settings may differ (they change no
-        result); ``data`` may name the same file (same SHA-256) at another path."""
-        out, given = Path(out), {k: v for k, v in (given or {}).items() if v is not None}
+        result); ``data`` and ``space`` may name the same file (same content) at another path."""
+        out, given = Path(out), absolute_paths({k: v for k, v in (given or {}).items() if v is not None})
         if read_status(out)["status"] == "complete":
             raise ArcmilError(f"{out}: this run is complete; nothing to resume")
         info = json.loads((out / INFO_FILE).read_text())
@@ -77,24 +106,23 @@ class Run:
             raise ArcmilError(f"--out names another directory than --resume {out}; a run resumes in its own directory")
         config = resolve(command, recorded)
         # another model cannot be resolved with the recorded model's settings: compared on its own
-        refused = [f"{k}={recorded[k]!r} (given {given.pop(k)!r})" for k in ("model", "models")
-                   if k in given and given[k] != recorded.get(k)]
+        refused = [f"{k}={recorded.get(k)!r} (given {given.pop(k)!r})" for k in ("model", "models")
+                   if k in given and _names(given[k]) != _names(recorded.get(k))]
         asked = resolve(command, {**recorded, **given})
         changes = {k: (v, asked.to_dict()[k]) for k, v in config.to_dict().items() if asked.to_dict()[k] != v}
         refused += [f"{k}={was!r} (given {now!r})" for k, (was, now) in changes.items()
-                    if k not in (*RESUME_MAY_CHANGE, "data")]
+                    if k not in RESUME_MAY_CHANGE and not (k in MOVABLE and _same_content(k, was, now, info))]
         if refused:
             raise ArcmilError(f"{out}: --resume continues the run as it was started: {', '.join(refused)}; "
                               "start a new run (--out) to change them")
-        data = asked.data if "data" in changes else config.data
-        sha256 = info["data"]["sha256"]
+        data, sha256 = asked.data, info["data"]["sha256"]
         if is_local_path(data) and not Path(data).exists():
             raise ArcmilError(f"{out}: its data {data} is not found (from {Path.cwd()}); give --data with the "
                               "same file at its new path")
-        if sha256 and data_fingerprint(data)["sha256"] != sha256:
+        if sha256 and sha256 not in (data_fingerprint(data)["sha256"], data_fingerprint(data, legacy=True)["sha256"]):
             raise ArcmilError(f"{data}: the data changed since the run in {out} started (SHA-256 differs); "
                               "start a new run instead of resuming")
-        run = cls(replace(asked, data=data), out, resuming=True)
+        run = cls(asked, out, resuming=True)
         run.resumed_with = {k: now for k, (_, now) in changes.items()}
         return run
 

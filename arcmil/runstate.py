@@ -35,16 +35,18 @@ def is_local_path(data: str | None) -> bool:
     return bool(data) and not str(data).startswith("mil:")
 
 
-def data_fingerprint(data: str | None) -> dict:
+def data_fingerprint(data: str | None, legacy: bool = False) -> dict:
     """SHA-256 of the data file's content (of every file of a store directory, with its name there); the
-    name for built-in data."""
+    name for built-in data. ``legacy``: the digest runs recorded before a file's own name was left out."""
     if not is_local_path(data):
         return {"source": data or "built-in demo data", "sha256": None}
     path = Path(data)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for file in files:
-        if path.is_dir():  # a store's files by their names within it; a file's own name may change
+        if legacy:
+            digest.update(file.name.encode())
+        elif path.is_dir():  # a store's files by their names within it; a file's own name may change
             digest.update(str(file.relative_to(path)).encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -72,10 +74,15 @@ def write_provenance(out: Path, command: str, settings: dict, environment: dict)
 
 
 def record_resume(out: Path, changed: dict) -> None:
-    """Add a resume, with the settings it changed (those that change no result), to run_info.json."""
+    """Add a resume, with the settings it changed (those that change no result), to run_info.json; a
+    moved file's new path also to config.yaml, so the next resume and the report find it."""
     info = json.loads((out / INFO_FILE).read_text())
     info.setdefault("resumes", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changed})
     write_text(out / INFO_FILE, json.dumps(info, indent=2))
+    moved = {k: v for k, v in changed.items() if k in ("data", "space")}
+    if moved:
+        config = yaml.safe_load((out / CONFIG_FILE).read_text())
+        write_text(out / CONFIG_FILE, yaml.safe_dump({**config, **moved}, sort_keys=False))
 
 
 def start_run(out: Path, command: str, settings: dict, environment: dict) -> None:

@@ -231,8 +231,8 @@ def _own_rng_state(saved, world: World) -> dict:
     kept their own)."""
     states = saved if isinstance(saved, list) else [saved]
     if len(states) != world.size:
-        raise ConfigError(f"the run was saved by {len(states)} process(es) and is resumed by {world.size}; "
-                          "resume it with as many processes as it started with")
+        raise ConfigError(f"resume.pt holds the RNG states of {len(states)} process(es) and {world.size} resume "
+                          "it; resume with as many processes as the run started with")
     return states[world.rank]
 
 

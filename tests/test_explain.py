@@ -33,9 +33,8 @@ def test_occluding_the_decisive_window_changes_the_logit():
 
 
 def test_occlusion_matches_removing_the_window_by_hand():
-    # without positions, masking a window out equals deleting it (with positions, the mask keeps
-    # the other windows where they stand in the document)
-    model = build_model("transmil", input_dim=8, d_model=16, nhead=2, dim_feedforward=32, pos_enc="none").eval()
+    # masking a window out equals deleting it, positions included (they count real windows only)
+    model = build_model("transmil", input_dim=8, d_model=16, nhead=2, dim_feedforward=32).eval()
     x = torch.randn(5, 8)
     drops = occlusion(model, x, chunk=2)  # chunking must not change anything
     with torch.no_grad():

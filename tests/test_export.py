@@ -58,15 +58,17 @@ def test_every_model_exports_and_onnxruntime_agrees_with_pytorch(name, tmp_path)
         np.testing.assert_allclose(logit, expected[1], atol=1e-4)
         np.testing.assert_allclose(weights, expected[2], atol=1e-4)
         assert (weights[~mask] == 0).all() and probability.shape == (len(lengths),)
-        # the same bags padded on the left (as serving code often pads) score the same
-        shift = mask.shape[1] - mask.sum(1)
-        x_left = np.stack([np.roll(row, n, axis=0) for row, n in zip(x, shift)])
-        mask_left = np.stack([np.roll(row, n) for row, n in zip(mask, shift)])
-        probability_left, logit_left, weights_left = session.run(None, {"embeddings": x_left, "mask": mask_left})
-        np.testing.assert_allclose(logit_left, expected[1], atol=1e-4)
-        np.testing.assert_allclose(probability_left, expected[0], atol=1e-4)
-        np.testing.assert_allclose(np.stack([np.roll(row, -n) for row, n in zip(weights_left, shift)]), expected[2],
-                                   atol=1e-4)
+        # the same bags padded on the left (as serving code often pads) or on both sides score the same
+        free = mask.shape[1] - mask.sum(1)
+        for shift in (free, free // 2):
+            x_moved = np.stack([np.roll(row, n, axis=0) for row, n in zip(x, shift)])
+            mask_moved = np.stack([np.roll(row, n) for row, n in zip(mask, shift)])
+            probability_moved, logit_moved, weights_moved = session.run(None, {"embeddings": x_moved,
+                                                                               "mask": mask_moved})
+            np.testing.assert_allclose(logit_moved, expected[1], atol=1e-4)
+            np.testing.assert_allclose(probability_moved, expected[0], atol=1e-4)
+            np.testing.assert_allclose(np.stack([np.roll(row, -n) for row, n in zip(weights_moved, shift)]),
+                                       expected[2], atol=1e-4)
     # and the graph is arcmil's own scoring path: the same probabilities as score_bags
     bags = BagSet([b[:n] for b, n in zip(x, lengths)], None, np.array(["a", "b", "c", "d"]))
     scored = score_bags(model, bags, normalizer, calibrator=calibrator)

@@ -116,11 +116,18 @@ def test_resume_finds_the_data_from_any_directory_and_at_a_new_path(tmp_path, mo
     (tmp_path / "project" / "bags.npz").rename(tmp_path / "moved.npz")
     with pytest.raises(ArcmilError, match="bags.npz is not found .*give --data"):
         Run.resume("cv", "project/run")
-    assert Run.resume("cv", "project/run", {"data": "moved.npz"}).config.data == "moved.npz"  # same file, new place
+    moved = Run.resume("cv", "project/run", {"data": "moved.npz"})  # the same file at a new place
+    assert moved.config.data == str(tmp_path / "moved.npz")
+    with pytest.raises(KeyboardInterrupt), moved.started():
+        raise KeyboardInterrupt
+    assert yaml.safe_load((run.out / "config.yaml").read_text())["data"] == str(tmp_path / "moved.npz")
+    assert Run.resume("cv", "project/run").config.data == str(tmp_path / "moved.npz")  # found without --data now
     save_bags(make_demo_bags(n_bags=40, seed=2), tmp_path / "other.npz")
-    with pytest.raises(ArcmilError, match="the data changed since the run"):
+    with pytest.raises(ArcmilError, match="data=.*moved.npz.* \\(given .*other.npz"):
         Run.resume("cv", "project/run", {"data": "other.npz"})
-    assert run.out.name == "run"
+    demo = interrupted("cv", {"out": str(tmp_path / "demo_run"), "folds": 3})  # the built-in data: no file to move
+    with pytest.raises(ArcmilError, match="data=None \\(given .*other.npz"):
+        Run.resume("cv", demo.out, {"data": "other.npz"})
 
 
 def test_cli_resume_with_other_flags_is_a_one_line_error(tmp_path, capsys):

@@ -74,7 +74,7 @@ def test_plateau_schedule_follows_the_monitored_metric(small_bags):
     history = run_experiment(small_bags, "attention_mil", cfg, hidden_dim=16).history
     for before, after in zip(history, history[1:]):  # the rate halves after each epoch that did not raise the AUC
         best_so_far = max(row["val_roc_auc"] for row in history[:before["epoch"] - 1]) if before["epoch"] > 1 else -1
-        improved = before["val_roc_auc"] > best_so_far
+        improved = before["val_roc_auc"] > best_so_far * (1 + 1e-4)  # ReduceLROnPlateau's relative threshold
         assert after["lr"] == pytest.approx(before["lr"] * (1 if improved else 0.5)), (before, after)
 
 

@@ -132,8 +132,8 @@ def test_nested_cv_searches_each_fold_without_its_test_fold(space_file):
     assert clean.folds[0]["test"]["roc_auc"] != dirty.folds[0]["test"]["roc_auc"]
     rows = clean.fold_rows()
     assert all("search_roc_auc" in r and "tuned_lr" in r for r in rows)
-    for record, row in zip(clean.folds, rows):  # each fold's final model is trained with its search's best
-        assert row["tuned_hidden_dim"] == record["search"]["best_params"]["hidden_dim"]
+    for record in clean.folds:  # each fold's final model (its tag) is trained with its search's best
+        assert f"_h{record['search']['best_params']['hidden_dim']}_" in record["tag"]
 
 
 def test_a_study_continues_where_it_stopped(tmp_path, space_file):
@@ -192,9 +192,10 @@ def test_compare_and_cv_tune_end_to_end(tmp_path, space_file, capsys):
                  *common]) == 0
     folds = pd.read_csv(tmp_path / "cv" / "cv_folds.csv")
     assert len(folds) == 3
-    for fold in folds.itertuples():
+    for fold in folds.itertuples():  # each fold's final model (its tag) is trained with its search's best
         record = json.loads((tmp_path / "cv" / "folds" / f"r{fold.repeat}_f{fold.fold}.json").read_text())
         assert fold.tuned_hidden_dim == record["search"]["best_params"]["hidden_dim"]
+        assert f"_h{fold.tuned_hidden_dim}_" in record["tag"]
     assert "nested CV" in capsys.readouterr().out
 
 

@@ -99,7 +99,7 @@ class NystromAttention(nn.Module):
         # one token per landmark: kernel_1 is the exact attention over the tokens in landmark order
         out = kernel_1 @ torch.einsum("bhte,btm->bhme", v, member)
         short = lengths <= m  # (B, 1)
-        residual = _over_real_tokens(self.residual, v, key_mask)
+        residual = _over_real_tokens(self.residual, v, key_mask, rank, lengths)
         if _data_dependent_branch_allowed() and bool(short.all()):
             return out + residual  # the pseudo-inverse would cost ~10x the rest of the model
         kernel_2 = torch.softmax((q_land @ k_land.transpose(-1, -2)).masked_fill(~landmark_mask, float("-inf")), -1)
@@ -113,13 +113,14 @@ class NystromAttention(nn.Module):
         return torch.where(short[:, :, None, None], out, approximate) + residual
 
 
-def _over_real_tokens(conv: nn.Module, v: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+def _over_real_tokens(conv: nn.Module, v: torch.Tensor, key_mask: torch.Tensor, rank: torch.Tensor,
+                      lengths: torch.Tensor) -> torch.Tensor:
     """``conv`` along the token axis of v (B, H, T, e) with each bag's real tokens packed together in
     order and its padding moved past them: a real token's neighbours are real tokens (or the conv's
-    zero padding), wherever the bag's padding sat. Returned in v's token order."""
-    rank = key_mask.cumsum(dim=1) - 1  # (B, T) among the real tokens
+    zero padding), wherever the bag's padding sat. ``rank`` (B, T): a real token's place among the
+    real ones; ``lengths`` (B, 1): real tokens per bag. Returned in v's token order."""
     pad_rank = (~key_mask).cumsum(dim=1) - 1  # among the padding
-    packed_at = torch.where(key_mask, rank, key_mask.sum(dim=1, keepdim=True) + pad_rank)  # a permutation
+    packed_at = torch.where(key_mask, rank, lengths + pad_rank)  # (B, T), a permutation
     index = packed_at[:, None, :, None].expand_as(v)
     return conv(torch.zeros_like(v).scatter(2, index, v)).gather(2, index)
 
