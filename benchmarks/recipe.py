@@ -13,6 +13,7 @@ the note's own model of its family, co-occurrence and order medians at least 0.9
 
     python benchmarks/recipe.py --seeds 0-9 --workers 2 --out benchmarks/results/recipe.json
     python benchmarks/recipe.py --models transmil --set warmup_epochs=0 --label no_warmup ...   # ablation
+    python benchmarks/recipe.py --rerun-worst defaults --models transformer_mil,transmil --workers 2
 
 ``--set key=value`` overrides a training or model setting (the names of ``arcmil train --config``).
 ``--workers N`` runs N one-thread processes side by side.
@@ -146,6 +147,27 @@ def print_ablation(saved: dict, labels: list[str], tasks: list[str], models: lis
             print(f"| {task} | {model} | " + " | ".join(cells) + " |")
 
 
+def rerun_worst(saved: dict, label: str, tasks: list[str], models: list[str], workers: int) -> list[dict]:
+    """Re-run each (task, model)'s worst seed of the saved recipe ``label`` with today's code and its
+    settings; print the recorded and the new ROC-AUC, F1 and best epoch side by side."""
+    recipe = saved["recipes"][label]
+    worst = {}
+    for r in recipe["runs"]:
+        if r["task"] in tasks and r["model"] in models and r["model"] not in REFERENCES:
+            key = (r["task"], r["model"])
+            worst[key] = min(worst.get(key, r), r, key=lambda row: (row["roc_auc"], row["seed"]))
+    cells = sorted(worst.values(), key=lambda r: (r["task"], r["model"]))
+    with ProcessPoolExecutor(workers) as pool:
+        again = list(pool.map(run_cell, [r["task"] for r in cells], [r["model"] for r in cells],
+                              [r["seed"] for r in cells], [recipe["settings"]] * len(cells)))
+    print(f"| task | model | seed | ROC-AUC ({label}) | now | F1 ({label}) | now | best epoch ({label}) | now |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for old, new in zip(cells, again):
+        print(f"| {old['task']} | {old['model']} | {old['seed']} | {old['roc_auc']:.4f} | {new['roc_auc']:.4f} | "
+              f"{old['f1']:.4f} | {new['f1']:.4f} | {old['best_epoch']} | {new['best_epoch']} |")
+    return again
+
+
 def parse_seeds(text: str) -> list[int]:
     """'0-9' or '0,3,5'."""
     if "-" in text:
@@ -166,6 +188,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/recipe.json")
     parser.add_argument("--ablation", metavar="LABEL,LABEL,...",
                         help="run nothing: print median / worst test ROC-AUC of these saved recipes side by side")
+    parser.add_argument("--rerun-worst", metavar="LABEL",
+                        help="re-run the worst seed of each task and model of a saved recipe with today's code; "
+                             "print old and new side by side (the JSON is not changed)")
     args = parser.parse_args()
     settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     out = Path(args.out)
@@ -173,6 +198,9 @@ def main() -> None:
     if args.ablation:
         print_ablation(saved, args.ablation.split(","), args.tasks.split(","), args.models.split(","),
                        parse_seeds(args.seeds))
+        return
+    if args.rerun_worst:
+        rerun_worst(saved, args.rerun_worst, args.tasks.split(","), args.models.split(","), args.workers)
         return
     recipe = saved["recipes"].setdefault(args.label, {"settings": settings, "runs": []})
     if recipe["settings"] != settings:

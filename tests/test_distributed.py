@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -69,20 +70,34 @@ def test_a_killed_two_process_run_with_dropout_resumes_each_rank_with_its_own_rn
 
     data = save_bags(make_demo_bags(n_bags=300, seed=4), tmp_path / "bags.npz")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    args = [*ARGS[:ARGS.index("--dropout-p")], *ARGS[ARGS.index("--dropout-p") + 2:], "--epochs", "8", "--data",
-            str(data)]
+    args = [*ARGS[:ARGS.index("--dropout-p")], *ARGS[ARGS.index("--dropout-p") + 2:], "--epochs", "8", "--patience",
+            "8", "--data", str(data)]
     arcmil(torchrun, [*args, "--out", str(tmp_path / "full")])
     run = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*torchrun, "-m", "arcmil", *args, "--out", str(run)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+                            stderr=subprocess.DEVNULL, env=env)
     state, deadline = run / "run_state.json", time.time() + 240
     while time.time() < deadline and proc.poll() is None and not (
             state.exists() and json.loads(state.read_text()).get("epoch", 0) >= 3):
         time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    # torchrun and both ranks (torchrun starts each rank in a session of its own): every process whose
+    # command line names this run's directory
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(run).encode() in cmdline.read_bytes():
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue  # gone meanwhile
     proc.wait()
+    assert json.loads(state.read_text())["status"] == "running"
     arcmil(torchrun, ["train", "--resume", str(run)])
+
+    def history(out):  # every epoch's losses: the epochs after the kill drew their dropout masks after the resume
+        rows = json.loads((out / "stage3_transmil_results.json").read_text())["history"]
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert len(history(run)) == 8 and history(run) == history(tmp_path / "full")
     pd.testing.assert_frame_equal(pd.read_csv(run / "predictions.csv"), pd.read_csv(tmp_path / "full" / "predictions.csv"),
                                   check_exact=True)

@@ -120,7 +120,7 @@ def test_resume_finds_the_data_from_any_directory_and_at_a_new_path(tmp_path, mo
     assert moved.config.data == str(tmp_path / "moved.npz")
     with pytest.raises(KeyboardInterrupt), moved.started():
         raise KeyboardInterrupt
-    assert yaml.safe_load((run.out / "config.yaml").read_text())["data"] == str(tmp_path / "moved.npz")
+    assert yaml.safe_load((tmp_path / "project" / "run" / "config.yaml").read_text())["data"] == str(tmp_path / "moved.npz")
     assert Run.resume("cv", "project/run").config.data == str(tmp_path / "moved.npz")  # found without --data now
     save_bags(make_demo_bags(n_bags=40, seed=2), tmp_path / "other.npz")
     with pytest.raises(ArcmilError, match="data=.*moved.npz.* \\(given .*other.npz"):
