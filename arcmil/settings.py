@@ -19,7 +19,7 @@ from arcmil.models.attention import ATTENTIONS
 from arcmil.models.config import INITS, POOLS, POS_ENCODINGS
 from arcmil.models.registry import closest, config_classes, make_config
 from arcmil.pipeline import EvalConfig
-from arcmil.train import LR_SCHEDULES, MONITORS, PRECISIONS, TrainConfig
+from arcmil.train import DECAY_SCOPES, LR_SCHEDULES, MONITORS, PRECISIONS, TrainConfig
 
 RUN_KEYS = {"model": str, "models": str, "data": str, "out": str, "seeds": str, "folds": int, "repeats": int,
             "val_fraction": float, "tracker": str, "trials": int, "timeout": float, "inner_folds": int,
@@ -44,7 +44,7 @@ DEFAULTS = {f.name: f.default for f, _ in _settable(*config_classes(), TrainConf
 CHOICES = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "calibrate": CALIBRATIONS,
            "threshold_method": THRESHOLD_METHODS,
            "pos_enc": POS_ENCODINGS, "pool": POOLS, "attention": ATTENTIONS, "precision": PRECISIONS,
-           "lr_schedule": LR_SCHEDULES, "init": INITS}
+           "lr_schedule": LR_SCHEDULES, "init": INITS, "weight_decay_on": DECAY_SCOPES}
 ALL_KEYS = {**RUN_KEYS, **MODEL_FIELDS, **TRAIN_FIELDS, **EVAL_FIELDS}
 
 

@@ -25,6 +25,8 @@ from arcmil.runstate import rng_state, set_rng_state
 MONITORS = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
 PRECISIONS = ("fp32", "bf16")
 LR_SCHEDULES = ("cosine", "plateau")
+DECAY_SCOPES = ("all", "weights")  # weight decay on every parameter, or on weight matrices only
+NO_DECAY_NAMES = ("cls_token", "pos.table")  # learned tokens and position tables are not weights
 # the training settings ``arcmil tune`` searches (format: see arcmil.models.config); the model's own beside its config
 TRAIN_SEARCH_SPACE = {"lr": {"low": 1e-4, "high": 3e-3, "log": True},
                       "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
@@ -41,6 +43,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 5e-4
     weight_decay: float = 1e-4
+    weight_decay_on: str = "all"  # 'weights': not biases, norms, the CLS token or position tables (docs/recipe.md)
     patience: int = 3
     monitor: str = "val_loss"
     lr_schedule: str = "cosine"
@@ -54,7 +57,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        check_choices(self, {"monitor": tuple(MONITORS), "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES})
+        check_choices(self, {"monitor": tuple(MONITORS), "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES,
+                             "weight_decay_on": DECAY_SCOPES})
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 hint = " (to train every epoch, set it to epochs or more)" if name == "patience" else ""
@@ -126,6 +130,17 @@ def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def decay_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW's parameter groups: one, decayed, for ``weight_decay_on='all'``; for 'weights', the weight
+    matrices decayed and the rest (biases, LayerNorm scales, the CLS token, position tables) not."""
+    if cfg.weight_decay_on == "all":
+        return [{"params": list(model.parameters())}]
+    named = list(model.named_parameters())
+    decayed = [p for name, p in named if p.ndim >= 2 and not any(part in name for part in NO_DECAY_NAMES)]
+    kept = [p for name, p in named if not any(p is q for q in decayed)]
+    return [{"params": decayed}, {"params": kept, "weight_decay": 0.0}]
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     """AdamW and the learning-rate schedule: 'cosine' (warm-up then cosine decay over the epoch
     budget, stepped after every batch) or 'plateau' (ReduceLROnPlateau on the monitored validation
@@ -133,7 +148,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     # fused: one kernel for all parameters instead of a Python loop over them (same update rule);
     # torch >= 2.4 has it for CPU and CUDA parameters
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    optimizer = torch.optim.AdamW(decay_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.lr_schedule == "cosine":
         factor = functools.partial(warmup_cosine, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
                                    total_steps=cfg.epochs * steps_per_epoch)

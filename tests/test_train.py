@@ -78,6 +78,21 @@ def test_plateau_schedule_follows_the_monitored_metric(small_bags):
         assert after["lr"] == pytest.approx(before["lr"] * (1 if improved else 0.5)), (before, after)
 
 
+def test_weight_decay_on_weights_only_spares_biases_norms_tokens_and_position_tables():
+    from arcmil.train import decay_groups
+
+    model = build_model("transmil", input_dim=8, d_model=16, nhead=2, dim_feedforward=32, pos_enc="learned")
+    assert decay_groups(model, TrainConfig()) == [{"params": list(model.parameters())}]
+    decayed, kept = decay_groups(model, TrainConfig(weight_decay_on="weights"))
+    names = {id(p): name for name, p in model.named_parameters()}
+    kept_names = {names[id(p)] for p in kept["params"]}
+    assert kept["weight_decay"] == 0.0 and {"cls_token", "pos.table.weight", "norm.weight", "norm.bias",
+                                            "proj.bias", "layers.0.norm1.weight"} <= kept_names
+    assert {names[id(p)] for p in decayed["params"]} == {n for n, p in model.named_parameters()
+                                                         if p.ndim == 2 and n != "pos.table.weight"}
+    assert len(decayed["params"]) + len(kept["params"]) == len(list(model.parameters()))
+
+
 def test_a_diverging_run_stops_with_our_error(small_bags):
     with pytest.raises(ArcmilError, match=r"training diverged in epoch 1 .*lower the learning rate \(lr=1e\+30\)"):
         run_experiment(small_bags, "attention_mil", TrainConfig(lr=1e30, progress=False), hidden_dim=16)
