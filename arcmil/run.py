@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -51,6 +50,12 @@ def _names(models) -> list[str]:
     return [m.strip() for m in str(models or "").split(",") if m.strip()]
 
 
+def _has_digest(data: str, sha256: str) -> bool:
+    """Whether ``data`` has the recorded digest (or the one runs recorded before a file's own name was
+    left out of it, computed only when the first differs)."""
+    return data_fingerprint(data)["sha256"] == sha256 or data_fingerprint(data, legacy=True)["sha256"] == sha256
+
+
 def _same_content(key: str, recorded: str | None, given: str | None, info: dict) -> bool:
     """Whether a movable file given at a new path is the recorded one: data by the SHA-256 recorded in
     run_info.json (demo and mil: data have none: never), a search space by comparing the two files."""
@@ -58,8 +63,7 @@ def _same_content(key: str, recorded: str | None, given: str | None, info: dict)
         return False
     if key == "data":
         sha256 = info["data"]["sha256"]
-        return bool(sha256) and sha256 in (data_fingerprint(given)["sha256"],
-                                           data_fingerprint(given, legacy=True)["sha256"])
+        return bool(sha256) and _has_digest(given, sha256)
     return is_local_path(recorded) and Path(recorded).is_file() and \
         Path(recorded).read_bytes() == Path(given).read_bytes()
 
@@ -109,7 +113,8 @@ class Run:
         refused = [f"{k}={recorded.get(k)!r} (given {given.pop(k)!r})" for k in ("model", "models")
                    if k in given and _names(given[k]) != _names(recorded.get(k))]
         asked = resolve(command, {**recorded, **given})
-        changes = {k: (v, asked.to_dict()[k]) for k, v in config.to_dict().items() if asked.to_dict()[k] != v}
+        asked_settings = asked.to_dict()
+        changes = {k: (v, asked_settings[k]) for k, v in config.to_dict().items() if asked_settings[k] != v}
         refused += [f"{k}={was!r} (given {now!r})" for k, (was, now) in changes.items()
                     if k not in RESUME_MAY_CHANGE and not (k in MOVABLE and _same_content(k, was, now, info))]
         if refused:
@@ -119,7 +124,7 @@ class Run:
         if is_local_path(data) and not Path(data).exists():
             raise ArcmilError(f"{out}: its data {data} is not found (from {Path.cwd()}); give --data with the "
                               "same file at its new path")
-        if sha256 and sha256 not in (data_fingerprint(data)["sha256"], data_fingerprint(data, legacy=True)["sha256"]):
+        if sha256 and "data" not in changes and not _has_digest(data, sha256):  # moved data: checked above
             raise ArcmilError(f"{data}: the data changed since the run in {out} started (SHA-256 differs); "
                               "start a new run instead of resuming")
         run = cls(asked, out, resuming=True)
