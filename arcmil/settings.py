@@ -16,7 +16,7 @@ from arcmil.errors import ConfigError
 from arcmil.metrics import THRESHOLD_METHODS
 from arcmil.models import get_entry
 from arcmil.models.attention import ATTENTIONS
-from arcmil.models.config import INITS, POOLS, POS_ENCODINGS
+from arcmil.models.config import INITS, POOLS, POS_ENCODINGS, POS_SCALINGS
 from arcmil.models.registry import closest, config_classes, make_config
 from arcmil.pipeline import EvalConfig
 from arcmil.train import DECAY_SCOPES, LR_SCHEDULES, MONITORS, PRECISIONS, TrainConfig
@@ -43,7 +43,8 @@ EVAL_FIELDS = {f.name: kind for f, kind in _settable(EvalConfig)}
 DEFAULTS = {f.name: f.default for f, _ in _settable(*config_classes(), TrainConfig, EvalConfig)}
 CHOICES = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "calibrate": CALIBRATIONS,
            "threshold_method": THRESHOLD_METHODS,
-           "pos_enc": POS_ENCODINGS, "pool": POOLS, "attention": ATTENTIONS, "precision": PRECISIONS,
+           "pos_enc": POS_ENCODINGS, "pos_scale_by": POS_SCALINGS, "pool": POOLS, "attention": ATTENTIONS,
+           "precision": PRECISIONS,
            "lr_schedule": LR_SCHEDULES, "init": INITS, "weight_decay_on": DECAY_SCOPES}
 ALL_KEYS = {**RUN_KEYS, **MODEL_FIELDS, **TRAIN_FIELDS, **EVAL_FIELDS}
 

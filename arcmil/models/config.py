@@ -14,6 +14,7 @@ from arcmil.models.attention import ATTENTIONS
 
 POS_ENCODINGS = ("sin", "learned", "none")
 INITS = ("xavier", "torch")
+POS_SCALINGS = ("constant", "content")
 POOLS = ("attention", "topk")
 
 
@@ -67,7 +68,9 @@ class TransformerConfig:
     """Shared by both Transformer models. ``max_len`` bounds only the ``learned`` position table;
     ``attention``: 'full' (exact) or 'nystrom' (linear-time, ``num_landmarks`` landmarks);
     ``init``: 'xavier' (the note's: Xavier-uniform input projection and output head, zero biases)
-    or 'torch' (PyTorch's default Linear initialisation)."""
+    or 'torch' (PyTorch's default Linear initialisation). ``pos_scale_by``: 'constant' adds the sinusoidal
+    table times ``pos_scale``; 'content' scales it to ``pos_scale`` times each bag's RMS of projected
+    windows, so the position-to-content ratio stays ``pos_scale`` whatever the input norm."""
 
     input_dim: int = 256
     d_model: int = 128
@@ -77,6 +80,7 @@ class TransformerConfig:
     dropout_p: float = 0.1
     pos_enc: str = "sin"
     pos_scale: float = 0.3
+    pos_scale_by: str = "constant"
     init: str = "xavier"
     max_len: int = 512
     pooler_hidden: int = 128
@@ -92,7 +96,8 @@ class TransformerConfig:
                                    "pooler_hidden": lambda c: False}  # subclasses say when a pooler exists
 
     def __post_init__(self):
-        check_choices(self, {"pos_enc": POS_ENCODINGS, "init": INITS, "attention": ATTENTIONS})
+        check_choices(self, {"pos_enc": POS_ENCODINGS, "pos_scale_by": POS_SCALINGS, "init": INITS,
+                             "attention": ATTENTIONS})
         _check(self.d_model % self.nhead == 0, f"d_model {self.d_model} must be divisible by nhead {self.nhead}")
         _check(self.num_layers >= 1, "num_layers must be at least 1")
         _check(self.num_landmarks >= 1, f"num_landmarks must be at least 1, got {self.num_landmarks}")

@@ -63,12 +63,18 @@ def check_position_table(pos_enc: str | None, max_len: int, n_windows: int) -> N
 
 
 class PositionalEncoding(nn.Module):
-    """Adds window-order information: 'sin' (any length, table times ``scale``), 'learned' (up to
-    max_len), or 'none'. forward(h (B, N, d), mask (B, N)) -> (B, N, d)."""
+    """Adds window-order information: 'sin' (any length), 'learned' (up to max_len), or 'none'.
+    forward(h (B, N, d), mask (B, N)) -> (B, N, d).
 
-    def __init__(self, kind: str, d_model: int, max_len: int, dropout_p: float, scale: float = 1.0):
+    The sinusoidal table (RMS 1/sqrt(2) per entry) is multiplied by ``scale`` (``scale_by='constant'``)
+    or by ``scale`` times the bag's RMS of real windows over the table's RMS (``'content'``): then
+    ``scale`` is the position-to-content ratio, whatever the norm of the inputs or the training step.
+    """
+
+    def __init__(self, kind: str, d_model: int, max_len: int, dropout_p: float, scale: float = 1.0,
+                 scale_by: str = "constant"):
         super().__init__()
-        self.kind, self.max_len, self.scale = kind, max_len, scale
+        self.kind, self.max_len, self.scale, self.scale_by = kind, max_len, scale, scale_by
         self.table = nn.Embedding(max_len, d_model) if kind == "learned" else None
         if self.table is not None:
             nn.init.normal_(self.table.weight, std=0.02)
@@ -78,11 +84,20 @@ class PositionalEncoding(nn.Module):
         n = h.shape[1]
         if self.kind == "sin":
             table = sinusoidal_table(n, h.shape[2], h.device).to(h.dtype)
-            h = h + self.scale * table[window_positions(mask)]
+            h = h + self._sin_scale(h, mask) * table[window_positions(mask)]
         elif self.kind == "learned":
             check_position_table(self.kind, self.max_len, n)
             h = h + self.table(window_positions(mask))
         return self.dropout(h)
+
+    def _sin_scale(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | float:
+        """``scale``, or (B, 1, 1): scale x RMS of each bag's real windows / RMS of the table. The RMS is
+        detached: it sets the table's size and is not a path for gradients."""
+        if self.scale_by == "constant":
+            return self.scale
+        real = mask.unsqueeze(-1).to(h.dtype)  # (B, N, 1)
+        mean_square = (h.detach().square() * real).sum(dim=(1, 2)) / (real.sum(dim=(1, 2)) * h.shape[2]).clamp(min=1)
+        return (self.scale * math.sqrt(2.0) * mean_square.sqrt()).view(-1, 1, 1)
 
 
 def float32_forward(forward):

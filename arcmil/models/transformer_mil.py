@@ -24,7 +24,7 @@ class TransformerMIL(nn.Module):
         super().__init__()
         self.config = c = config
         self.proj = nn.Linear(c.input_dim, c.d_model)
-        self.pos = PositionalEncoding(c.pos_enc, c.d_model, c.max_len, c.dropout_p, c.pos_scale)
+        self.pos = PositionalEncoding(c.pos_enc, c.d_model, c.max_len, c.dropout_p, c.pos_scale, c.pos_scale_by)
         # the note's nn.TransformerEncoderLayer(norm_first=True) (ReLU), with linear-memory attention
         layer = EncoderLayer(c.d_model, c.nhead, c.dim_feedforward, c.dropout_p, activation="relu",
                              attention=c.attention, num_landmarks=c.num_landmarks)

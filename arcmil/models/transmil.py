@@ -31,7 +31,7 @@ class TransMIL(nn.Module):
         super().__init__()
         self.config = c = config
         self.proj = nn.Linear(c.input_dim, c.d_model)
-        self.pos = PositionalEncoding(c.pos_enc, c.d_model, c.max_len, c.dropout_p, c.pos_scale)
+        self.pos = PositionalEncoding(c.pos_enc, c.d_model, c.max_len, c.dropout_p, c.pos_scale, c.pos_scale_by)
         self.cls_token = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
         self.layers = nn.ModuleList(
             EncoderLayer(c.d_model, c.nhead, c.dim_feedforward, c.dropout_p, attention=c.attention,

@@ -4,7 +4,7 @@ import torch
 
 from arcmil.errors import ConfigError
 from arcmil.models import build_model, make_config, model_names
-from arcmil.models.layers import TopKPooler
+from arcmil.models.layers import PositionalEncoding, TopKPooler, sinusoidal_table, window_positions
 
 ALL = model_names()
 TRANSFORMERS = [n for n in ALL if n.startswith("trans")]
@@ -69,7 +69,8 @@ def placed(bags, offsets, width):
     return x, mask
 
 
-@pytest.mark.parametrize("name,overrides", [(n, {}) for n in ALL] + [(n, {"pos_enc": "learned"}) for n in TRANSFORMERS])
+@pytest.mark.parametrize("name,overrides", [(n, {}) for n in ALL] + [(n, {"pos_enc": "learned"}) for n in TRANSFORMERS]
+                         + [(n, {"pos_scale_by": "content"}) for n in ("transformer_mil", "transmil")])
 def test_padding_side_changes_nothing(name, overrides):
     """The same bags padded on the right, on the left and on both sides, beside batch-mates of other
     lengths, get the same logits and window weights (positions count from a bag's first real window;
@@ -178,6 +179,22 @@ def test_order_matters_with_positions(name):
     model = small(name, pos_enc="sin")
     x, _ = padded_batch([8])
     assert not torch.allclose(model(x)[0], model(x.flip(1))[0], atol=1e-6)
+
+
+def test_content_position_scale_follows_the_input_norm():
+    """pos_scale_by='content': the table is pos_scale x the RMS of each bag's real windows (padding not
+    counted) over the table's RMS, so windows c times larger get a table c times larger; 'constant'
+    adds the same table whatever the windows."""
+    h = torch.randn(2, 5, 16)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    content = PositionalEncoding("sin", 16, 512, 0.0, scale=0.5, scale_by="content")
+    constant = PositionalEncoding("sin", 16, 512, 0.0, scale=0.5)
+    table = sinusoidal_table(5, 16)[window_positions(mask)]
+    for bag, n in enumerate([5, 3]):
+        rms = h[bag, :n].square().mean().sqrt()
+        torch.testing.assert_close(content(h, mask)[bag, :n] - h[bag, :n], 0.5 * rms * 2 ** 0.5 * table[bag, :n])
+        torch.testing.assert_close(content(10 * h, mask)[bag, :n], 10 * content(h, mask)[bag, :n])
+    torch.testing.assert_close(constant(10 * h, mask) - 10 * h, constant(h, mask) - h)
 
 
 def test_transmil_weights_are_the_last_layers_cls_attention():
