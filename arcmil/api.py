@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from arcmil.calibration import Calibrator
+from arcmil.config import SCORE_BATCH_SIZE
 from arcmil.data import BagSet, Normalizer, load_bags, validate
-from arcmil.data.batching import SCORE_BATCH_SIZE
 from arcmil.errors import ConfigError
 from arcmil.settings import IG_STEPS, ExperimentConfig, resolve
 
@@ -71,7 +71,7 @@ class MILClassifier:
 
     def predict_proba(self, X, batch_size: int = SCORE_BATCH_SIZE) -> np.ndarray:
         """(n_bags, 2): probabilities of class 0 and class 1."""
-        from arcmil.pipeline import check_fits, score_bags
+        from arcmil.scoring import check_fits, score_bags
 
         self._check_fitted()
         bags = as_bags(X)

@@ -24,15 +24,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from scipy.optimize import minimize_scalar
-from scipy.special import expit, log_expit
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss
 
+from arcmil.config import CALIBRATIONS
 from arcmil.errors import ArcmilError
 
-CALIBRATIONS = ("platt", "temperature", "isotonic", "none")
 ECE_BINS = 15  # equal-width probability bins of the expected calibration error
 LOG_TEMPERATURE_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: wider never helps a validation NLL fit
 MIN_PLATT_SLOPE = float(np.exp(-LOG_TEMPERATURE_BOUNDS[1]))  # the flattest map temperature scaling can fit
@@ -55,6 +50,11 @@ class Calibrator:
     @classmethod
     def fit(cls, method: str, labels: np.ndarray, logits: np.ndarray) -> "Calibrator":
         """Fit on validation ``labels`` (B,) in {0, 1} and the model's ``logits`` (B,)."""
+        # fitting needs scipy and scikit-learn, applying a fitted map does not (arcmil.scoring)
+        from scipy.optimize import minimize_scalar
+        from scipy.special import expit, log_expit
+        from sklearn.isotonic import IsotonicRegression
+
         labels, logits = np.asarray(labels, dtype=np.float64), np.asarray(logits, dtype=np.float64)
         if method == "platt":
             return cls("platt", **_platt(labels, logits))
@@ -135,6 +135,10 @@ class Calibrator:
 def _platt(labels: np.ndarray, logits: np.ndarray) -> dict:
     """Platt's map on validation: scikit-learn's logistic regression of the labels on the logits
     (PLATT_C); a slope <= 0 becomes MIN_PLATT_SLOPE, with the bias refitted for it."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_expit
+    from sklearn.linear_model import LogisticRegression
+
     fit = LogisticRegression(C=PLATT_C, tol=1e-10, max_iter=1000).fit(logits[:, None], labels)
     slope, bias = float(fit.coef_[0, 0]), float(fit.intercept_[0])
     if slope <= 0:  # ranks no better than chance on validation: keep the ranking, fit the bias alone
@@ -159,4 +163,6 @@ def expected_calibration_error(labels, probs, n_bins: int = ECE_BINS) -> float:
 
 def calibration_metrics(labels, probs) -> dict:
     """Brier score (scikit-learn) and expected calibration error of probabilities against labels."""
+    from sklearn.metrics import brier_score_loss
+
     return {"brier": float(brier_score_loss(labels, probs)), "ece": expected_calibration_error(labels, probs)}

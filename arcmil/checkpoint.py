@@ -16,7 +16,8 @@ from torch import nn
 
 from arcmil import __version__
 from arcmil.calibration import Calibrator
-from arcmil.data.prepare import NORMALIZATIONS, Normalizer
+from arcmil.config import NORMALIZATIONS
+from arcmil.data.prepare import Normalizer
 from arcmil.errors import ArcmilError
 from arcmil.models import build_model, model_names
 

@@ -7,9 +7,9 @@ import traceback
 from pathlib import Path
 
 from arcmil import __version__
-from arcmil.data.batching import SCORE_BATCH_SIZE
+from arcmil.config import SCORE_BATCH_SIZE
 from arcmil.errors import ArcmilError
-from arcmil.models import model_names
+from arcmil.models.registry import model_names
 from arcmil.settings import (
     CHOICES,
     DEFAULT_MODELS,

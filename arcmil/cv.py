@@ -17,10 +17,10 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from arcmil.data import BagSet
 from arcmil.distributed import SINGLE, World
 from arcmil.metrics import binary_metrics
+from arcmil.outputs import write_text
 from arcmil.pipeline import EvalConfig, check_cv_inputs, run_experiment
 from arcmil.report import clean_json, markdown_table
 from arcmil.settings import SearchConfig
-from arcmil.outputs import write_text
 from arcmil.stats import mean_std
 from arcmil.train import TrainConfig
 

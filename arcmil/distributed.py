@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from arcmil.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class World:
@@ -58,13 +60,16 @@ def init_world(device: torch.device) -> World:
     return World(dist.get_rank(), dist.get_world_size())
 
 
-def local_device(name: str) -> torch.device:
-    """``auto``: the rank's own GPU (LOCAL_RANK) when CUDA is available, else the CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+def select_device(name: str = "auto") -> torch.device:
+    """'auto': this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU;
+    a CUDA device asked for where there is none is a ConfigError."""
+    if name == "auto":
+        cuda = torch.cuda.is_available()
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
+    return device
 
 
 def shutdown() -> None:

@@ -67,7 +67,7 @@ def explain_bags(model, bags: BagSet, methods=METHODS, *, normalizer=None, calib
     ``bags``: raw windows from any source (an on-disk store included), normalised by ``normalizer``
     (the model's) one bag at a time; ``prob`` (calibrated by ``calibrator``, the model's) and ``weights``
     come from the scoring path that predict uses, so they equal predict's."""
-    from arcmil.pipeline import score_bags
+    from arcmil.scoring import score_bags
 
     model.eval()
     bags = replace(bags, bags=PackedBags.from_list(bags.bags))  # packed once, so each bag is a row range
@@ -145,8 +145,8 @@ def explain_to_dir(checkpoint, data, out, methods=METHODS, *, steps: int = IG_ST
                    split: str | None = None, device: str = "auto") -> str:
     """``arcmil explain``: importances.csv, heatmaps and localisation scores of ``data`` under
     ``checkpoint`` into the new directory ``out`` (it appears whole). Returns the summary to print."""
-    from arcmil.predict import Scorer
     from arcmil.outputs import refuse_existing_dir, staged_dir
+    from arcmil.predict import Scorer
     from arcmil.report import markdown_table
 
     unknown = sorted(set(methods) - set(METHODS))

@@ -149,12 +149,12 @@ def _gallery(config: dict, runs: dict[str, Path]) -> tuple[list[dict], str | Non
     coloured by each explanation method."""
     if not runs:
         return [], "Cross-validation keeps no model, so there are no documents to show."
+    from arcmil.calibration import Calibrator
     from arcmil.checkpoint import load_checkpoint
     from arcmil.data import Normalizer, load_bags
     from arcmil.demo import make_demo_bags
     from arcmil.explain import METHODS, explain_bags
     from arcmil.plots import plot_document_explanations
-    from arcmil.calibration import Calibrator
 
     try:
         bags = load_bags(config["data"], require_labels=False) if config.get("data") else make_demo_bags()

@@ -17,7 +17,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-THRESHOLD_METHODS = ("f1", "youden", "fixed")
+from arcmil.config import THRESHOLD_METHODS
+
 BOOTSTRAP_ELEMENTS = 2**22  # resampled scores held at once by bootstrap_ci (32 MB in float64)
 
 

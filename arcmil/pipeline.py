@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from arcmil import __version__
-from arcmil.calibration import CALIBRATIONS, Calibrator, calibration_metrics
+from arcmil.calibration import Calibrator, calibration_metrics
+from arcmil.config import EvalConfig, TrainConfig
 from arcmil.data import (
-    NORMALIZATIONS,
     SPLITS,
     BagSet,
     Normalizer,
@@ -28,45 +28,21 @@ from arcmil.data import (
     scoring_loader,
     split_parts,
 )
-from arcmil.data.batching import SCORE_BATCH_SIZE
-from arcmil.distributed import SINGLE, World
-from arcmil.errors import ConfigError, DataError, check_choices
-from arcmil.metrics import THRESHOLD_METHODS, binary_metrics, bootstrap_ci, tune_threshold
+from arcmil.distributed import SINGLE, World, select_device
+from arcmil.errors import DataError
+from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
 from arcmil.models import build_model
 from arcmil.models.registry import make_config
+from arcmil.scoring import Evaluation, check_fits, has_short_bags, predictions_frame, score_bags
 from arcmil.train import (
-    Evaluation,
     FitResult,
-    TrainConfig,
-    evaluate,
     make_optimizer,
     runner_for,
     seed_dropout_for_rank,
     seed_everything,
-    select_device,
     train_model,
     weighted_bce,
 )
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How a trained model is evaluated, identical for every model in a comparison: the window
-    normalisation (fitted on training bags), the probability calibration (fitted on validation; README:
-    calibration table), the decision threshold (tuned on validation's calibrated scores, or
-    ``fixed_threshold``) and the number of bootstrap resamples behind the test intervals (0: none)."""
-
-    normalize: str = "l2"
-    calibrate: str = "platt"
-    threshold_method: str = "f1"
-    fixed_threshold: float = 0.5
-    n_bootstrap: int = 1000
-
-    def __post_init__(self):
-        check_choices(self, {"normalize": NORMALIZATIONS, "calibrate": CALIBRATIONS,
-                             "threshold_method": THRESHOLD_METHODS})
-        if self.n_bootstrap < 0:
-            raise ConfigError(f"n_bootstrap must be 0 or more, got {self.n_bootstrap}")
 
 
 @dataclass
@@ -143,55 +119,10 @@ class RunResult:
         }
 
 
-WIDE_WEIGHTS_MAX_WINDOWS = 512  # longer bags get their window weights in long format instead of w_* columns
-
-
-def has_short_bags(*parts: BagSet) -> bool:
-    """Whether window weights fit as w_* columns: no bag longer than WIDE_WEIGHTS_MAX_WINDOWS."""
-    return max(int(part.lengths.max()) for part in parts) <= WIDE_WEIGHTS_MAX_WINDOWS
-
-
-def predictions_frame(part: BagSet, ev: Evaluation, threshold: float, split: str | None = None,
-                      wide: bool = True) -> pd.DataFrame:
-    """One row per bag: bag_id, [split], [label], prob, pred, then (``wide``) w_0 … w_{N-1}, blank past
-    the bag's end. Without them, see ``window_weights_frame``."""
-    frame = {"bag_id": part.bag_ids}
-    if split is not None:
-        frame["split"] = split
-    if part.labels is not None:
-        frame["label"] = part.labels
-    frame.update(prob=ev.probs, pred=(ev.probs >= threshold).astype(int))  # ev is in BagSet order
-    if wide:
-        width = max(len(w) for w in ev.weights)
-        weights = np.full((len(part), width), np.nan)
-        for row, w in enumerate(ev.weights):
-            weights[row, : len(w)] = w
-        frame.update({f"w_{j}": weights[:, j] for j in range(width)})
-    return pd.DataFrame(frame)
-
-
-def window_weights_frame(part: BagSet, ev: Evaluation) -> pd.DataFrame:
-    """Long format, one row per window: bag_id, window, weight."""
-    lengths = [len(w) for w in ev.weights]
-    return pd.DataFrame({"bag_id": np.repeat(part.bag_ids, lengths),
-                         "window": np.concatenate([np.arange(n) for n in lengths]),
-                         "weight": np.concatenate(ev.weights)})
-
-
 def environment() -> dict:
     return {"arcmil": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "scikit_learn": sklearn.__version__, "python": platform.python_version(),
             "torch_threads": torch.get_num_threads()}
-
-
-def score_bags(model: nn.Module, bags: BagSet, normalizer: Normalizer | None = None, *,
-               batch_size: int = SCORE_BATCH_SIZE, device="cpu", precision: str = "fp32", world: World = SINGLE,
-               criterion=None, calibrator: Calibrator | None = None) -> Evaluation:
-    """The one scoring path (validation and test, ``predict``, the Python API, ``explain``): bags of any
-    source (an on-disk store included) normalised batch by batch, grouped by length under a token
-    budget, scored in eval mode; probabilities from ``calibrator`` when given; results in ``bags`` order."""
-    scored = evaluate(model, scoring_loader(bags, batch_size, normalizer, world), criterion, device, precision)
-    return scored if calibrator is None else calibrator.apply(scored)
 
 
 def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, fit: FitResult, cfg: TrainConfig,
@@ -230,20 +161,6 @@ def _calibration_report(raw: Evaluation, calibrated: Evaluation) -> dict:
     before = calibration_metrics(raw.labels, raw.probs)
     return {**calibration_metrics(calibrated.labels, calibrated.probs),
             **{f"{key}_uncalibrated": value for key, value in before.items()}}
-
-
-def check_fits(bags: BagSet, model_config, against: str = "the model") -> None:
-    """Refuse, before any work, data of another embedding dimension than the model's (``against``
-    names the model in the message) and a bag longer than a learned positional table."""
-    if bags.dim != model_config.input_dim:
-        raise DataError(bags.source, f"embedding dimension {bags.dim} does not match {against} (input_dim "
-                        f"{model_config.input_dim})", field="embeddings")
-    max_len = getattr(model_config, "max_len", None)
-    if getattr(model_config, "pos_enc", None) == "learned" and bags.lengths.max() > max_len:
-        i = int(np.argmax(bags.lengths))
-        raise DataError(bags.source, f"{bags.lengths[i]} windows exceed the learned positional table (max_len "
-                        f"{max_len}); use a larger max_len or pos_enc 'sin'", bag=str(bags.bag_ids[i]),
-                        field="embeddings")
 
 
 def check_cv_inputs(bags: BagSet, folds: int) -> None:

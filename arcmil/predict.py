@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from arcmil.calibration import Calibrator
+from arcmil.config import SCORE_BATCH_SIZE
 from arcmil.data import BagSet, Normalizer
-from arcmil.data.batching import SCORE_BATCH_SIZE
 from arcmil.errors import ArcmilError, DataError
 from arcmil.models.layers import check_position_table
 
@@ -37,8 +37,8 @@ class Scorer:
         ``split``: keep only that split's bags."""
         from arcmil.checkpoint import load_checkpoint
         from arcmil.data import load_bags
-        from arcmil.pipeline import check_fits
-        from arcmil.train import select_device
+        from arcmil.distributed import select_device
+        from arcmil.scoring import check_fits
 
         onnx = Path(checkpoint).suffix == ".onnx"
         device = select_device("cpu" if onnx else device)
@@ -111,9 +111,8 @@ def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE,
     window weights; bags too long for columns get ``<out>_window_weights.csv``). Returns the summary to
     print (None on the ranks that do not write, under torchrun)."""
     from arcmil.distributed import init_world
-    from arcmil.metrics import binary_metrics
-    from arcmil.pipeline import has_short_bags, predictions_frame, score_bags, window_weights_frame
     from arcmil.outputs import refuse_existing_file, write_new_file
+    from arcmil.scoring import has_short_bags, predictions_frame, score_bags, window_weights_frame
 
     out = Path(out)
     long_out = out.with_name(f"{out.stem}_window_weights.csv")
@@ -137,6 +136,8 @@ def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE,
     write_new_file(out, lambda tmp: frame.to_csv(tmp, index=False), overwrite=overwrite)
     summary = f"scored {len(s.bags)} bags with {s.meta['tag']} at threshold {threshold:.4f} -> {out}"
     if s.bags.labels is not None and len(np.unique(s.bags.labels)) == 2:
+        from arcmil.metrics import binary_metrics  # scikit-learn: only for labelled data
+
         metrics = binary_metrics(s.bags.labels, ev.probs, threshold)
         summary += "\n" + pd.Series({k: v for k, v in metrics.items() if not isinstance(v, dict)}).to_string()
     return summary

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from arcmil.checkpoint import save_checkpoint
-from arcmil.pipeline import window_weights_frame
 from arcmil.calibration import Calibrator
+from arcmil.checkpoint import save_checkpoint
 from arcmil.plots import plot_calibration, plot_pr, plot_roc, plot_training_curves, plot_window_heatmap
+from arcmil.scoring import window_weights_frame
 
 ROW_METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
                "mcc")

@@ -176,10 +176,9 @@ class Run:
     def started(self):
         """Join the torchrun world, record status around the block (config.yaml and run_info.json for a
         new run; 'complete' or 'failed' at the end) and open the tracker on the writing rank."""
-        from arcmil.distributed import init_world
+        from arcmil.distributed import init_world, select_device
         from arcmil.pipeline import environment
         from arcmil.tracking import make_tracker
-        from arcmil.train import select_device
 
         self.world = init_world(select_device(self.config.train.device))
         settings = self.config.to_dict()

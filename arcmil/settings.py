@@ -10,16 +10,20 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from arcmil.calibration import CALIBRATIONS
-from arcmil.data.prepare import NORMALIZATIONS
+from arcmil.config import (
+    CALIBRATIONS,
+    DECAY_SCOPES,
+    LR_SCHEDULES,
+    MONITORS,
+    NORMALIZATIONS,
+    PRECISIONS,
+    THRESHOLD_METHODS,
+    EvalConfig,
+    TrainConfig,
+)
 from arcmil.errors import ConfigError
-from arcmil.metrics import THRESHOLD_METHODS
-from arcmil.models import get_entry
-from arcmil.models.attention import ATTENTIONS
-from arcmil.models.config import INITS, POOLS, POS_ENCODINGS, POS_SCALINGS
-from arcmil.models.registry import closest, config_classes, make_config
-from arcmil.pipeline import EvalConfig
-from arcmil.train import DECAY_SCOPES, LR_SCHEDULES, MONITORS, PRECISIONS, TrainConfig
+from arcmil.models.config import ATTENTIONS, INITS, POOLS, POS_ENCODINGS, POS_SCALINGS
+from arcmil.models.registry import closest, config_classes, get_entry, make_config
 
 RUN_KEYS = {"model": str, "models": str, "data": str, "out": str, "seeds": str, "folds": int, "repeats": int,
             "val_fraction": float, "tracker": str, "trials": int, "timeout": float, "inner_folds": int,

@@ -12,59 +12,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.special import expit
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from arcmil.distributed import World, local_device
-from arcmil.errors import ArcmilError, ConfigError, check_choices
+from arcmil.config import MONITORS, TrainConfig
+from arcmil.distributed import World
+from arcmil.errors import ArcmilError, ConfigError
 from arcmil.runstate import rng_state, set_rng_state
+from arcmil.scoring import Evaluation, autocast, evaluate
 
-MONITORS = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
-PRECISIONS = ("fp32", "bf16")
-LR_SCHEDULES = ("cosine", "plateau")
-DECAY_SCOPES = ("all", "weights")  # weight decay on every parameter, or on weight matrices only
 NO_DECAY_NAMES = ("cls_token", "pos.table")  # learned tokens and position tables are not weights
 # the training settings ``arcmil tune`` searches (format: see arcmil.models.config); the model's own beside its config
 TRAIN_SEARCH_SPACE = {"lr": {"low": 1e-4, "high": 3e-3, "log": True},
                       "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
                       "epochs": {"low": 5, "high": 20}, "patience": {"low": 2, "high": 6}}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How a model is trained (the model block and the evaluation aside: see ``EvalConfig``); identical for
-    every model in a comparison."""
-
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 5e-4
-    weight_decay: float = 1e-4
-    weight_decay_on: str = "all"  # 'weights': not biases, norms, the CLS token or position tables (docs/recipe.md)
-    patience: int = 3
-    monitor: str = "val_loss"
-    lr_schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    lr_factor: float = 0.5
-    lr_patience: int = 1
-    bucket_by_length: bool = True  # training batches of similar lengths when lengths vary (README: recipe table)
-    device: str = "auto"
-    precision: str = "fp32"
-    compile: bool = False
-    progress: bool = True
-
-    def __post_init__(self):
-        check_choices(self, {"monitor": tuple(MONITORS), "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES,
-                             "weight_decay_on": DECAY_SCOPES})
-        for name in ("epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                hint = " (to train every epoch, set it to epochs or more)" if name == "patience" else ""
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}{hint}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ConfigError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
 
 
 def seed_everything(seed: int) -> None:
@@ -88,19 +51,6 @@ def seed_dropout_for_rank(seed: int, world: World) -> None:
     A single process keeps its stream untouched."""
     if world.active:
         torch.manual_seed(int(np.random.SeedSequence([seed, world.rank]).generate_state(1)[0]))
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """'auto': this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU."""
-    device = local_device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
-    return device
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast when asked for (matrix products in bfloat16, reductions in float32)."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def runner_for(model: nn.Module, cfg: "TrainConfig", world: World, device: torch.device) -> nn.Module:
@@ -180,65 +130,6 @@ def train_one_epoch(model, loader, criterion, optimizer, device, precision: str 
             count += len(batch.y)
     totals = loader.world.gather((total, count))
     return sum(t for t, _ in totals) / sum(c for _, c in totals)
-
-
-@dataclass
-class Evaluation:
-    """probs: (B,) probabilities (sigmoid of ``logits``, or calibrated: see arcmil.calibration), ordered by
-    bag position (``index``); weights: one (n_i,) array per bag; loss is None for unlabelled data."""
-
-    probs: np.ndarray
-    labels: np.ndarray | None
-    weights: list[np.ndarray]
-    index: np.ndarray
-    loss: float | None = None
-    logits: np.ndarray | None = None
-
-
-def _window_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Positions in a flat per-window array of bags starting at ``starts``, bag after bag."""
-    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-
-
-@torch.inference_mode()
-def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32") -> Evaluation:
-    """Score every bag of ``loader.bs`` in eval mode (dropout off), restoring the model's mode after.
-    Under DDP each rank scores its shards and every rank receives all scores.
-
-    Results go into arrays allocated once up front: many small long-lived per-batch objects would
-    fragment the heap and hold on to memory in proportion to the data scanned."""
-    was_training = model.training
-    model.eval()
-    lengths = loader.bs.lengths
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    logits_out, flat = np.zeros(len(lengths)), np.zeros(int(lengths.sum()), dtype=np.float32)
-    scored, total = np.zeros(len(lengths), dtype=bool), 0.0
-    for batch in loader:
-        batch = batch.to(device)
-        with autocast(device, precision):
-            logits, w = model(batch.x, batch.mask)
-        logits = logits.float()
-        index = batch.index.numpy()
-        logits_out[index] = logits.cpu().numpy()
-        flat[_window_rows(starts[index], lengths[index])] = w.float()[batch.mask].cpu().numpy()
-        scored[index] = True
-        if batch.y is not None and criterion is not None:
-            total += criterion.to(device)(logits, batch.y).item() * len(batch.y)
-    model.train(was_training)
-    if loader.world.active:  # every rank filled its own bags: merge
-        parts = loader.world.gather((logits_out, flat, scored, total))
-        for part_logits, part_flat, part_scored, _ in parts:
-            logits_out[part_scored] = part_logits[part_scored]
-            rows = _window_rows(starts[part_scored], lengths[part_scored])
-            flat[rows] = part_flat[rows]
-            scored |= part_scored
-        total = sum(part[3] for part in parts)
-    index = np.flatnonzero(scored)
-    weights = np.split(flat, np.cumsum(lengths)[:-1])
-    labels = None if loader.bs.labels is None else loader.bs.labels[index].astype(int)
-    loss = total / len(index) if labels is not None and criterion is not None else None
-    logits_out = logits_out[index]
-    return Evaluation(expit(logits_out), labels, [weights[i] for i in index], index, loss, logits_out)
 
 
 def _own_rng_state(saved, world: World) -> dict:

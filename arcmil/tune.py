@@ -219,9 +219,8 @@ def write_study(directory: Path, found: Search) -> None:
     """trials.csv, and history.png / importance.png (Optuna's matplotlib plots; importance needs two
     completed trials that differ)."""
     optuna = _import_optuna()
-    from optuna.visualization import matplotlib as optuna_plots
-
     import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
 
     found.study.trials_dataframe().to_csv(directory / "trials.csv", index=False)
     with warnings.catch_warnings():

@@ -37,7 +37,7 @@ def run_cell(path: str, windows: int, n_bags: int, threads: int, repeats: int) -
     import torch
 
     from arcmil.data import BagSet
-    from arcmil.pipeline import score_bags
+    from arcmil.scoring import score_bags
     from arcmil.predict import OnnxModel
 
     torch.set_num_threads(threads)

@@ -89,7 +89,7 @@ def run_scoring_case(model_name: str, lengths: list[int], threads: int) -> dict:
 
     from arcmil.data import BagSet, scoring_loader
     from arcmil.models import build_model
-    from arcmil.train import evaluate
+    from arcmil.scoring import evaluate
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

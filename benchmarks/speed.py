@@ -37,7 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from arcmil.data import BagSet, Normalizer, make_loader
 from arcmil.models import build_model
-from arcmil.train import TrainConfig, evaluate, make_optimizer, train_one_epoch, weighted_bce
+from arcmil.train import TrainConfig, make_optimizer, train_one_epoch, weighted_bce
+from arcmil.scoring import evaluate
 
 MODELS = ("attention_mil", "transformer_mil", "transmil")
 

@@ -1,4 +1,5 @@
 """The command line end to end on small data."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -238,3 +239,31 @@ def test_classic_mil_sources_get_their_recorded_preset(capsys):
     assert main(["train", "--print-config"]) == 0  # the demo data (unit embeddings): plain defaults
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["normalize"] == "l2" and printed["batch_size"] == 16 and printed["epochs"] == 10
+
+
+def _libraries_imported(argvs: list[list[str]]) -> tuple[list[str], str]:
+    """Run ``main(argv)`` for each argv in a fresh interpreter: the heavy libraries it imported, its stderr."""
+    probe = ("import sys\nfrom arcmil.cli import main\n"
+             f"for argv in {argvs!r}:\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sklearn', 'scipy', 'pandas'}))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1].replace("'", '"')), done.stderr
+
+
+def test_help_and_a_bad_flag_import_no_heavy_library():
+    """``arcmil --help`` and a mistyped flag answer from the torch-free settings: neither torch,
+    scikit-learn, scipy nor pandas is imported (each costs seconds on a busy machine)."""
+    imported, stderr = _libraries_imported([["--help"], ["train", "--help"], ["train", "--no-such-flag"]])
+    assert imported == []
+    assert "unrecognized arguments: --no-such-flag" in stderr
+
+
+def test_predict_on_unlabelled_bags_imports_neither_scikit_learn_nor_scipy(trained, tmp_path):
+    """Scoring applies a fitted map: scikit-learn and scipy are for fitting and for metrics on labels."""
+    bags = make_demo_bags(n_bags=3, seed=5)
+    unlabelled = save_bags(dataclasses.replace(bags, labels=None, instance_labels=None), tmp_path / "new.npz")
+    imported, _ = _libraries_imported([["predict", "--checkpoint", str(trained / "best_transmil.pth"),
+                                        "--data", str(unlabelled), "--out", str(tmp_path / "scores.csv")]])
+    assert imported == ["pandas", "torch"]
+    assert len(pd.read_csv(tmp_path / "scores.csv")) == 3

@@ -7,7 +7,7 @@ from sklearn.metrics import roc_auc_score
 from arcmil.data import Normalizer, scoring_loader
 from arcmil.explain import explain_bags, integrated_gradients, localisation_auc, occlusion
 from arcmil.models import build_model, model_names
-from arcmil.train import evaluate
+from arcmil.scoring import evaluate
 
 
 def small_model(name):

@@ -1,7 +1,6 @@
 """ONNX export: every registered model exports, onnxruntime agrees with PyTorch on variable-length
 padded batches longer than any seen at export, predict scores an .onnx like its .pth, and the README's
 onnxruntime-only example runs with torch unimportable."""
-import json
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from arcmil.data import BagSet, Normalizer, save_bags
 from arcmil.demo import make_demo_bags
 from arcmil.export import ScoringGraph, export_onnx
 from arcmil.models import build_model, model_names
-from arcmil.pipeline import score_bags
+from arcmil.scoring import score_bags
 
 DIM = 12
 README = Path(__file__).resolve().parents[1] / "README.md"

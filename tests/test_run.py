@@ -110,7 +110,7 @@ def test_resume_finds_the_data_from_any_directory_and_at_a_new_path(tmp_path, mo
     (tmp_path / "project").mkdir()
     save_bags(make_demo_bags(n_bags=40, seed=1), tmp_path / "project" / "bags.npz")
     monkeypatch.chdir(tmp_path / "project")
-    run = interrupted("cv", {"data": "bags.npz", "out": "run", "folds": 3})  # a relative path
+    interrupted("cv", {"data": "bags.npz", "out": "run", "folds": 3})  # a relative path
     monkeypatch.chdir(tmp_path)
     assert Run.resume("cv", "project/run").config.data == str(tmp_path / "project" / "bags.npz")
     (tmp_path / "project" / "bags.npz").rename(tmp_path / "moved.npz")

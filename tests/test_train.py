@@ -10,7 +10,8 @@ from arcmil.distributed import SINGLE, World
 from arcmil.models import build_model
 from arcmil.pipeline import prepare_data, run_experiment
 from arcmil.runstate import rng_state, set_rng_state
-from arcmil.train import TrainConfig, evaluate, seed_dropout_for_rank, weighted_bce
+from arcmil.train import TrainConfig, seed_dropout_for_rank, weighted_bce
+from arcmil.scoring import evaluate
 
 FAST = dict(epochs=3, progress=False)
 

@@ -11,7 +11,6 @@ from arcmil.data.packed import PackedBags
 from arcmil.distributed import SINGLE, World
 
 BUCKET_BATCHES = 50  # length bucketing in training sorts the bags of this many batches at a time
-SCORE_BATCH_SIZE = 64  # bags per scoring batch at most (predict, the Python API), within SCORING_TOKENS
 SCORING_TOKENS = 2**15  # at most this many padded windows (bags x longest) per scoring batch
 FREE_PADDING = 1024  # below this many padded windows a batch is cheap whatever its padding
 PADDING_RATIO = 1.5  # above it, padded windows may exceed the real ones by at most this factor

@@ -5,17 +5,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
+from arcmil.config import NORMALIZATIONS
 from arcmil.data.bagset import SPLITS, BagSet
 from arcmil.data.packed import PackedBags, bag_chunks
 from arcmil.errors import DataError
 
-NORMALIZATIONS = ("l2", "standardize", "none")
-
 
 def assign_split(bs: BagSet, seed: int, fractions=(0.70, 0.15, 0.15)) -> BagSet:
     """Keep a stored split; otherwise draw a stratified train/val/test split with ``seed``."""
+    from sklearn.model_selection import train_test_split  # not on the scoring path (arcmil.scoring)
+
     if bs.split is not None:
         return bs
     index = np.arange(len(bs))

@@ -1,10 +1,21 @@
-"""Bag classifiers. Every model: ``forward(x (B, N, D), mask (B, N) = None) -> (logits (B,), weights (B, N))``."""
-from arcmil.models.attention_mil import AttentionMIL
+"""Bag classifiers. Every model: ``forward(x (B, N, D), mask (B, N) = None) -> (logits (B,), weights (B, N))``.
+
+The model classes are imported on first use (``arcmil.models.TransMIL``), not with the package: the
+registry and the configs are torch-free."""
+import importlib
+
 from arcmil.models.config import AttentionMILConfig, InstanceMaxConfig, TransformerMILConfig, TransMILConfig
-from arcmil.models.instance_max import InstanceMax
 from arcmil.models.registry import build_model, get_entry, make_config, model_names, register
-from arcmil.models.transformer_mil import TransformerMIL
-from arcmil.models.transmil import TransMIL
+
+_CLASSES = {"AttentionMIL": "attention_mil", "InstanceMax": "instance_max", "TransformerMIL": "transformer_mil",
+            "TransMIL": "transmil"}
+
+
+def __getattr__(name: str):
+    if name in _CLASSES:
+        return getattr(importlib.import_module(f"arcmil.models.{_CLASSES[name]}"), name)
+    raise AttributeError(f"module 'arcmil.models' has no attribute {name!r}")
+
 
 __all__ = ["AttentionMIL", "AttentionMILConfig", "InstanceMax", "InstanceMaxConfig", "TransMIL", "TransMILConfig",
            "TransformerMIL", "TransformerMILConfig", "build_model", "get_entry", "make_config", "model_names",

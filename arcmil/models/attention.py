@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-ATTENTIONS = ("full", "nystrom")
 CHUNK_ELEMENTS = 2**24  # scores held at once by the chunked path (64 MB in float32)
 CHUNK_FROM_TOKENS = 1024  # shorter sequences take the (T, T) math path, which is faster there
 

@@ -6,11 +6,8 @@ from torch import nn
 
 from arcmil.models.config import AttentionMILConfig
 from arcmil.models.layers import AttentionPooler, Float32Linear, full_mask
-from arcmil.models.registry import register
 
 
-@register("attention_mil", AttentionMILConfig)
-@register("attention_mil_gated", AttentionMILConfig, gated=True)
 class AttentionMIL(nn.Module):
     """Window MLP -> (gated) attention pooling -> linear classifier. Permutation invariant."""
 

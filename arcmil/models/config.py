@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from arcmil.errors import ConfigError, check_choices
-from arcmil.models.attention import ATTENTIONS
 
+ATTENTIONS = ("full", "nystrom")
 POS_ENCODINGS = ("sin", "learned", "none")
 INITS = ("xavier", "torch")
 POS_SCALINGS = ("constant", "content")

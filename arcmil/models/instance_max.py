@@ -10,10 +10,8 @@ from torch import nn
 
 from arcmil.models.config import InstanceMaxConfig
 from arcmil.models.layers import TopKPooler, full_mask
-from arcmil.models.registry import register
 
 
-@register("instance_max", InstanceMaxConfig)
 class InstanceMax(nn.Module):
     """Window MLP -> window score -> bag logit = max score. ``weights`` is 1 on the arg-max window."""
 

@@ -1,20 +1,34 @@
-"""A tiny model registry: ``@register(name, ConfigClass, **preset)`` and ``build_model(name, **cfg)``."""
+"""A tiny model registry: ``@register(name, ConfigClass, **preset)`` and ``build_model(name, **cfg)``.
+
+The built-in models are declared below by the path of their class, so that their names and settings
+are known without importing torch (the command line's ``--help``); a class is imported when a model
+is first built.
+"""
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass, fields
 
-from torch import nn
-
 from arcmil.errors import ConfigError
+from arcmil.models.config import AttentionMILConfig, InstanceMaxConfig, TransformerMILConfig, TransMILConfig
 
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """``model``: the class, or the path 'module:Class' of a built-in one (see ``model_cls``)."""
+
     name: str
-    model_cls: type
+    model: type | str
     config_cls: type
     preset: dict
+
+    @property
+    def model_cls(self) -> type:
+        if isinstance(self.model, str):
+            module, _, cls = self.model.partition(":")
+            return getattr(importlib.import_module(module), cls)
+        return self.model
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -28,6 +42,19 @@ def register(name: str, config_cls: type, **preset):
         return model_cls
 
     return decorator
+
+
+for _name, _path, _config, _preset in [
+    ("attention_mil", "attention_mil:AttentionMIL", AttentionMILConfig, {}),
+    ("attention_mil_gated", "attention_mil:AttentionMIL", AttentionMILConfig, {"gated": True}),
+    ("instance_max", "instance_max:InstanceMax", InstanceMaxConfig, {}),
+    ("transformer_mil", "transformer_mil:TransformerMIL", TransformerMILConfig, {}),
+    ("transformer_mil_topk", "transformer_mil:TransformerMIL", TransformerMILConfig, {"pool": "topk"}),
+    ("transmil", "transmil:TransMIL", TransMILConfig, {}),
+    ("transmil_dual", "transmil:TransMIL", TransMILConfig, {"dual": True}),
+    ("transmil_nystrom", "transmil:TransMIL", TransMILConfig, {"attention": "nystrom"}),
+]:
+    _REGISTRY[_name] = ModelEntry(_name, "arcmil.models." + _path, _config, _preset)
 
 
 def model_names() -> list[str]:
@@ -62,12 +89,12 @@ def make_config(name: str, **overrides):
                               f"valid: {', '.join(sorted(valid))}")
     for key, value in entry.preset.items():
         if key in overrides and overrides[key] != value:
-            base = [e.name for e in _REGISTRY.values() if e.model_cls is entry.model_cls and not e.preset]
+            base = [e.name for e in _REGISTRY.values() if e.model == entry.model and not e.preset]
             raise ConfigError(f"{name} is defined by {key}={value!r}; {key}={overrides[key]!r} contradicts it"
                               + (f" (use model {base[0]!r} to choose {key})" if base else ""))
     return entry.config_cls(**{**entry.preset, **overrides})
 
 
-def build_model(name: str, **overrides) -> nn.Module:
+def build_model(name: str, **overrides) -> "torch.nn.Module":  # noqa: F821
     """Build a registered model; unknown names and keys raise ConfigError listing the valid ones."""
     return get_entry(name).model_cls(make_config(name, **overrides))

@@ -7,13 +7,18 @@ import torch
 from torch import nn
 
 from arcmil.models.config import TransformerMILConfig
-from arcmil.models.layers import (AttentionPooler, EncoderLayer, Float32Linear, PositionalEncoding, TopKPooler,
-                                  full_mask, xavier_init, zero_padding)
-from arcmil.models.registry import register
+from arcmil.models.layers import (
+    AttentionPooler,
+    EncoderLayer,
+    Float32Linear,
+    PositionalEncoding,
+    TopKPooler,
+    full_mask,
+    xavier_init,
+    zero_padding,
+)
 
 
-@register("transformer_mil", TransformerMILConfig)
-@register("transformer_mil_topk", TransformerMILConfig, pool="topk")
 class TransformerMIL(nn.Module):
     """Linear(D->d) + positions -> pre-norm encoder layers -> LayerNorm -> attention pooler -> Linear(d->1).
 

@@ -10,14 +10,17 @@ import torch
 from torch import nn
 
 from arcmil.models.config import TransMILConfig
-from arcmil.models.layers import (AttentionPooler, EncoderLayer, Float32Linear, PositionalEncoding, full_mask,
-                                  xavier_init, zero_padding)
-from arcmil.models.registry import register
+from arcmil.models.layers import (
+    AttentionPooler,
+    EncoderLayer,
+    Float32Linear,
+    PositionalEncoding,
+    full_mask,
+    xavier_init,
+    zero_padding,
+)
 
 
-@register("transmil", TransMILConfig)
-@register("transmil_dual", TransMILConfig, dual=True)
-@register("transmil_nystrom", TransMILConfig, attention="nystrom")
 class TransMIL(nn.Module):
     """[CLS] + windows -> pre-norm encoder layers -> LayerNorm -> logits from the CLS output.
 

@@ -98,7 +98,7 @@ def test_scoring_batches_keep_a_long_bag_away_from_short_ones():
 
 def test_scores_from_length_sorted_batches_equal_plain_batches():
     from arcmil.models import build_model
-    from arcmil.train import evaluate
+    from arcmil.scoring import evaluate
 
     bs = ragged([40, 3, 17, 1, 25, 8, 60, 2], dim=8)
     torch.manual_seed(0)
