@@ -56,13 +56,16 @@ class EvalConfig:
     """How a trained model is evaluated, identical for every model in a comparison: the window
     normalisation (fitted on training bags), the probability calibration (fitted on validation; README:
     calibration table), the decision threshold (tuned on validation's calibrated scores, or
-    ``fixed_threshold``) and the number of bootstrap resamples behind the test intervals (0: none)."""
+    ``fixed_threshold``), the number of bootstrap resamples behind the test intervals (0: none) and
+    whether the training bags are scored too (``score_train``: their rows in predictions.csv; scoring
+    them costs about a third of a training epoch)."""
 
     normalize: str = "l2"
     calibrate: str = "platt"
     threshold_method: str = "f1"
     fixed_threshold: float = 0.5
     n_bootstrap: int = 1000
+    score_train: bool = False
 
     def __post_init__(self):
         check_choices(self, {"normalize": NORMALIZATIONS, "calibrate": CALIBRATIONS,

@@ -28,8 +28,9 @@ GALLERY = (("true positive", 1, 1, False), ("false positive", 0, 1, False), ("fa
 GALLERY_MAX_WINDOWS = 512  # longer documents are left out of the gallery: one row of colours cannot show them
 
 
-def write_report(directory: str | Path) -> Path:
-    """Write ``directory``/report.html from the run's files (replacing an earlier report)."""
+def write_report(directory: str | Path, bags=None) -> Path:
+    """Write ``directory``/report.html from the run's files (replacing an earlier report). ``bags``: the
+    run's data when the caller holds it (else the gallery reads it again from the recorded path)."""
     from jinja2 import Environment, PackageLoader
 
     from arcmil.outputs import write_text
@@ -43,7 +44,7 @@ def write_report(directory: str | Path) -> Path:
                "cv" if (directory / "cv_summary.json").exists() else "train")
     if command == "train" and not runs:
         raise ArcmilError(f"{directory}: the run has no results yet (is it finished?)")
-    gallery, gallery_note = _gallery(yaml.safe_load(config_text) or {}, runs)
+    gallery, gallery_note = _gallery(yaml.safe_load(config_text) or {}, runs, bags)
     # every value is escaped: bag ids, paths and config values come from the user's data and are shown as text
     # (select_autoescape() would leave a template named *.j2 unescaped)
     env = Environment(loader=PackageLoader("arcmil", "templates"), autoescape=True)
@@ -143,7 +144,7 @@ def _figures(runs: dict[str, Path]) -> list[dict]:
     return figures
 
 
-def _gallery(config: dict, runs: dict[str, Path]) -> tuple[list[dict], str | None]:
+def _gallery(config: dict, runs: dict[str, Path], bags=None) -> tuple[list[dict], str | None]:
     """Per model, one test document of each kind (the most confident true/false positive, the least
     confident false/true negative, among documents of at most GALLERY_MAX_WINDOWS windows), its windows
     coloured by each explanation method."""
@@ -157,7 +158,8 @@ def _gallery(config: dict, runs: dict[str, Path]) -> tuple[list[dict], str | Non
     from arcmil.plots import plot_document_explanations
 
     try:
-        bags = load_bags(config["data"], require_labels=False) if config.get("data") else make_demo_bags()
+        if bags is None:
+            bags = load_bags(config["data"], require_labels=False) if config.get("data") else make_demo_bags()
     except ArcmilError as exc:
         return [], f"The run's data could not be read for the gallery ({exc})."
     position = {str(b): i for i, (b, n) in enumerate(zip(bags.bag_ids, bags.lengths)) if n <= GALLERY_MAX_WINDOWS}
@@ -167,9 +169,10 @@ def _gallery(config: dict, runs: dict[str, Path]) -> tuple[list[dict], str | Non
         test = pd.read_csv(run / "predictions.csv", dtype={"bag_id": str}).query("split == 'test'")
         if checkpoint is None or "label" not in test:
             continue
+        test = test[test["bag_id"].isin(position.keys())]
         chosen = []
         for kind, label, pred, ascending in GALLERY:
-            cell = test[(test["label"] == label) & (test["pred"] == pred) & test["bag_id"].isin(position)]
+            cell = test[(test["label"] == label) & (test["pred"] == pred)]
             chosen += [(kind, row.bag_id) for row in cell.sort_values("prob", ascending=ascending).head(1).itertuples()]
         if not chosen:
             continue

@@ -78,7 +78,8 @@ def make_loaders(data: PreparedData, cfg: TrainConfig, world: World = SINGLE) ->
 class RunResult:
     """One trained and evaluated model. ``validation`` / ``test``: metrics at ``threshold`` (tuned on
     validation) and the loss, ``test['ci']`` the bootstrap intervals; ``history``: one row per epoch;
-    ``evaluations`` / ``parts``: each split's scores and bags; ``predictions``: one row per bag.
+    ``parts``: each split's bags; ``evaluations``: each scored split's scores (see ``finalize``);
+    ``predictions``: one row per scored bag.
     ``to_dict()`` is what stage3_<model>_results.json holds."""
 
     model_name: str
@@ -127,11 +128,12 @@ def environment() -> dict:
 
 def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, fit: FitResult, cfg: TrainConfig,
              evaluation: EvalConfig, device, world: World = SINGLE) -> RunResult:
-    """Calibrate and tune the threshold on validation, report test metrics (with bootstrap intervals),
-    score every bag."""
-    raw = {name: score_bags(model, part, data.normalizer, batch_size=cfg.batch_size, device=device,
+    """Calibrate and tune the threshold on validation, report test metrics (with bootstrap intervals);
+    predictions of the validation and test bags (and the training bags with ``evaluation.score_train``)."""
+    scored = [name for name in SPLITS if name != "train" or evaluation.score_train]
+    raw = {name: score_bags(model, data.parts[name], data.normalizer, batch_size=cfg.batch_size, device=device,
                             precision=cfg.precision, world=world, criterion=criterion)
-           for name, part in data.parts.items()}
+           for name in scored}
     calibrator = Calibrator.fit(evaluation.calibrate, raw["val"].labels, raw["val"].logits)
     evaluations = {name: calibrator.apply(ev) for name, ev in raw.items()}
     val, test = evaluations["val"], evaluations["test"]
@@ -139,9 +141,9 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     test_metrics = binary_metrics(test.labels, test.probs, threshold)
     test_metrics["ci"] = bootstrap_ci(test.labels, test.probs, threshold, n_boot=evaluation.n_bootstrap,
                                       seed=cfg.seed)
-    wide = has_short_bags(*data.parts.values())
+    wide = has_short_bags(*(data.parts[name] for name in scored))
     predictions = pd.concat([predictions_frame(data.parts[name], evaluations[name], threshold, name, wide)
-                             for name in SPLITS], ignore_index=True)
+                             for name in scored], ignore_index=True)
     summary = {**data.bags.summary(), "split_origin": data.split_origin, "normalization": evaluation.normalize,
                "splits": {name: {"n_bags": len(part), "n_positive": int(part.labels.sum())}
                           for name, part in data.parts.items()}}

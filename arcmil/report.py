@@ -77,7 +77,9 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
     if "w_0" not in result.predictions.columns:  # long bags: window weights in long format
         pd.concat([window_weights_frame(result.parts[name], ev) for name, ev in result.evaluations.items()]
                   ).to_csv(directory / "window_weights.csv", index=False)
-    result.predictions[["bag_id", "split"]].to_csv(directory / "split.csv", index=False)
+    pd.DataFrame({"bag_id": np.concatenate([part.bag_ids for part in result.parts.values()]),
+                  "split": np.repeat(list(result.parts), [len(part) for part in result.parts.values()])}
+                 ).to_csv(directory / "split.csv", index=False)
 
     tag = result.tag
     curves = {name: (ev.labels, ev.probs) for name, ev in result.evaluations.items() if name in ("val", "test")}

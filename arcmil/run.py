@@ -26,7 +26,7 @@ from arcmil.runstate import (
     record_resume,
     set_status,
 )
-from arcmil.settings import COMMAND_KEYS, ExperimentConfig, read_yaml, resolve
+from arcmil.settings import COMMAND_KEYS, RUN_KEYS, ExperimentConfig, read_yaml, resolve
 
 # settings that change no result: a resumed run may be given new values (recorded in run_info.json)
 RESUME_MAY_CHANGE = ("device", "progress")
@@ -76,6 +76,7 @@ class Run:
         self.config, self.out, self.resuming = config, Path(out), resuming
         self.world: World = SINGLE
         self.tracker = None
+        self.bags = None  # set by load_bags; the report's gallery shows some of them
         self.resumed_with: dict = {}  # settings a resumed run was given that differ from the recorded ones
 
     @classmethod
@@ -146,6 +147,7 @@ class Run:
             from arcmil.tune import check_search
 
             check_search(config.search, {name: config.overrides(name) for name in config.models})
+        self.bags = bags
         return bags
 
     @property
@@ -209,7 +211,7 @@ class Run:
         from arcmil.html_report import write_report
 
         publish_files(self.out, write)
-        write_report(self.out)
+        write_report(self.out, self.bags)
         if self.tracker:
             if final_metrics:
                 self.tracker.log_final(final_metrics)
@@ -218,13 +220,8 @@ class Run:
 
 
 def _command_of(config_file: Path) -> str | None:
-    """The command whose config.yaml holds exactly the keys of ``config_file`` (for runs from before the
-    command was recorded in run_info.json)."""
-    recorded = yaml.safe_load(config_file.read_text()) or {}
-    for command in COMMAND_KEYS:
-        try:
-            if set(resolve(command, {k: v for k, v in recorded.items() if v is not None}).to_dict()) == set(recorded):
-                return command
-        except ArcmilError:
-            continue
-    return None
+    """The command whose run keys (model or models, folds, trials …) are exactly those of ``config_file``
+    (for runs from before the command was recorded in run_info.json; settings added since then do not
+    matter)."""
+    recorded = set(yaml.safe_load(config_file.read_text()) or {}) & set(RUN_KEYS)
+    return next((command for command, keys in COMMAND_KEYS.items() if set(keys) == recorded), None)

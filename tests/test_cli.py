@@ -44,6 +44,10 @@ def test_train_writes_every_output(trained):
         assert key in results["test"]
     predictions = pd.read_csv(trained / "predictions.csv")
     assert list(predictions.columns[:5]) == ["bag_id", "split", "label", "prob", "pred"]
+    assert set(predictions.split) == {"val", "test"}  # training bags only with --score-train
+    split = pd.read_csv(trained / "split.csv")
+    assert len(split) == 120 and split.split.value_counts().to_dict() == {"train": 84, "val": 18, "test": 18}
+    assert set(split.bag_id[split.split != "train"]) == set(predictions.bag_id)
     weights = predictions.filter(like="w_").to_numpy()
     np.testing.assert_allclose(np.nansum(weights, axis=1), 1.0, rtol=1e-5)
     assert not any(p.name.startswith(".") for p in trained.parent.iterdir()), "no staging leftovers"
@@ -205,9 +209,9 @@ def test_long_bags_get_window_weights_in_long_format(tmp_path, capsys):
     bags = bags.with_bags([np.tile(b, (60, 1)) if i == 0 else b for i, b in enumerate(bags.bags)])  # 600 windows
     bags.instance_labels = None
     data = save_bags(bags, tmp_path / "long.npz")
-    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), *FAST]) == 0
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--score-train", *FAST]) == 0
     assert "w_0" not in pd.read_csv(tmp_path / "run" / "predictions.csv").columns
-    weights = pd.read_csv(tmp_path / "run" / "window_weights.csv")
+    weights = pd.read_csv(tmp_path / "run" / "window_weights.csv")  # every bag: --score-train
     assert len(weights) == 600 + 39 * 10 and set(weights.columns) == {"bag_id", "window", "weight"}
     np.testing.assert_allclose(weights.groupby("bag_id")["weight"].sum(), 1.0, rtol=1e-5)
     assert main(["predict", "--checkpoint", str(tmp_path / "run" / "best_attention_mil.pth"), "--data", str(data),

@@ -173,3 +173,18 @@ def test_bucketed_training_of_uneven_bags_resumes_to_identical_numbers(small_bag
     plain = run_experiment(bags, "transmil", TrainConfig(seed=3, epochs=3, patience=3, progress=False,
                                                          bucket_by_length=False))
     assert [r["val_loss"] for r in plain.history] != [r["val_loss"] for r in full.history]  # other batches
+
+
+def test_training_bags_are_scored_only_when_asked(small_bags):
+    """predictions holds the validation and test bags; ``score_train`` adds the training bags and changes
+    nothing else (their scoring comes after every decision)."""
+    from arcmil.config import EvalConfig
+
+    default = run_experiment(small_bags, "attention_mil", TrainConfig(**FAST), hidden_dim=16)
+    scored = run_experiment(small_bags, "attention_mil", TrainConfig(**FAST), hidden_dim=16,
+                            evaluation=EvalConfig(score_train=True))
+    assert list(default.predictions.split.unique()) == ["val", "test"] and "train" not in default.evaluations
+    assert list(scored.predictions.split.unique()) == ["train", "val", "test"]
+    assert (scored.predictions.split == "train").sum() == len(scored.parts["train"])
+    held_out = scored.predictions[scored.predictions.split != "train"].reset_index(drop=True)
+    assert held_out.equals(default.predictions) and scored.test == default.test and scored.threshold == default.threshold
