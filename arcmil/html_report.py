@@ -123,24 +123,27 @@ def _drawn_png(plot, data, **kwargs) -> str:
 
 
 def _figures(runs: dict[str, Path]) -> list[dict]:
-    """All models' test curves on one ROC, PR and reliability figure each; each run's training curves."""
+    """All models' test curves on one ROC, PR and reliability figure each (one model: the ROC and PR
+    figures its run drew); each run's training curves and reliability before and after calibration."""
     from arcmil.plots import plot_calibration, plot_pr, plot_roc
 
-    curves = {}
-    for name, run in runs.items():
-        test = pd.read_csv(run / "predictions.csv").query("split == 'test'")
-        if "label" in test and test["label"].nunique() == 2:
-            curves[_results(run)["tag"]] = (test["label"].to_numpy(), test["prob"].to_numpy())
+    own = ("training_curves.png", "training curves"), ("calibration.png", "reliability before and after calibration")
     figures = []
-    if curves:
+    if len(runs) == 1:
+        own = ("roc.png", "ROC"), ("pr.png", "precision-recall"), *own
+    else:
+        curves = {}
+        for run in runs.values():
+            test = pd.read_csv(run / "predictions.csv").query("split == 'test'")
+            if "label" in test and test["label"].nunique() == 2:
+                curves[_results(run)["tag"]] = (test["label"].to_numpy(), test["prob"].to_numpy())
         for plot, caption in ((plot_roc, "Test ROC of every model"), (plot_pr, "Test precision-recall of every model"),
                               (plot_calibration, "Test reliability of every model (calibrated probabilities)")):
-            figures.append({"png": _drawn_png(plot, curves, title=caption), "caption": caption})
+            if curves:
+                figures.append({"png": _drawn_png(plot, curves, title=caption), "caption": caption})
     for name, run in runs.items():
-        for file, caption in (("training_curves.png", "training curves"),
-                              ("calibration.png", "reliability before and after calibration")):
-            if (run / file).exists():
-                figures.append({"png": _file_png(run / file), "caption": f"{name}: {caption}"})
+        figures += [{"png": _file_png(run / file), "caption": f"{name}: {caption}"}
+                    for file, caption in own if (run / file).exists()]
     return figures
 
 

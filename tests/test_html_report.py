@@ -1,6 +1,7 @@
 """report.html: self-contained, written by train, compare and cv, rebuilt by `arcmil report`, and
 rendered by a real headless browser (Debian's chromium; CI installs it and sets
 ARCMIL_REQUIRE_BROWSER=1, so there a missing browser fails the test instead of skipping it)."""
+import base64
 import dataclasses
 import os
 import re
@@ -91,7 +92,10 @@ def test_train_and_cv_write_reports_and_report_rebuilds_them(tmp_path, capsys):
                  "0", "--no-progress", "--hidden-dim", "16"]) == 0
     assert main(["cv", "--data", str(data), "--out", str(tmp_path / "cv"), "--folds", "3", "--repeats", "1",
                  "--epochs", "2", "--no-progress", "--hidden-dim", "16"]) == 0
-    assert "Result (test split)" in (tmp_path / "train" / "report.html").read_text()
+    train_report = (tmp_path / "train" / "report.html").read_text()
+    assert "Result (test split)" in train_report
+    for figure in ("roc.png", "pr.png", "training_curves.png", "calibration.png"):  # one model: its own figures
+        assert base64.b64encode((tmp_path / "train" / figure).read_bytes()).decode() in train_report, figure
     cv_report = (tmp_path / "cv" / "report.html").read_text()
     assert "Cross-validation, mean ± std over folds" in cv_report and "Folds" in cv_report
     written = (tmp_path / "train" / "report.html").read_text()
