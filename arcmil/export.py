@@ -5,7 +5,9 @@ batch size and bag length both dynamic, and returns ``probability`` (B,) after t
 normalisation and calibration, ``logit`` (B,) and ``weights`` (B, N) (0 on padding). The tuned
 threshold, model name, tag, model config, normalisation, calibration and arcmil version are in the
 model's metadata, so onnxruntime alone can score documents (README: "Scoring with onnxruntime").
-Built with PyTorch's current exporter (``torch.onnx.export(..., dynamo=True)``; extra ``arcmil[onnx]``).
+Built with PyTorch's current exporter (``torch.onnx.export(..., dynamo=True)``; extra ``arcmil[onnx]``) at
+opset 23, where exact attention becomes ONNX's fused ``Attention`` operator (onnxruntime >= 1.23 runs it
+on CPU) instead of matmul, mask and softmax spelled out over (B, H, N, N) tensors.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from arcmil.data import Normalizer
 from arcmil.errors import ArcmilError, ConfigError
 
 INPUTS, OUTPUTS = ("embeddings", "mask"), ("probability", "logit", "weights")
-OPSET = 18
+OPSET = 23
 
 
 class ScoringGraph(nn.Module):

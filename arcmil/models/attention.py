@@ -41,7 +41,10 @@ class ExactAttention(nn.Module):
         dropout_p = self.dropout_p if self.training else 0.0
         t = q.shape[2]
         if dropout_p == 0.0 or q.device.type != "cpu" or t < CHUNK_FROM_TOKENS:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=dropout_p)
+            mask = key_mask[:, None, None, :]
+            if torch.compiler.is_exporting():  # ONNX's Attention wants one mask row per query: (B, 1, T, T)
+                mask = mask.expand(-1, -1, t, -1)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         chunk = max(1, CHUNK_ELEMENTS // (q.shape[0] * q.shape[1] * t))
         # checkpoint() replays the RNG state, so the recomputed dropout mask equals the forward one
         return torch.cat([checkpoint(_softmax_attention, q[:, :, s:s + chunk], k, v, key_mask, dropout_p,
