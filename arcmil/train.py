@@ -114,7 +114,8 @@ def train_one_epoch(model, loader, criterion, optimizer, device, precision: str 
     ``batch_scheduler`` (a per-step learning-rate schedule) is stepped after every batch."""
     model.train()
     criterion = criterion.to(device)
-    total, count = 0.0, 0
+    # summed on the device in float64 (as Python floats would be), read once: no host sync per step
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in loader:
         batch = batch.to(device)
         with autocast(device, precision):
@@ -126,9 +127,9 @@ def train_one_epoch(model, loader, criterion, optimizer, device, precision: str 
         if batch_scheduler is not None:
             batch_scheduler.step()
         if batch.loss_scale:
-            total += loss.item() * len(batch.y)
+            total += loss.detach().double() * len(batch.y)
             count += len(batch.y)
-    totals = loader.world.gather((total, count))
+    totals = loader.world.gather((total.item(), count))
     return sum(t for t, _ in totals) / sum(c for _, c in totals)
 
 
