@@ -15,8 +15,9 @@ import yaml
 from arcmil.data import save_bags
 from arcmil.demo import make_demo_bags
 
+SMALL = ["--d-model", "32", "--nhead", "2", "--dim-feedforward", "64", "--hidden-dim", "32"]  # seconds, not minutes
 ARGS = ["train", "--model", "transmil", "--epochs", "7", "--patience", "10", "--n-bootstrap", "50", "--no-progress",
-        "--device", "cpu"]
+        "--device", "cpu", *SMALL[:6]]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -80,7 +81,7 @@ def test_run_directory_records_config_provenance_and_refuses_a_second_resume(run
     info = json.loads((full / "run_info.json").read_text())
     assert info["data"]["sha256"] and info["versions"]["torch"] == torch.__version__
     config = yaml.safe_load((full / "config.yaml").read_text())
-    assert config["model"] == "transmil" and config["epochs"] == 7 and config["d_model"] == 128
+    assert config["model"] == "transmil" and config["epochs"] == 7 and config["d_model"] == 32
     again = arcmil("train", "--resume", full)
     assert again.returncode == 2 and "complete; nothing to resume" in again.stderr
     rerun = arcmil("train", "--config", full / "config.yaml", "--out", root / "rerun")
@@ -93,7 +94,7 @@ def test_run_directory_records_config_provenance_and_refuses_a_second_resume(run
 def test_killed_comparison_resumes_the_models_that_did_not_finish(runs):
     root, data = runs
     args = ["compare", "--models", "attention_mil,transmil,instance_max", "--epochs", "4", "--seeds", "0,1",
-            "--n-bootstrap", "0", "--no-progress", "--data", str(data)]
+            "--n-bootstrap", "0", "--no-progress", "--data", str(data), *SMALL]
     full = arcmil(*args, "--out", root / "cmp_full")
     assert full.returncode == 0, full.stderr[-2000:]
     run = root / "cmp_killed"
@@ -115,7 +116,7 @@ def test_killed_comparison_resumes_the_models_that_did_not_finish(runs):
 def test_killed_cross_validation_resumes_the_folds_that_did_not_finish(runs):
     root, data = runs
     args = ["cv", "--model", "transmil", "--folds", "5", "--repeats", "1", "--epochs", "3", "--no-progress",
-            "--data", str(data)]
+            "--data", str(data), *SMALL[:6]]
     full = arcmil(*args, "--out", root / "cv_full")
     assert full.returncode == 0, full.stderr[-2000:]
     run = root / "cv_killed"
