@@ -20,7 +20,6 @@ from arcmil.config import NORMALIZATIONS
 from arcmil.data.prepare import Normalizer
 from arcmil.errors import ArcmilError
 from arcmil.models import build_model, model_names
-from arcmil.models.config import recorded_model_settings
 
 FORMAT = "arcmil-checkpoint-1"
 REQUIRED = ("format", "model_name", "model_config", "state_dict", "threshold", "normalization")
@@ -62,7 +61,6 @@ def load_checkpoint(path: str | os.PathLike, device="cpu") -> tuple[nn.Module, d
     missing = [key for key in REQUIRED if not isinstance(payload, dict) or key not in payload]
     if missing or payload.get("format") != FORMAT:
         raise ArcmilError(f"{path}: not an arcmil checkpoint (missing {', '.join(missing) or 'format ' + FORMAT})")
-    payload["model_config"] = recorded_model_settings(payload["model_config"])
     model = _rebuild(path, payload)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model.to(device).eval(), meta

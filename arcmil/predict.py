@@ -68,7 +68,6 @@ class OnnxModel(nn.Module):
     def load(cls, path: str | os.PathLike) -> tuple["OnnxModel", dict]:
         """The session (as many threads as torch uses) and the checkpoint metadata the graph carries."""
         from arcmil.models import make_config
-        from arcmil.models.config import recorded_model_settings
 
         try:
             import onnxruntime
@@ -88,7 +87,6 @@ class OnnxModel(nn.Module):
         meta = {key.removeprefix("arcmil."): value for key, value in stored.items() if key.startswith("arcmil.")}
         for key in ("threshold", "model_config", "normalization", "calibration"):
             meta[key] = json.loads(meta[key])
-        meta["model_config"] = recorded_model_settings(meta["model_config"])
         return cls(session, make_config(meta["model_name"], **meta["model_config"])), meta
 
     def forward(self, x, mask):

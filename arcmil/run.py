@@ -14,7 +14,6 @@ import yaml
 
 from arcmil.distributed import SINGLE, World
 from arcmil.errors import ArcmilError
-from arcmil.models.config import recorded_model_settings
 from arcmil.outputs import publish_files
 from arcmil.runstate import (
     CONFIG_FILE,
@@ -103,7 +102,7 @@ class Run:
         if read_status(out)["status"] == "complete":
             raise ArcmilError(f"{out}: this run is complete; nothing to resume")
         info = json.loads((out / INFO_FILE).read_text())
-        recorded = recorded_model_settings(read_yaml(out / CONFIG_FILE))
+        recorded = read_yaml(out / CONFIG_FILE)
         started_by = info.get("command") or _command_of(out / CONFIG_FILE)
         if started_by != command:
             raise ArcmilError(f"{out}: a run of arcmil {started_by}, not {command}; resume it with "

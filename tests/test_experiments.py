@@ -45,6 +45,7 @@ def test_script_runs_end_to_end(tmp_path):
     results = json.loads((run / "stage3_transmil_results.json").read_text())
     assert results["epochs_run"] == 1 and results["train_config"]["epochs"] == 1  # ARCMIL_EPOCHS reached the run
     # the saved checkpoint is the model that wrote the predictions
-    predictions = pd.read_csv(run / "predictions.csv")
-    again = MILClassifier.load(run / "best_transmil.pth").predict_proba(load_bags(data))[:, 1]
-    np.testing.assert_allclose(again, predictions.set_index("bag_id").loc[load_bags(data).bag_ids, "prob"], atol=1e-6)
+    predictions = pd.read_csv(run / "predictions.csv").set_index("bag_id")  # validation and test bags
+    bags = load_bags(data)
+    again = pd.Series(MILClassifier.load(run / "best_transmil.pth").predict_proba(bags)[:, 1], index=bags.bag_ids)
+    np.testing.assert_allclose(again[predictions.index], predictions["prob"], atol=1e-6)

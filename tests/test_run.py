@@ -93,16 +93,6 @@ def test_resume_refuses_settings_other_than_the_recorded_ones(tmp_path):
     assert info["command"] == "train" and info["resumes"][-1]["changed"] == {"device": "cpu", "progress": False}
 
 
-def test_a_run_from_before_pos_scale_by_resumes_with_its_constant_position_scale(tmp_path):
-    run = interrupted("train", {"out": str(tmp_path / "run"), "model": "transmil", "pos_scale": 0.3,
-                                "pos_scale_by": "constant"})
-    recorded = yaml.safe_load((run.out / "config.yaml").read_text())
-    del recorded["pos_scale_by"]  # written before the setting existed
-    (run.out / "config.yaml").write_text(yaml.safe_dump(recorded))
-    config = Run.resume("train", run.out).config
-    assert config.overrides("transmil")["pos_scale_by"] == "constant" and config.overrides("transmil")["pos_scale"] == 0.3
-
-
 @pytest.mark.parametrize("started,resumed", [("train", "cv"), ("cv", "train"), ("compare", "cv"), ("tune", "train")])
 def test_resume_refuses_another_command(started, resumed, tmp_path):
     settings = {"trials": 2} if started == "tune" else {}

@@ -28,14 +28,6 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def recorded_model_settings(settings: dict) -> dict:
-    """Model settings read back from a checkpoint or run written before ``pos_scale_by`` existed: their
-    ``pos_scale`` was a constant, the only kind there was."""
-    if "pos_scale" in settings and "pos_scale_by" not in settings:
-        return {**settings, "pos_scale_by": "constant"}
-    return settings
-
-
 @dataclass(frozen=True)
 class WindowMLPConfig:
     """Shared by the models that embed each window with an MLP before pooling."""
@@ -76,10 +68,11 @@ class TransformerConfig:
     """Shared by both Transformer models. ``max_len`` bounds only the ``learned`` position table;
     ``attention``: 'full' (exact) or 'nystrom' (linear-time, ``num_landmarks`` landmarks);
     ``init``: 'xavier' (the note's: Xavier-uniform input projection and output head, zero biases)
-    or 'torch' (PyTorch's default Linear initialisation). ``pos_scale_by``: 'content' scales the sinusoidal
-    table to ``pos_scale`` times each bag's RMS of projected windows, so the position-to-content ratio is
-    ``pos_scale`` whatever the inputs' norm or normalisation (docs/recipe.md: 2.5 is about the ratio the
-    earlier constant 0.3 gave unit windows); 'constant' adds the table times ``pos_scale`` (the note's is 1)."""
+    or 'torch' (PyTorch's default Linear initialisation). ``pos_scale_by``: 'constant' adds the sinusoidal
+    table times ``pos_scale``; 'content' scales it to ``pos_scale`` times each bag's RMS of projected
+    windows, so the position-to-content ratio stays ``pos_scale`` whatever the input norm (docs/recipe.md:
+    with ``pos_scale`` 2.5 it equals the default on unit windows and keeps order learnable under
+    ``--normalize standardize``; not the default while integrated gradients lose completeness under it)."""
 
     input_dim: int = 256
     d_model: int = 128
@@ -88,8 +81,8 @@ class TransformerConfig:
     dim_feedforward: int = 256
     dropout_p: float = 0.1
     pos_enc: str = "sin"
-    pos_scale: float = 2.5
-    pos_scale_by: str = "content"
+    pos_scale: float = 0.3
+    pos_scale_by: str = "constant"
     init: str = "xavier"
     max_len: int = 512
     pooler_hidden: int = 128

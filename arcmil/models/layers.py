@@ -91,12 +91,15 @@ class PositionalEncoding(nn.Module):
         return self.dropout(h)
 
     def _sin_scale(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | float:
-        """``scale``, or (B, 1, 1): scale x RMS of each bag's real windows / RMS of the table. The RMS is
-        detached: it sets the table's size and is not a path for gradients."""
+        """``scale``, or (B, 1, 1): scale x RMS of each bag's real windows / RMS of the table. In training
+        the RMS is detached (it sets the table's size and is not a path for gradients: docs/recipe.md
+        measured it so); in evaluation it is not, so that gradients are the model's own and integrated
+        gradients stay complete (the values are the same either way)."""
         if self.scale_by == "constant":
             return self.scale
         real = mask.unsqueeze(-1).to(h.dtype)  # (B, N, 1)
-        mean_square = (h.detach().square() * real).sum(dim=(1, 2)) / (real.sum(dim=(1, 2)) * h.shape[2]).clamp(min=1)
+        size = h.detach() if self.training else h
+        mean_square = (size.square() * real).sum(dim=(1, 2)) / (real.sum(dim=(1, 2)) * h.shape[2]).clamp(min=1)
         return (self.scale * math.sqrt(2.0) * mean_square.sqrt()).view(-1, 1, 1)
 
 

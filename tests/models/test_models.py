@@ -70,7 +70,7 @@ def placed(bags, offsets, width):
 
 
 @pytest.mark.parametrize("name,overrides", [(n, {}) for n in ALL] + [(n, {"pos_enc": "learned"}) for n in TRANSFORMERS]
-                         + [(n, {"pos_scale_by": "constant"}) for n in ("transformer_mil", "transmil")])
+                         + [(n, {"pos_scale_by": "content"}) for n in ("transformer_mil", "transmil")])
 def test_padding_side_changes_nothing(name, overrides):
     """The same bags padded on the right, on the left and on both sides, beside batch-mates of other
     lengths, get the same logits and window weights (positions count from a bag's first real window;

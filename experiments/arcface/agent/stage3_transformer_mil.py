@@ -13,10 +13,11 @@ import os
 
 from arcmil.data import load_bags
 from arcmil.demo import make_demo_bags
+from arcmil.distributed import select_device
 from arcmil.pipeline import EvalConfig, finalize, make_loaders, prepare_data
 from arcmil.outputs import default_run_dir, staged_dir
 from arcmil.report import results_row, write_run
-from arcmil.train import TrainConfig, make_optimizer, seed_everything, select_device, train_model, weighted_bce
+from arcmil.train import TrainConfig, make_optimizer, seed_everything, train_model, weighted_bce
 
 DATA = os.environ.get("ARCMIL_DATA")
 OUT = os.environ.get("ARCMIL_OUT", "runs/experiments")
