@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/arcmil compare
 
+# two workers (one torch thread each, tests/conftest.py), each taking whole test files
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,7 +1,13 @@
+import os
+
 import numpy as np
 import pytest
+import torch
 
 from arcmil.demo import make_demo_bags
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: two workers on two cores, one torch thread each
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
