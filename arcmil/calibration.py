@@ -98,7 +98,7 @@ class Calibrator:
         return y0 + t * (y1 - y0)
 
     def apply(self, evaluation):
-        """A scored split (arcmil.train.Evaluation) with its probabilities from this calibrator."""
+        """A scored split (arcmil.scoring.Evaluation) with its probabilities from this calibrator."""
         return replace(evaluation, probs=self(evaluation.logits))
 
     def to_dict(self) -> dict:

@@ -96,7 +96,8 @@ def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *,
     hyper-parameters searched on its training part only (study ``<model>_r<repeat>_f<fold>`` in
     ``storage``; ``resuming``: continue an interrupted fold's study), then trained and tested once."""
     check_cv_inputs(bags, folds)
-    evaluation = replace(evaluation, n_bootstrap=0)  # per-fold intervals mean little; the spread over folds does
+    # per-fold intervals mean little (the spread over folds does), and folds write no predictions.csv
+    evaluation = replace(evaluation, n_bootstrap=0, score_train=False)
     records, done = [], done or {}
     for repeat, fold, seed, split in cv_splits(bags.labels, folds, list(seeds), val_fraction):
         if (repeat, fold) in done:

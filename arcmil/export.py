@@ -24,6 +24,7 @@ from arcmil import __version__
 from arcmil.calibration import Calibrator
 from arcmil.data import Normalizer
 from arcmil.errors import ArcmilError, ConfigError
+from arcmil.models.attention import ONNX_EXPORT
 
 INPUTS, OUTPUTS = ("embeddings", "mask"), ("probability", "logit", "weights")
 OPSET = 23
@@ -74,9 +75,10 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwr
         exporter_log.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(graph, (embeddings, mask), input_names=list(INPUTS),
-                                        output_names=list(OUTPUTS), dynamic_shapes=shapes, opset_version=OPSET,
-                                        dynamo=True, verbose=False)
+            with ONNX_EXPORT:
+                program = torch.onnx.export(graph, (embeddings, mask), input_names=list(INPUTS),
+                                            output_names=list(OUTPUTS), dynamic_shapes=shapes, opset_version=OPSET,
+                                            dynamo=True, verbose=False)
     except Exception as exc:  # the exporter raises many types; the user needs the model and the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArcmilError(f"{checkpoint}: model {meta['model_name']!r} could not be exported to ONNX "

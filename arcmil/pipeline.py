@@ -33,7 +33,15 @@ from arcmil.errors import DataError
 from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
 from arcmil.models import build_model
 from arcmil.models.registry import make_config
-from arcmil.scoring import Evaluation, check_fits, has_short_bags, predictions_frame, score_bags
+from arcmil.scoring import (  # noqa: F401 (evaluate, window_weights_frame: importable here, as before)
+    Evaluation,
+    check_fits,
+    evaluate,
+    has_short_bags,
+    predictions_frame,
+    score_bags,
+    window_weights_frame,
+)
 from arcmil.train import (
     FitResult,
     make_optimizer,

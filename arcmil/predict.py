@@ -90,8 +90,9 @@ class OnnxModel(nn.Module):
         return cls(session, make_config(meta["model_name"], **meta["model_config"])), meta
 
     def forward(self, x, mask):
-        """In slices of at most ATTENTION_CELLS bags x windows^2: the exported graph holds each attention
-        matrix whole, where PyTorch's fused kernel never does (README: export benchmark)."""
+        """In slices of at most ATTENTION_CELLS bags x windows^2: onnxruntime's CPU Attention kernel (and
+        its (B, 1, N, N) mask) holds each attention matrix whole, where PyTorch's fused kernel never does
+        (README: export benchmark)."""
         # the graph itself cannot raise a readable error (onnxruntime reports a Gather index out of range)
         check_position_table(getattr(self.config, "pos_enc", None), getattr(self.config, "max_len", 0),
                              int(mask.sum(1).max()))

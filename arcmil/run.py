@@ -29,7 +29,7 @@ from arcmil.runstate import (
 from arcmil.settings import COMMAND_KEYS, RUN_KEYS, ExperimentConfig, read_yaml, resolve
 
 # settings that change no result: a resumed run may be given new values (recorded in run_info.json)
-RESUME_MAY_CHANGE = ("device", "progress")
+RESUME_MAY_CHANGE = ("device", "progress", "score_train")
 MOVABLE = ("data", "space")  # files a resumed run may find at a new path, with the same content
 
 

@@ -17,8 +17,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from arcmil.config import MONITORS, TrainConfig
-from arcmil.distributed import World
+from arcmil.config import DECAY_SCOPES, LR_SCHEDULES, MONITORS, PRECISIONS, TrainConfig  # noqa: F401 (importable here)
+from arcmil.distributed import World, select_device  # noqa: F401 (importable here, as before)
 from arcmil.errors import ArcmilError, ConfigError
 from arcmil.runstate import rng_state, set_rng_state
 from arcmil.scoring import Evaluation, autocast, evaluate
@@ -114,8 +114,10 @@ def train_one_epoch(model, loader, criterion, optimizer, device, precision: str 
     ``batch_scheduler`` (a per-step learning-rate schedule) is stepped after every batch."""
     model.train()
     criterion = criterion.to(device)
-    # summed on the device in float64 (as Python floats would be), read once: no host sync per step
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    # summed on the device in float64 (as Python floats would be; MPS has no float64), read once: no host
+    # sync per step
+    wide = torch.float64 if torch.device(device).type in ("cpu", "cuda") else torch.float32
+    total, count = torch.zeros((), dtype=wide, device=device), 0
     for batch in loader:
         batch = batch.to(device)
         with autocast(device, precision):
@@ -127,7 +129,7 @@ def train_one_epoch(model, loader, criterion, optimizer, device, precision: str 
         if batch_scheduler is not None:
             batch_scheduler.step()
         if batch.loss_scale:
-            total += loss.detach().double() * len(batch.y)
+            total += loss.detach().to(wide) * len(batch.y)
             count += len(batch.y)
     totals = loader.world.gather((total.item(), count))
     return sum(t for t, _ in totals) / sum(c for _, c in totals)

@@ -144,7 +144,7 @@ def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchCo
 
     overrides = overrides or {}
     space = search_space(model_name, overrides, search.space)
-    quick = replace(evaluation, calibrate="none", n_bootstrap=0)
+    quick = replace(evaluation, calibrate="none", n_bootstrap=0, score_train=False)
 
     def objective(trial) -> float:
         trial_cfg, trial_overrides = split_settings({n: _suggest(trial, n, s) for n, s in space.items()},

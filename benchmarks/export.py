@@ -37,8 +37,8 @@ def run_cell(path: str, windows: int, n_bags: int, threads: int, repeats: int) -
     import torch
 
     from arcmil.data import BagSet
-    from arcmil.scoring import score_bags
     from arcmil.predict import OnnxModel
+    from arcmil.scoring import score_bags
 
     torch.set_num_threads(threads)
     if path.endswith(".onnx"):

@@ -3,7 +3,7 @@
 Random 10 x 256 bags (the note's setting). For each model, in this one process:
   - naive: a per-item Dataset of tensors + torch's default DataLoader (default collation), AdamW,
     the usual zero_grad/backward/step loop; scoring under torch.no_grad();
-  - arcmil: arcmil.train.train_one_epoch / evaluate over arcmil's packed BagLoader
+  - arcmil: arcmil.train.train_one_epoch / arcmil.scoring.evaluate over arcmil's packed BagLoader
     (vectorised batches, inference_mode), with its optimizer.
 Reports bags/s (median over repeats), the arcmil/naive ratio, FLOPs per bag
 (torch.utils.flop_counter) and the achieved GFLOP/s next to this machine's measured matrix-multiply
@@ -37,8 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from arcmil.data import BagSet, Normalizer, make_loader
 from arcmil.models import build_model
-from arcmil.train import TrainConfig, make_optimizer, train_one_epoch, weighted_bce
 from arcmil.scoring import evaluate
+from arcmil.train import TrainConfig, make_optimizer, train_one_epoch, weighted_bce
 
 MODELS = ("attention_mil", "transformer_mil", "transmil")
 

@@ -55,3 +55,18 @@ def _tampered(tmp_path, **changes):
 def test_checkpoint_fields_are_checked_against_each_other(tmp_path, changes, message):
     with pytest.raises(ArcmilError, match=message):
         load_checkpoint(_tampered(tmp_path, **changes))
+
+
+def test_a_checkpoint_from_before_pos_scale_by_keeps_its_constant_position_scale(tmp_path):
+    """Checkpoints written before the position scale could follow the content have no ``pos_scale_by``:
+    they load as the constant scale they were trained with (a guard for the day the default changes)."""
+    model = build_model("transformer_mil", input_dim=12, d_model=16, nhead=2, pos_scale=0.3).eval()
+    path = save_checkpoint(tmp_path / "m.pth", model, "transformer_mil", threshold=0.5, threshold_method="f1",
+                           normalizer=Normalizer("l2"))
+    payload = torch.load(path, weights_only=True)
+    del payload["model_config"]["pos_scale_by"]
+    torch.save(payload, path)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.config.pos_scale_by == "constant"
+    x = torch.randn(2, 6, 12)
+    torch.testing.assert_close(loaded(x)[0], model(x)[0])

@@ -7,8 +7,8 @@ from torch.nn.utils.rnn import pad_sequence
 from arcmil.data import Normalizer, make_loader
 from arcmil.demo import make_demo_bags
 from arcmil.models import build_model
-from arcmil.train import TrainConfig, make_optimizer, train_one_epoch, weighted_bce
 from arcmil.scoring import evaluate
+from arcmil.train import TrainConfig, make_optimizer, train_one_epoch, weighted_bce
 
 
 def plain_batches(bags, batches):

@@ -12,9 +12,21 @@ _CLASSES = {"AttentionMIL": "attention_mil", "InstanceMax": "instance_max", "Tra
 
 
 def __getattr__(name: str):
-    if name in _CLASSES:
-        return getattr(importlib.import_module(f"arcmil.models.{_CLASSES[name]}"), name)
-    raise AttributeError(f"module 'arcmil.models' has no attribute {name!r}")
+    """A model class (imported on first use, then cached) or a submodule (``arcmil.models.transmil``)."""
+    target = f"{__name__}.{_CLASSES.get(name, name)}"
+    try:
+        module = importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name != target:
+            raise
+        raise AttributeError(f"module 'arcmil.models' has no attribute {name!r}") from None
+    value = getattr(module, name) if name in _CLASSES else module
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_CLASSES})
 
 
 __all__ = ["AttentionMIL", "AttentionMILConfig", "InstanceMax", "InstanceMaxConfig", "TransMIL", "TransMILConfig",

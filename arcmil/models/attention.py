@@ -23,6 +23,23 @@ CHUNK_ELEMENTS = 2**24  # scores held at once by the chunked path (64 MB in floa
 CHUNK_FROM_TOKENS = 1024  # shorter sequences take the (T, T) math path, which is faster there
 
 
+class _Flag:
+    """Set by ``arcmil.export`` while it traces a model (``with ONNX_EXPORT: ...``): a plain flag read
+    at trace time, where ``torch.compiler.is_exporting()`` exists only from torch 2.7 and also held
+    inside ``torch.compile`` in some versions."""
+
+    active = False
+
+    def __enter__(self):
+        self.active = True
+
+    def __exit__(self, *exc):
+        self.active = False
+
+
+ONNX_EXPORT = _Flag()
+
+
 def _softmax_attention(q, k, v, key_mask, dropout_p: float) -> torch.Tensor:
     """Plain softmax attention of a block of queries q (B, H, t, e) over all keys (B, H, T, e)."""
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
@@ -42,7 +59,7 @@ class ExactAttention(nn.Module):
         t = q.shape[2]
         if dropout_p == 0.0 or q.device.type != "cpu" or t < CHUNK_FROM_TOKENS:
             mask = key_mask[:, None, None, :]
-            if torch.compiler.is_exporting():  # ONNX's Attention wants one mask row per query: (B, 1, T, T)
+            if ONNX_EXPORT.active:  # ONNX's fused Attention wants one mask row per query: (B, 1, T, T)
                 mask = mask.expand(-1, -1, t, -1)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         chunk = max(1, CHUNK_ELEMENTS // (q.shape[0] * q.shape[1] * t))
