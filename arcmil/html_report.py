@@ -137,9 +137,10 @@ def _figures(runs: dict[str, Path]) -> list[dict]:
             test = pd.read_csv(run / "predictions.csv").query("split == 'test'")
             if "label" in test and test["label"].nunique() == 2:
                 curves[_results(run)["tag"]] = (test["label"].to_numpy(), test["prob"].to_numpy())
-        for plot, caption in ((plot_roc, "Test ROC of every model"), (plot_pr, "Test precision-recall of every model"),
-                              (plot_calibration, "Test reliability of every model (calibrated probabilities)")):
-            if curves:
+        if curves:
+            for plot, caption in ((plot_roc, "Test ROC of every model"),
+                                  (plot_pr, "Test precision-recall of every model"),
+                                  (plot_calibration, "Test reliability of every model (calibrated probabilities)")):
                 figures.append({"png": _drawn_png(plot, curves, title=caption), "caption": caption})
     for name, run in runs.items():
         figures += [{"png": _file_png(run / file), "caption": f"{name}: {caption}"}

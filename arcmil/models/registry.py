@@ -57,6 +57,12 @@ for _name, _path, _config, _preset in [
     _REGISTRY[_name] = ModelEntry(_name, "arcmil.models." + _path, _config, _preset)
 
 
+def builtin_classes() -> dict[str, str]:
+    """Each built-in model class's name -> the module that defines it (arcmil.models imports them lazily)."""
+    paths = (entry.model.partition(":") for entry in _REGISTRY.values() if isinstance(entry.model, str))
+    return {cls: module for module, _, cls in paths}
+
+
 def model_names() -> list[str]:
     return sorted(_REGISTRY)
 
