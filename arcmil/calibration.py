@@ -17,6 +17,12 @@ API carry it).
 - ``isotonic``: scikit-learn's IsotonicRegression on the raw probabilities, a monotone step map
   (ties can merge nearby scores).
 - ``none``: p = sigmoid(logit).
+
+Beyond binary (arcmil.labels): multi-label fits one such map per label on that label's column
+(``PerLabelCalibrator``); multi-class maps the K logits before the softmax (``SoftmaxCalibrator``):
+``platt`` is vector scaling, p = softmax(a * z + b) with a per-class slope and bias (Guo et al. 2017),
+the same penalised fit as Platt's (L2 prior 1/PLATT_C on the slopes, biases free); ``temperature`` is
+softmax(z / T); ``isotonic`` has no multi-class form and is refused.
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ import numpy as np
 import torch
 
 from arcmil.config import CALIBRATIONS
-from arcmil.errors import ArcmilError
+from arcmil.errors import ArcmilError, ConfigError
+from arcmil.labels import BINARY, LabelSpace
 
 ECE_BINS = 15  # equal-width probability bins of the expected calibration error
 LOG_TEMPERATURE_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: wider never helps a validation NLL fit
@@ -132,6 +139,127 @@ class Calibrator:
         return cls(method, temperature, slope, bias, knots_x, knots_y)
 
 
+@dataclass(frozen=True)
+class PerLabelCalibrator:
+    """Multi-label: one binary ``Calibrator`` per label, each fitted on its own column."""
+
+    members: tuple[Calibrator, ...]
+
+    @property
+    def method(self) -> str:
+        return self.members[0].method
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        """(B, K) logits -> (B, K) calibrated probabilities (float64)."""
+        return self.probabilities(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.probabilities(logits[..., k]) for k, m in enumerate(self.members)], dim=-1)
+
+    def apply(self, evaluation):
+        return replace(evaluation, probs=self(evaluation.logits))
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "family": "per_label", "labels": [m.to_dict() for m in self.members]}
+
+
+@dataclass(frozen=True)
+class SoftmaxCalibrator:
+    """Multi-class: softmax(``slopes`` * z + ``biases``) (vector scaling, ``platt``), softmax(z / ``temperature``)
+    or plain softmax (``none``)."""
+
+    method: str
+    slopes: tuple[float, ...]
+    biases: tuple[float, ...]
+    temperature: float = 1.0
+
+    @classmethod
+    def fit(cls, method: str, labels: np.ndarray, logits: np.ndarray) -> "SoftmaxCalibrator":
+        """Fit on validation class ids ``labels`` (B,) and ``logits`` (B, K)."""
+        from scipy.optimize import minimize, minimize_scalar
+        from scipy.special import log_softmax
+
+        labels, logits = np.asarray(labels, dtype=np.int64), np.asarray(logits, dtype=np.float64)
+        k = logits.shape[1]
+        ones, zeros = (1.0,) * k, (0.0,) * k
+        onehot = np.eye(k)[labels]
+        if method == "none":
+            return cls("none", ones, zeros)
+        if method == "temperature":
+            def nll(log_t):
+                return -np.mean((onehot * log_softmax(logits / np.exp(log_t), axis=1)).sum(1))
+
+            best = minimize_scalar(nll, bounds=LOG_TEMPERATURE_BOUNDS, method="bounded", options={"xatol": 1e-6})
+            return cls("temperature", ones, zeros, float(np.exp(best.x)))
+        if method != "platt":
+            raise ConfigError(f"calibrate {method!r} has no multi-class form; use platt (vector scaling), "
+                              "temperature or none")
+
+        def objective(params):  # Platt's penalised fit per class: PLATT_C x summed NLL + slopes^2 / 2
+            a, b = params[:k], params[k:]
+            log_p = log_softmax(logits * a + b, axis=1)
+            residual = np.exp(log_p) - onehot  # d NLL / d (a z + b)
+            loss = -PLATT_C * (onehot * log_p).sum() + 0.5 * (a ** 2).sum()
+            grad = np.concatenate([PLATT_C * (residual * logits).sum(0) + a, PLATT_C * residual.sum(0)])
+            return loss, grad
+
+        start = np.concatenate([np.ones(k), np.zeros(k)])
+        bounds = [(MIN_PLATT_SLOPE, None)] * k + [(None, None)] * k  # positive slopes keep each class's ranking
+        fit = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 1000})
+        return cls("platt", tuple(map(float, fit.x[:k])), tuple(map(float, fit.x[k:])))
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        """(B, K) logits -> (B, K) calibrated probabilities (float64), rows summing to 1."""
+        return self.probabilities(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        slopes = torch.tensor(self.slopes, dtype=logits.dtype, device=logits.device)
+        biases = torch.tensor(self.biases, dtype=logits.dtype, device=logits.device)
+        return torch.softmax((logits * slopes + biases) / self.temperature, dim=-1)
+
+    def apply(self, evaluation):
+        return replace(evaluation, probs=self(evaluation.logits))
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "family": "softmax", "slopes": list(self.slopes), "biases": list(self.biases),
+                "temperature": self.temperature}
+
+
+def fit_calibrator(method: str, labels: np.ndarray, logits: np.ndarray, space: LabelSpace = BINARY):
+    """The calibration map of ``space``'s family (see the module docstring), fitted on validation."""
+    if space.binary:
+        return Calibrator.fit(method, labels, logits)
+    if space.kind == "multilabel":
+        return PerLabelCalibrator(tuple(Calibrator.fit(method, labels[:, k], logits[:, k])
+                                        for k in range(logits.shape[1])))
+    return SoftmaxCalibrator.fit(method, labels, logits)
+
+
+def calibrator_from_dict(data: dict | None, space: LabelSpace = BINARY):
+    """The inverse of any calibrator's ``to_dict``, checked against ``space``; None is no calibration."""
+    if space.binary:
+        if data is not None and "family" in data:
+            raise ArcmilError(f"a {data['family']} calibration for a binary model")
+        return Calibrator.from_dict(data)
+    k = len(space.classes)
+    family = {"multilabel": "per_label", "multiclass": "softmax"}[space.kind]
+    if data is None:
+        data = {"method": "none", "family": family, "labels": [{"method": "none"}] * k,
+                "slopes": [1.0] * k, "biases": [0.0] * k}
+    if data.get("family") != family:
+        raise ArcmilError(f"calibration {data.get('family')!r} does not fit a {space.kind} model (expected {family})")
+    if family == "per_label":
+        members = tuple(Calibrator.from_dict(m) for m in data["labels"])
+        if len(members) != k:
+            raise ArcmilError(f"{len(members)} per-label calibrations for {k} labels")
+        return PerLabelCalibrator(members)
+    slopes, biases = tuple(map(float, data["slopes"])), tuple(map(float, data["biases"]))
+    temperature = float(data.get("temperature", 1.0))
+    if len(slopes) != k or len(biases) != k or not (temperature > 0 and all(a > 0 for a in slopes)):
+        raise ArcmilError(f"softmax calibration needs {k} positive slopes, {k} biases and a positive temperature")
+    return SoftmaxCalibrator(data["method"], slopes, biases, temperature)
+
+
 def _platt(labels: np.ndarray, logits: np.ndarray) -> dict:
     """Platt's map on validation: scikit-learn's logistic regression of the labels on the logits
     (PLATT_C); a slope <= 0 becomes MIN_PLATT_SLOPE, with the bias refitted for it."""
@@ -161,8 +289,18 @@ def expected_calibration_error(labels, probs, n_bins: int = ECE_BINS) -> float:
     return float(gap.sum() / max(count.sum(), 1))
 
 
-def calibration_metrics(labels, probs) -> dict:
-    """Brier score (scikit-learn) and expected calibration error of probabilities against labels."""
+def calibration_metrics(labels, probs, space: LabelSpace = BINARY) -> dict:
+    """Brier score (scikit-learn) and expected calibration error of probabilities against labels.
+    Multi-class: the multi-class Brier score and the ECE of the top class's confidence; multi-label:
+    the means over labels of the binary figures."""
     from sklearn.metrics import brier_score_loss
 
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    if space.kind == "multilabel":
+        per_label = [calibration_metrics(labels[:, k], probs[:, k]) for k in range(labels.shape[1])]
+        return {key: float(np.mean([m[key] for m in per_label])) for key in ("brier", "ece")}
+    if space.kind == "multiclass":
+        top = probs.argmax(axis=1)
+        return {"brier": float(brier_score_loss(labels, probs, labels=range(probs.shape[1]))),
+                "ece": expected_calibration_error(top == labels, probs.max(axis=1))}
     return {"brier": float(brier_score_loss(labels, probs)), "ece": expected_calibration_error(labels, probs)}

@@ -1,5 +1,5 @@
-"""Self-describing checkpoints: model name, config, threshold, normalisation and calibration beside
-the weights.
+"""Self-describing checkpoints: model name, config, label space, threshold, normalisation and
+calibration beside the weights.
 
 Saved with ``torch.save`` as a dict of tensors and plain data, so loading needs no unpickling of
 code (``torch.load(weights_only=True)``) and rebuilds the model with no flags.
@@ -15,19 +15,21 @@ import torch
 from torch import nn
 
 from arcmil import __version__
-from arcmil.calibration import Calibrator
+from arcmil.calibration import Calibrator, calibrator_from_dict
 from arcmil.config import NORMALIZATIONS
 from arcmil.data.prepare import Normalizer
 from arcmil.errors import ArcmilError
+from arcmil.labels import BINARY, LabelSpace
 from arcmil.models import build_model, model_names
 
 FORMAT = "arcmil-checkpoint-1"
 REQUIRED = ("format", "model_name", "model_config", "state_dict", "threshold", "normalization")
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str, *, threshold: float,
-                    threshold_method: str, normalizer: Normalizer, calibrator: Calibrator = Calibrator(),
-                    extra: dict | None = None) -> Path:
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str, *, threshold,
+                    threshold_method: str, normalizer: Normalizer, calibrator=Calibrator(),
+                    label_space: LabelSpace = BINARY, extra: dict | None = None) -> Path:
+    """``threshold``: LabelSpace.tune_threshold's (a float for binary); ``calibrator``: the space's family."""
     path = Path(path)
     payload = {
         "format": FORMAT,
@@ -35,7 +37,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str, 
         "model_name": model_name,
         "model_config": asdict(model.config),
         "tag": model.config.tag(),
-        "threshold": float(threshold),
+        "label_space": label_space.to_dict(),
+        "threshold": threshold if threshold is None or isinstance(threshold, list) else float(threshold),
         "threshold_method": threshold_method,
         "normalization": normalizer.to_dict(),
         "calibration": calibrator.to_dict(),
@@ -81,9 +84,14 @@ def _rebuild(path: Path, payload: dict) -> nn.Module:
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]
         raise ArcmilError(f"{path}: weights do not fit a {name} with the stored config ({detail})") from None
-    threshold = payload["threshold"]
-    if not isinstance(threshold, float) or not 0.0 <= threshold <= 1.0:
-        raise ArcmilError(f"{path}: threshold {threshold!r} is not a probability")
+    try:  # absent in checkpoints from before label spaces: binary
+        space = LabelSpace.from_dict(payload.get("label_space"))
+    except (ArcmilError, KeyError, TypeError) as exc:
+        raise ArcmilError(f"{path}: label_space {payload.get('label_space')!r} is not a label space ({exc})") from None
+    if model.config.n_outputs != space.n_outputs:
+        raise ArcmilError(f"{path}: the model has {model.config.n_outputs} outputs, its {space.kind} label space "
+                          f"{space.n_outputs}")
+    space.check_threshold(payload["threshold"], str(path))
     norm = payload["normalization"]
     if not isinstance(norm, dict) or norm.get("kind") not in NORMALIZATIONS:
         raise ArcmilError(f"{path}: unknown normalization {norm!r} (expected kind in {', '.join(NORMALIZATIONS)})")
@@ -92,7 +100,7 @@ def _rebuild(path: Path, payload: dict) -> nn.Module:
         raise ArcmilError(f"{path}: standardize statistics have {len(norm.get('mean') or ())} features, the model "
                           f"input_dim is {config['input_dim']}")
     try:
-        Calibrator.from_dict(payload.get("calibration"))  # absent in checkpoints from before calibration
+        calibrator_from_dict(payload.get("calibration"), space)  # absent in checkpoints from before calibration
     except ArcmilError as exc:
         raise ArcmilError(f"{path}: {exc}") from None
     return model

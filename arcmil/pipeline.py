@@ -1,7 +1,7 @@
 """One path from bags to a finished run, walked by the CLI, the Python API and the experiment scripts:
 
-seed -> prepare_data (split, normalise) -> make_loaders -> model -> weighted BCE + optimizer ->
-train_model -> finalize (validation threshold, test report, predictions).
+seed -> prepare_data (split, normalise) -> make_loaders -> model -> loss (the label space's: weighted
+BCE for binary) + optimizer -> train_model -> finalize (validation threshold, test report, predictions).
 ``TrainConfig`` says how a model is trained, ``EvalConfig`` how it is evaluated.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from arcmil import __version__
-from arcmil.calibration import Calibrator, calibration_metrics
+from arcmil.calibration import calibration_metrics, fit_calibrator
 from arcmil.config import EvalConfig, TrainConfig
 from arcmil.data import (
     SPLITS,
@@ -30,7 +30,8 @@ from arcmil.data import (
 )
 from arcmil.distributed import SINGLE, World, select_device
 from arcmil.errors import DataError
-from arcmil.metrics import binary_metrics, bootstrap_ci, tune_threshold
+from arcmil.labels import LabelSpace
+from arcmil.metrics import bootstrap_ci
 from arcmil.models import build_model
 from arcmil.models.registry import make_config
 from arcmil.scoring import (  # noqa: F401 (evaluate, window_weights_frame: importable here, as before)
@@ -49,7 +50,6 @@ from arcmil.train import (
     seed_dropout_for_rank,
     seed_everything,
     train_model,
-    weighted_bce,
 )
 
 
@@ -93,8 +93,8 @@ class RunResult:
     model_name: str
     model: nn.Module
     normalizer: Normalizer
-    calibrator: Calibrator
-    threshold: float
+    calibrator: object  # arcmil.calibration: Calibrator, or the label space's family
+    threshold: float | list[float] | None  # LabelSpace.tune_threshold
     validation: dict
     test: dict
     history: list[dict]
@@ -114,12 +114,17 @@ class RunResult:
     def tag(self) -> str:
         return self.model.config.tag()
 
+    @property
+    def label_space(self) -> LabelSpace:
+        return self.parts["train"].label_space
+
     def to_dict(self) -> dict:
         return {
             "tag": self.tag, "model": self.model_name, "created": self.created,
             "model_config": asdict(self.model.config), "train_config": asdict(self.train_config),
             "eval_config": asdict(self.eval_config), "data": self.data,
             "threshold": {"value": self.threshold, "method": self.eval_config.threshold_method},
+            **({} if self.label_space.binary else {"label_space": self.label_space.to_dict()}),
             "calibration": self.calibrator.to_dict(),
             "validation": self.validation, "test": self.test, "best_epoch": self.best_epoch,
             "epochs_run": len(self.history), "stopped_early": self.stopped_early, "train_seconds": self.train_seconds,
@@ -142,22 +147,22 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     raw = {name: score_bags(model, data.parts[name], data.normalizer, batch_size=cfg.batch_size, device=device,
                             precision=cfg.precision, world=world, criterion=criterion)
            for name in scored}
-    calibrator = Calibrator.fit(evaluation.calibrate, raw["val"].labels, raw["val"].logits)
+    space = data.bags.label_space
+    calibrator = fit_calibrator(evaluation.calibrate, raw["val"].labels, raw["val"].logits, space)
     evaluations = {name: calibrator.apply(ev) for name, ev in raw.items()}
     val, test = evaluations["val"], evaluations["test"]
-    threshold = tune_threshold(val.labels, val.probs, evaluation.threshold_method, evaluation.fixed_threshold)
-    test_metrics = binary_metrics(test.labels, test.probs, threshold)
+    threshold = space.tune_threshold(val.labels, val.probs, evaluation.threshold_method, evaluation.fixed_threshold)
+    test_metrics = space.metrics(test.labels, test.probs, threshold)
     test_metrics["ci"] = bootstrap_ci(test.labels, test.probs, threshold, n_boot=evaluation.n_bootstrap,
-                                      seed=cfg.seed)
+                                      seed=cfg.seed, space=space)
     wide = has_short_bags(*(data.parts[name] for name in scored))
     predictions = pd.concat([predictions_frame(data.parts[name], evaluations[name], threshold, name, wide)
                              for name in scored], ignore_index=True)
     summary = {**data.bags.summary(), "split_origin": data.split_origin, "normalization": evaluation.normalize,
-               "splits": {name: {"n_bags": len(part), "n_positive": int(part.labels.sum())}
-                          for name, part in data.parts.items()}}
+               "splits": {name: part.label_space.split_summary(part.labels) for name, part in data.parts.items()}}
     return RunResult(
         model_name, model, data.normalizer, calibrator, threshold,
-        validation={**binary_metrics(val.labels, val.probs, threshold), "loss": val.loss,
+        validation={**space.metrics(val.labels, val.probs, threshold), "loss": val.loss,
                     **_calibration_report(raw["val"], val)},
         test={**test_metrics, "loss": test.loss, **_calibration_report(raw["test"], test)},
         history=fit.history, best_epoch=fit.best_epoch, stopped_early=fit.stopped_early, train_seconds=fit.seconds,
@@ -168,18 +173,27 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
 
 def _calibration_report(raw: Evaluation, calibrated: Evaluation) -> dict:
     """brier and ece of the calibrated probabilities, and of the raw sigmoid ones (``*_uncalibrated``)."""
-    before = calibration_metrics(raw.labels, raw.probs)
-    return {**calibration_metrics(calibrated.labels, calibrated.probs),
+    before = calibration_metrics(raw.labels, raw.probs, raw.space)
+    return {**calibration_metrics(calibrated.labels, calibrated.probs, calibrated.space),
             **{f"{key}_uncalibrated": value for key, value in before.items()}}
+
+
+def output_overrides(bags: BagSet) -> dict:
+    """The model settings the data's label space fixes: K outputs beyond binary (none for binary, whose
+    configs and tags stay as they were)."""
+    return {} if bags.label_space.binary else {"n_outputs": bags.label_space.n_outputs}
 
 
 def check_cv_inputs(bags: BagSet, folds: int) -> None:
     """Labels with at least ``folds`` bags of each class."""
     if bags.labels is None:
         raise DataError(bags.source, "cross-validation needs labels", field="labels")
-    smallest = int(np.bincount(bags.labels, minlength=2).min())
+    counts = bags.label_space.class_counts(bags.labels)
+    smallest = int(counts.min())
     if smallest < folds:
-        raise DataError(bags.source, f"{folds} folds need at least {folds} bags of each class, the smaller class "
+        name = bags.label_space.classes[int(counts.argmin())]
+        what = "the smaller class" if bags.label_space.binary else f"class {name!r}"
+        raise DataError(bags.source, f"{folds} folds need at least {folds} bags of each class, {what} "
                         f"has {smallest}", field="labels")
 
 
@@ -192,7 +206,7 @@ def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_override
         check_cv_inputs(bags, folds)
     else:
         split_parts(assign_split(bags, cfg.seed))
-    check_fits(bags, make_config(model_name, input_dim=bags.dim, **model_overrides))
+    check_fits(bags, make_config(model_name, input_dim=bags.dim, **output_overrides(bags), **model_overrides))
 
 
 @dataclass
@@ -215,10 +229,10 @@ def train_run(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), w
     device = select_device(cfg.device)
     data = prepare_data(bags, cfg, evaluation, splits)
     loaders = make_loaders(data, cfg, world)
-    model = build_model(model_name, input_dim=bags.dim, **model_overrides).to(device)
+    model = build_model(model_name, input_dim=bags.dim, **output_overrides(bags), **model_overrides).to(device)
     seed_dropout_for_rank(cfg.seed, world)
     check_fits(bags, model.config)
-    criterion = weighted_bce(data.parts["train"].labels)
+    criterion = bags.label_space.criterion(data.parts["train"].labels)
     optimizer, scheduler = make_optimizer(model, cfg, len(loaders["train"]))
     fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,
                       desc=model.config.tag(), runner=runner_for(model, cfg, world, device), resume=resume,

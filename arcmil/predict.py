@@ -11,24 +11,30 @@ import pandas as pd
 import torch
 from torch import nn
 
-from arcmil.calibration import Calibrator
+from arcmil.calibration import calibrator_from_dict
 from arcmil.config import SCORE_BATCH_SIZE
 from arcmil.data import BagSet, Normalizer
 from arcmil.errors import ArcmilError, DataError
+from arcmil.labels import LabelSpace
 from arcmil.models.layers import check_position_table
 
 
 @dataclass
 class Scorer:
-    """A checkpoint's model (on ``device``), metadata, normaliser and calibrator, and the raw bags to score.
+    """A checkpoint's model (on ``device``), metadata, normaliser and calibrator, and the raw bags to score
+    (their labels, if any, expressed in the model's label space).
     An ONNX checkpoint (``.onnx``) scores with onnxruntime; its graph normalises (``normalizer`` None)."""
 
     model: nn.Module
     meta: dict
     normalizer: Normalizer | None
-    calibrator: Calibrator
+    calibrator: object  # arcmil.calibration, the label space's family
     bags: BagSet
     device: object
+
+    @property
+    def label_space(self) -> LabelSpace:
+        return self.bags.label_space
 
     @classmethod
     def load(cls, checkpoint: str | os.PathLike, data: str | os.PathLike, device: str = "auto",
@@ -43,14 +49,15 @@ class Scorer:
         onnx = Path(checkpoint).suffix == ".onnx"
         device = select_device("cpu" if onnx else device)
         model, meta = OnnxModel.load(checkpoint) if onnx else load_checkpoint(checkpoint, device)
-        bags = load_bags(data, require_labels=False)
+        space = LabelSpace.from_dict(meta.get("label_space"))
+        bags = load_bags(data, require_labels=False).in_space(space)
         check_fits(bags, model.config, against=f"the checkpoint {checkpoint}")
         if split:
             if bags.split is None:
                 raise DataError(bags.source, f"--split {split} given but the data has no split", field="split")
             bags = bags.subset(np.flatnonzero(bags.split == split))
         return cls(model, meta, None if onnx else Normalizer.from_dict(meta["normalization"]),
-                   Calibrator.from_dict(meta.get("calibration")), bags, device)
+                   calibrator_from_dict(meta.get("calibration"), space), bags, device)
 
 
 ATTENTION_CELLS = 2**22  # bags x windows^2 per onnxruntime call: a 4-head float32 attention matrix of 64 MB
@@ -135,10 +142,17 @@ def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE,
     elif overwrite and out.exists():  # the weights of the predictions being replaced: not this output's
         long_out.unlink(missing_ok=True)
     write_new_file(out, lambda tmp: frame.to_csv(tmp, index=False), overwrite=overwrite)
-    summary = f"scored {len(s.bags)} bags with {s.meta['tag']} at threshold {threshold:.4f} -> {out}"
-    if s.bags.labels is not None and len(np.unique(s.bags.labels)) == 2:
-        from arcmil.metrics import binary_metrics  # scikit-learn: only for labelled data
-
-        metrics = binary_metrics(s.bags.labels, ev.probs, threshold)
-        summary += "\n" + pd.Series({k: v for k, v in metrics.items() if not isinstance(v, dict)}).to_string()
+    summary = f"scored {len(s.bags)} bags with {s.meta['tag']} {_decision_rule(threshold)} -> {out}"
+    if s.bags.labels is not None and (s.label_space.class_counts(s.bags.labels) > 0).sum() >= 2:
+        metrics = s.label_space.metrics(s.bags.labels, ev.probs, threshold)  # scikit-learn: only for labelled data
+        summary += "\n" + pd.Series({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}).to_string()
     return summary
+
+
+def _decision_rule(threshold) -> str:
+    """How predictions were decided, for the summary line."""
+    if threshold is None:
+        return "(argmax of the class probabilities)"
+    if isinstance(threshold, list):
+        return f"at per-label thresholds {', '.join(f'{t:.4f}' for t in threshold)}"
+    return f"at threshold {threshold:.4f}"

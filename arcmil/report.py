@@ -70,7 +70,7 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
     directory.mkdir(parents=True, exist_ok=True)
     save_checkpoint(directory / f"best_{result.model_name}.pth", result.model, result.model_name,
                     threshold=result.threshold, threshold_method=result.eval_config.threshold_method,
-                    normalizer=result.normalizer, calibrator=result.calibrator,
+                    normalizer=result.normalizer, calibrator=result.calibrator, label_space=result.label_space,
                     extra={"results": clean_json(result.to_dict())})
     write_results(directory, result)
     result.predictions.to_csv(directory / "predictions.csv", index=False)

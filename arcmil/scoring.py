@@ -16,6 +16,7 @@ from arcmil.data.bagset import BagSet
 from arcmil.data.batching import scoring_loader
 from arcmil.distributed import SINGLE, World
 from arcmil.errors import DataError
+from arcmil.labels import BINARY, LabelSpace
 
 if TYPE_CHECKING:
     from arcmil.calibration import Calibrator
@@ -29,8 +30,9 @@ def autocast(device: torch.device, precision: str):
 
 @dataclass
 class Evaluation:
-    """probs: (B,) probabilities (sigmoid of ``logits``, or calibrated: see arcmil.calibration), ordered by
-    bag position (``index``); weights: one (n_i,) array per bag; loss is None for unlabelled data."""
+    """probs: (B,) or (B, K) probabilities (``space``'s map of ``logits``, or calibrated: see
+    arcmil.calibration), ordered by bag position (``index``); weights: one (n_i,) array per bag; loss is
+    None for unlabelled data."""
 
     probs: np.ndarray
     labels: np.ndarray | None
@@ -38,6 +40,7 @@ class Evaluation:
     index: np.ndarray
     loss: float | None = None
     logits: np.ndarray | None = None
+    space: LabelSpace = BINARY
 
 
 def _window_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -46,17 +49,21 @@ def _window_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 @torch.inference_mode()
-def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32") -> Evaluation:
+def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32",
+             space: LabelSpace | None = None) -> Evaluation:
     """Score every bag of ``loader.bs`` in eval mode (dropout off), restoring the model's mode after.
+    ``space``: the model's label space (default: the bags' own, else binary).
     Under DDP each rank scores its shards and every rank receives all scores.
 
     Results go into arrays allocated once up front: many small long-lived per-batch objects would
     fragment the heap and hold on to memory in proportion to the data scanned."""
     was_training = model.training
     model.eval()
+    space = space or loader.bs.label_space or BINARY
     lengths = loader.bs.lengths
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    logits_out, flat = np.zeros(len(lengths)), np.zeros(int(lengths.sum()), dtype=np.float32)
+    outputs = () if space.n_outputs == 1 else (space.n_outputs,)
+    logits_out, flat = np.zeros((len(lengths), *outputs)), np.zeros(int(lengths.sum()), dtype=np.float32)
     scored, total = np.zeros(len(lengths), dtype=bool), 0.0
     for batch in loader:
         batch = batch.to(device)
@@ -83,17 +90,19 @@ def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32
     labels = None if loader.bs.labels is None else loader.bs.labels[index].astype(int)
     loss = total / len(index) if labels is not None and criterion is not None else None
     logits_out = logits_out[index]
-    probs = torch.sigmoid(torch.from_numpy(logits_out)).numpy()
-    return Evaluation(probs, labels, [weights[i] for i in index], index, loss, logits_out)
+    probs = space.probabilities(torch.from_numpy(logits_out)).numpy()
+    return Evaluation(probs, labels, [weights[i] for i in index], index, loss, logits_out, space)
 
 
 def score_bags(model: nn.Module, bags: BagSet, normalizer: Normalizer | None = None, *,
                batch_size: int = SCORE_BATCH_SIZE, device="cpu", precision: str = "fp32", world: World = SINGLE,
-               criterion=None, calibrator: Calibrator | None = None) -> Evaluation:
+               criterion=None, calibrator: Calibrator | None = None, space: LabelSpace | None = None) -> Evaluation:
     """The one scoring path (validation and test, ``predict``, the Python API, ``explain``): bags of any
     source (an on-disk store included) normalised batch by batch, grouped by length under a token
-    budget, scored in eval mode; probabilities from ``calibrator`` when given; results in ``bags`` order."""
-    scored = evaluate(model, scoring_loader(bags, batch_size, normalizer, world), criterion, device, precision)
+    budget, scored in eval mode; probabilities from ``calibrator`` when given; results in ``bags`` order.
+    ``space``: the model's label space (default: the bags' own, else binary)."""
+    scored = evaluate(model, scoring_loader(bags, batch_size, normalizer, world), criterion, device, precision,
+                      space)
     return scored if calibrator is None else calibrator.apply(scored)
 
 
@@ -105,16 +114,17 @@ def has_short_bags(*parts: BagSet) -> bool:
     return max(int(part.lengths.max()) for part in parts) <= WIDE_WEIGHTS_MAX_WINDOWS
 
 
-def predictions_frame(part: BagSet, ev: Evaluation, threshold: float, split: str | None = None,
+def predictions_frame(part: BagSet, ev: Evaluation, threshold, split: str | None = None,
                       wide: bool = True) -> pd.DataFrame:
-    """One row per bag: bag_id, [split], [label], prob, pred, then (``wide``) w_0 … w_{N-1}, blank past
+    """One row per bag: bag_id, [split], [label(s)], probabilities and decisions at ``threshold`` (the
+    columns of ``ev.space``: LabelSpace.prediction_columns), then (``wide``) w_0 … w_{N-1}, blank past
     the bag's end. Without them, see ``window_weights_frame``."""
     frame = {"bag_id": part.bag_ids}
     if split is not None:
         frame["split"] = split
     if part.labels is not None:
-        frame["label"] = part.labels
-    frame.update(prob=ev.probs, pred=(ev.probs >= threshold).astype(int))  # ev is in BagSet order
+        frame.update(ev.space.label_column(part.labels))
+    frame.update(ev.space.prediction_columns(ev.probs, threshold))  # ev is in BagSet order
     if wide:
         width = max(len(w) for w in ev.weights)
         weights = np.full((len(part), width), np.nan)

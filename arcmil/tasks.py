@@ -15,6 +15,12 @@ it holds and where. Prototype 0 is P (positive), 1 is A, 2 is B; the rest are ba
   * demo: ``arcmil.demo.make_demo_bags`` (witness windows or an ordered motif).
 
 ``instance_labels`` mark the windows that make a positive document positive.
+
+Beyond binary (``make_multiclass_task``, ``make_multilabel_task``): each class or label has its own
+evidence of one of three kinds, so that the model families separate as on the binary tasks:
+``witness`` (one or two windows of its prototype), ``pair`` (its two prototypes C and D together, in
+either order) and ``order`` (its A before its B). Documents also carry distractors of other classes'
+evidence: one of a pair alone, or B before A, so only co-occurrence and order tell them apart.
 """
 from __future__ import annotations
 
@@ -96,3 +102,96 @@ def make_task(task: str, *, n_bags: int | None = None, dim: int = 256, n_prototy
     made = [_document(docs, task, int(y), int(n)) for y, n in zip(labels, lengths)]
     return validate(BagSet([w for w, _ in made], labels, np.array([f"doc{i:05d}" for i in range(n_bags)]),
                            instance_labels=[m for _, m in made], source=f"{task}(n_bags={n_bags}, seed={seed})"))
+
+
+EVIDENCE_KINDS = ("order", "witness", "pair")  # cycled over the classes (after "none") or labels
+
+
+class _Evidence:
+    """One class's or label's evidence, with its own prototypes, placed into a document's centers."""
+
+    def __init__(self, kind: str, prototypes: np.ndarray):
+        self.kind, self.prototypes = kind, prototypes  # (2, D); a witness uses the first
+
+    def place(self, rng, centers: np.ndarray, free: list[int], marks: np.ndarray | None = None) -> None:
+        """Put the evidence on free positions (taken from ``free``); mark them in ``marks`` if given."""
+        count = rng.integers(1, 3) if self.kind == "witness" else 2
+        where = sorted(free.pop(int(rng.integers(len(free)))) for _ in range(count))
+        if self.kind == "witness":
+            centers[where] = self.prototypes[0]
+        else:
+            first, second = (0, 1) if self.kind == "order" or rng.random() < 0.5 else (1, 0)
+            centers[where[0]], centers[where[1]] = self.prototypes[first], self.prototypes[second]
+        if marks is not None:
+            marks[where] = 1
+
+    def distract(self, rng, centers: np.ndarray, free: list[int]) -> None:
+        """Evidence that is not this class's: one prototype of a pair alone, or B before A."""
+        if self.kind == "pair":
+            centers[free.pop(int(rng.integers(len(free))))] = self.prototypes[int(rng.integers(2))]
+        elif self.kind == "order":
+            i, j = sorted(free.pop(int(rng.integers(len(free)))) for _ in range(2))
+            centers[i], centers[j] = self.prototypes[1], self.prototypes[0]
+
+
+def _evidence(docs: _Documents, n: int) -> list[_Evidence]:
+    """n evidences cycling over EVIDENCE_KINDS, each with two prototypes of its own (after the background's)."""
+    return [_Evidence(EVIDENCE_KINDS[k % len(EVIDENCE_KINDS)], docs.prototypes[2 * k:2 * k + 2]) for k in range(n)]
+
+
+def make_multiclass_task(n_classes: int = 4, *, n_bags: int = 1500, n_windows: int = 12, dim: int = 256,
+                         seed: int = 0) -> BagSet:
+    """K-class documents: class "none" holds only distractors; class k >= 1 holds the evidence of kind
+    EVIDENCE_KINDS[(k - 1) % 3] (for K = 4: none, order_1, witness_2, pair_3), equally often."""
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    rng = np.random.default_rng(seed)
+    docs = _Documents(rng, dim, 2 * (n_classes - 1) + 8, noise=1.0)
+    evidence = [None] + _evidence(docs, n_classes - 1)
+    names = ["none"] + [f"{e.kind}_{k}" for k, e in enumerate(evidence) if e is not None]
+    labels = rng.integers(n_classes, size=n_bags)
+    bags, marks_of = [], []
+    for label in labels:
+        centers, marks = _background(docs, n_windows, 2 * (n_classes - 1)), np.zeros(n_windows, dtype=np.int64)
+        free = list(range(n_windows))
+        if label:
+            evidence[label].place(rng, centers, free, marks)
+        for other in rng.permutation([k for k in range(1, n_classes) if k != label])[:2]:
+            if rng.random() < 0.5:
+                evidence[other].distract(rng, centers, free)
+        bags.append(docs.windows(centers))
+        marks_of.append(marks)
+    return validate(BagSet(bags, np.asarray(names)[labels], np.array([f"doc{i:05d}" for i in range(n_bags)]),
+                           instance_labels=marks_of, source=f"multiclass(K={n_classes}, n_bags={n_bags}, seed={seed})"))
+
+
+def make_multilabel_task(n_labels: int = 5, *, n_bags: int = 1500, n_windows: int = 16, dim: int = 256,
+                         rate: float = 0.35, seed: int = 0) -> BagSet:
+    """Documents tagged with any subset of ``n_labels`` labels (each present with probability ``rate``),
+    label k carrying evidence of kind EVIDENCE_KINDS[k % 3]; an absent pair or order label leaves a
+    distractor half the time."""
+    rng = np.random.default_rng(seed)
+    docs = _Documents(rng, dim, 2 * n_labels + 8, noise=1.0)
+    evidence = _evidence(docs, n_labels)
+    names = [f"{e.kind}_{k}" for k, e in enumerate(evidence)]
+    labels = (rng.random((n_bags, n_labels)) < rate).astype(np.int64)
+    bags, marks_of = [], []
+    for row in labels:
+        centers, marks = _background(docs, n_windows, 2 * n_labels), np.zeros(n_windows, dtype=np.int64)
+        free = list(range(n_windows))
+        for k, present in enumerate(row):
+            if present:
+                evidence[k].place(rng, centers, free, marks)
+            elif rng.random() < 0.5:
+                evidence[k].distract(rng, centers, free)
+        bags.append(docs.windows(centers))
+        marks_of.append(marks)
+    bs = BagSet(bags, labels, np.array([f"doc{i:05d}" for i in range(n_bags)]), instance_labels=marks_of,
+                source=f"multilabel(K={n_labels}, n_bags={n_bags}, seed={seed})", meta={"label_names": names})
+    return validate(bs)
+
+
+def _background(docs: _Documents, n: int, n_special: int) -> np.ndarray:
+    """(n, D) centers from three of the prototypes after the first ``n_special``."""
+    topics = n_special + docs.rng.choice(len(docs.prototypes) - n_special, size=3, replace=False)
+    return docs.prototypes[docs.rng.choice(topics, size=n)].copy()

@@ -1,4 +1,5 @@
-"""The fit loop: seeding, weighted BCE, AdamW + ReduceLROnPlateau, epochs with early stopping."""
+"""The fit loop: seeding, AdamW with its learning-rate schedule, epochs with early stopping (the loss
+comes from the data's label space: arcmil.labels)."""
 from __future__ import annotations
 
 import copy
@@ -63,12 +64,6 @@ def runner_for(model: nn.Module, cfg: "TrainConfig", world: World, device: torch
         return runner
     torch.use_deterministic_algorithms(True, warn_only=True)  # the compiler's flag too (see seed_everything)
     return torch.compile(runner)
-
-
-def weighted_bce(train_labels: np.ndarray) -> nn.BCEWithLogitsLoss:
-    """BCE with pos_weight = n_neg / n_pos of the training split."""
-    n_pos = float(np.sum(train_labels))
-    return nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(train_labels) - n_pos) / n_pos))
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:
@@ -154,8 +149,12 @@ class FitResult:
 
 
 def _val_metrics(val: Evaluation) -> dict:
-    return {"val_loss": val.loss, "val_roc_auc": float(roc_auc_score(val.labels, val.probs)),
-            "val_pr_auc": float(average_precision_score(val.labels, val.probs))}
+    """The monitored figures: loss, ROC-AUC and PR-AUC (macro beyond binary: LabelSpace.metrics)."""
+    if val.space.binary:
+        return {"val_loss": val.loss, "val_roc_auc": float(roc_auc_score(val.labels, val.probs)),
+                "val_pr_auc": float(average_precision_score(val.labels, val.probs))}
+    metrics = val.space.metrics(val.labels, val.probs, val.space.tune_threshold(val.labels, val.probs, "fixed"))
+    return {"val_loss": val.loss, "val_roc_auc": metrics["roc_auc"], "val_pr_auc": metrics["pr_auc"]}
 
 
 def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler, cfg: TrainConfig,

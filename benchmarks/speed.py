@@ -38,7 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from arcmil.data import BagSet, Normalizer, make_loader
 from arcmil.models import build_model
 from arcmil.scoring import evaluate
-from arcmil.train import TrainConfig, make_optimizer, train_one_epoch, weighted_bce
+from arcmil.labels import BINARY
+from arcmil.train import TrainConfig, make_optimizer, train_one_epoch
 
 MODELS = ("attention_mil", "transformer_mil", "transmil")
 
@@ -110,7 +111,7 @@ def timed(fn, repeats: int) -> float:
 def bench_model(name: str, bags: BagSet, cfg: TrainConfig, score_batch: int, repeats: int, seed: int) -> dict:
     torch.manual_seed(seed)
     model = build_model(name, input_dim=bags.dim)
-    criterion = weighted_bce(bags.labels)
+    criterion = BINARY.criterion(bags.labels)
     n = len(bags)
     # the naive loop sees the same (already normalised) windows: only the machinery differs
     normalised = Normalizer("l2")(bags)
@@ -149,7 +150,7 @@ def profile_steps(name: str, bags: BagSet, cfg: TrainConfig, steps: int = 50) ->
 
     torch.manual_seed(0)
     model = build_model(name, input_dim=bags.dim)
-    criterion, (optimizer, _) = weighted_bce(bags.labels), make_optimizer(model, cfg, steps)
+    criterion, (optimizer, _) = BINARY.criterion(bags.labels), make_optimizer(model, cfg, steps)
     loader = make_loader(bags.subset(np.arange(cfg.batch_size * steps)), cfg.batch_size, shuffle=True,
                          normalizer=Normalizer("l2"))
     train_one_epoch(model, loader, criterion, optimizer, "cpu")  # warm-up

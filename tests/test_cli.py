@@ -93,7 +93,7 @@ def test_train_refuses_a_non_empty_out(trained, data_file, capsys):
 
 def test_bad_data_exits_2_with_one_line_and_writes_nothing(tmp_path):
     bad = tmp_path / "bad.npz"
-    np.savez(bad, embeddings=np.ones((4, 3, 2), np.float32), labels=[0, 1, 5, 1])
+    np.savez(bad, embeddings=np.ones((4, 3, 2), np.float32), labels=[0, 1, 0.5, 1])
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "arcmil", "train", "--data", str(bad), "--out", str(out)],
                           capture_output=True, text=True)

@@ -6,9 +6,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from arcmil.data import Normalizer, make_loader
 from arcmil.demo import make_demo_bags
+from arcmil.labels import BINARY
 from arcmil.models import build_model
 from arcmil.scoring import evaluate
-from arcmil.train import TrainConfig, make_optimizer, train_one_epoch, weighted_bce
+from arcmil.train import TrainConfig, make_optimizer, train_one_epoch
 
 
 def plain_batches(bags, batches):
@@ -29,7 +30,7 @@ def test_fast_and_plain_paths_give_the_same_validation_losses(name):
     norm = Normalizer("l2")
     overrides = {"dropout_p": 0.0, **({"d_model": 32, "nhead": 2} if name != "attention_mil" else {})}
     cfg = TrainConfig(batch_size=8, lr=3e-3, warmup_epochs=0)  # the optimizer starts at lr, as the plain one
-    criterion = weighted_bce(train.labels)
+    criterion = BINARY.criterion(train.labels)
     torch.manual_seed(0)
     fast = build_model(name, input_dim=bags.dim, **overrides)
     plain = build_model(name, input_dim=bags.dim, **overrides)

@@ -5,19 +5,20 @@ import pytest
 import torch
 
 from arcmil.data import make_loader
-from arcmil.errors import ArcmilError
 from arcmil.distributed import SINGLE, World
+from arcmil.errors import ArcmilError
+from arcmil.labels import BINARY
 from arcmil.models import build_model
 from arcmil.pipeline import prepare_data, run_experiment
 from arcmil.runstate import rng_state, set_rng_state
-from arcmil.train import TrainConfig, seed_dropout_for_rank, weighted_bce
 from arcmil.scoring import evaluate
+from arcmil.train import TrainConfig, seed_dropout_for_rank
 
 FAST = dict(epochs=3, progress=False)
 
 
-def test_weighted_bce_uses_train_class_ratio():
-    assert weighted_bce(np.array([1, 0, 0, 0])).pos_weight.item() == pytest.approx(3.0)
+def test_binary_loss_weighs_positives_by_the_train_class_ratio():
+    assert BINARY.criterion(np.array([1, 0, 0, 0])).pos_weight.item() == pytest.approx(3.0)
 
 
 @pytest.mark.parametrize("name", ["attention_mil", "transmil"])

@@ -7,6 +7,7 @@ import numpy as np
 
 from arcmil.data.packed import PackedBags
 from arcmil.errors import DataError
+from arcmil.labels import BINARY, LabelSpace, infer
 
 SPLITS = ("train", "val", "test")
 
@@ -17,10 +18,14 @@ class BagSet:
 
     bags: one float32 array (n_i, D) per document, windows in document order; after ``validate`` a
         ``PackedBags`` (one window array, possibly memory-mapped from a store).
-    labels: (B,) int64 in {0, 1}, or None for unlabelled data (prediction only).
+    labels: encoded as ``label_space`` says (arcmil.labels): (B,) int64 in {0, 1} (binary), (B,) class ids
+        (multi-class) or (B, K) 0/1 (multi-label); None for unlabelled data (prediction only).
     bag_ids: (B,) str, unique.
     split: (B,) str in train/val/test, or None.
     instance_labels: one (n_i,) int64 array per bag (per-window ground truth), or None.
+    label_space: binary, multi-class or multi-label with the class names; set by ``validate`` from the
+        labels read (``meta['label_names']``: a label matrix's column names; ``meta['label_space']``: a
+        space recorded with the data, a store's, that the labels are expressed in).
     """
 
     bags: PackedBags | list[np.ndarray]
@@ -30,6 +35,7 @@ class BagSet:
     instance_labels: list[np.ndarray] | None = None
     source: str = "<memory>"
     meta: dict = field(default_factory=dict)
+    label_space: LabelSpace = BINARY
 
     def __len__(self) -> int:
         return len(self.bags)
@@ -56,6 +62,12 @@ class BagSet:
             instance_labels=pick(self.instance_labels),
         )
 
+    def in_space(self, space: LabelSpace) -> "BagSet":
+        """A copy whose labels (if any) are expressed in ``space``, a model's (LabelSpace.recode)."""
+        labels = None if self.labels is None else space.recode(self.labels, self.label_space, self.source,
+                                                                 self.bag_ids)
+        return replace(self, labels=labels, label_space=space)
+
     def with_bags(self, bags: list[np.ndarray]) -> "BagSet":
         return replace(self, bags=bags)
 
@@ -69,7 +81,12 @@ class BagSet:
                                 "max": int(lengths.max())},
         }
         if self.labels is not None:
-            out["n_positive"] = int(self.labels.sum())
+            counts = self.label_space.class_counts(self.labels)
+            if self.label_space.binary:
+                out["n_positive"] = int(counts[1])
+            else:
+                out.update(label_space=self.label_space.to_dict(), class_counts=dict(zip(self.label_space.classes,
+                                                                                         counts.tolist())))
         return out
 
 
@@ -101,10 +118,10 @@ def validate(bs: BagSet, *, require_labels: bool = True) -> BagSet:
     else:
         if len(bs.labels) != len(bs):
             raise DataError(src, f"{len(bs.labels)} labels for {len(bs)} bags", field="labels")
-        bad = ~np.isin(bs.labels, (0, 1))
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise DataError(src, f"label {bs.labels[i].item()!r} is not 0 or 1", bag=str(bs.bag_ids[i]), field="labels")
+        bs.label_space, bs.labels = infer(bs.labels, src, bs.bag_ids, bs.meta.get("label_names"))
+        if "label_space" in bs.meta:  # recorded with the data (a store): express the labels in it
+            recorded = LabelSpace.from_dict(bs.meta["label_space"])
+            bs.labels, bs.label_space = recorded.recode(bs.labels, bs.label_space, src, bs.bag_ids), recorded
     if bs.split is not None:
         if len(bs.split) != len(bs):
             raise DataError(src, f"{len(bs.split)} split values for {len(bs)} bags", field="split")
@@ -119,7 +136,5 @@ def validate(bs: BagSet, *, require_labels: bool = True) -> BagSet:
                 raise DataError(src, "instance labels must be 0/1, one per window", bag=str(bag_id),
                                 field="instance_labels")
         bs.instance_labels = [np.asarray(i).astype(np.int64) for i in bs.instance_labels]
-    if bs.labels is not None:
-        bs.labels = bs.labels.astype(np.int64)
     bs.bags = PackedBags.from_list(bs.bags)
     return bs

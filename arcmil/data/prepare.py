@@ -13,16 +13,17 @@ from arcmil.errors import DataError
 
 
 def assign_split(bs: BagSet, seed: int, fractions=(0.70, 0.15, 0.15)) -> BagSet:
-    """Keep a stored split; otherwise draw a stratified train/val/test split with ``seed``."""
+    """Keep a stored split; otherwise draw a train/val/test split with ``seed``, stratified by class
+    (multi-label: by each bag's rarest label, see LabelSpace.stratum)."""
     from sklearn.model_selection import train_test_split  # not on the scoring path (arcmil.scoring)
 
     if bs.split is not None:
         return bs
-    index = np.arange(len(bs))
+    index, strata = np.arange(len(bs)), bs.label_space.stratum(bs.labels)
     try:
-        train, rest = train_test_split(index, train_size=fractions[0], stratify=bs.labels, random_state=seed)
+        train, rest = train_test_split(index, train_size=fractions[0], stratify=strata, random_state=seed)
         val_share = fractions[1] / (fractions[1] + fractions[2])
-        val, test = train_test_split(rest, train_size=val_share, stratify=bs.labels[rest], random_state=seed)
+        val, test = train_test_split(rest, train_size=val_share, stratify=strata[rest], random_state=seed)
     except ValueError as exc:  # too few bags of a class to stratify
         raise DataError(bs.source, f"cannot draw a stratified 70/15/15 split ({exc})", field="labels") from None
     split = np.empty(len(bs), dtype="<U5")
@@ -33,16 +34,14 @@ def assign_split(bs: BagSet, seed: int, fractions=(0.70, 0.15, 0.15)) -> BagSet:
 
 
 def split_parts(bs: BagSet, names: tuple[str, ...] = SPLITS) -> dict[str, BagSet]:
-    """{'train': …, 'val': …, 'test': …} (or the parts ``names``); each must hold bags of both classes."""
+    """{'train': …, 'val': …, 'test': …} (or the parts ``names``), each with the classes it needs
+    (LabelSpace.check_part)."""
     parts = {}
     for name in names:
         part = bs.subset(np.flatnonzero(bs.split == name))
         if len(part) == 0:
             raise DataError(bs.source, f"split '{name}' has no bags", field="split")
-        if len(np.unique(part.labels)) < 2:
-            only = int(part.labels[0])
-            raise DataError(bs.source, f"split '{name}' holds only class {only}; it needs both classes",
-                            field="split")
+        bs.label_space.check_part(name, part.labels, bs.source)
         parts[name] = part
     return parts
 

@@ -5,6 +5,8 @@ Array layouts for ``embeddings``:
   (B, N, K, D)  K embeddings per window: the instance is their mean
   (T, D)        all windows of all bags, with ``lengths`` (B,) giving each bag's length
   list of (n_i, D) tensors (.pt only)
+``labels``: (B,) 0/1, class ids or class-name strings, or a (B, K) 0/1 matrix with optional
+``label_names`` (K,) (arcmil.labels).
 Nothing is unpickled: ``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
@@ -115,7 +117,8 @@ def _from_arrays(arrays: dict, src: str) -> BagSet:
     n = len(bags)
     labels = arrays.get("labels")
     if labels is not None:
-        labels = _numeric(labels, src, "labels").reshape(-1)
+        labels = np.asarray(labels)
+        labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
         if len(labels) != n:
             raise DataError(src, f"{len(labels)} labels for {n} bags", field="labels")
     bag_ids = arrays.get("bag_ids")
@@ -125,7 +128,9 @@ def _from_arrays(arrays: dict, src: str) -> BagSet:
     inst = arrays.get("instance_labels")
     if inst is not None:
         inst = _split_instance_labels(inst, bags, lengths, arrays.get("mask"), src)
-    return BagSet(bags=bags, labels=labels, bag_ids=bag_ids, split=split, instance_labels=inst, source=src)
+    names = arrays.get("label_names")
+    return BagSet(bags=bags, labels=labels, bag_ids=bag_ids, split=split, instance_labels=inst, source=src,
+                  meta={} if names is None else {"label_names": np.asarray(names).astype(str).tolist()})
 
 
 def _split_dense(emb: np.ndarray, lengths, mask, src: str) -> PackedBags | list[np.ndarray]:

@@ -2,9 +2,9 @@
 
 A store is a directory:
   windows.bin           every window embedding, bag after bag: raw (W, D) float16 or float32
-  index.csv             one row per bag: bag_id, label, split, offset, length
+  index.csv             one row per bag: bag_id, label (as LabelSpace.names writes it), split, offset, length
   instance_labels.bin   optional raw (W,) int8 per-window labels
-  store.json            format, dtype, shape, source, and the number of bags
+  store.json            format, dtype, shape, source, the number of bags and the label space
 ``convert_to_store`` writes it in chunks of whole bags; ``open_store`` returns a BagSet whose windows
 stay on disk and are read batch by batch.
 """
@@ -21,7 +21,8 @@ import pandas as pd
 
 from arcmil.data.bagset import BagSet, validate
 from arcmil.data.packed import PackedBags, WindowFile, bag_chunks
-from arcmil.errors import DataError
+from arcmil.errors import ArcmilError, DataError
+from arcmil.labels import LabelSpace, infer, merge
 
 STORE_FORMAT = "arcmil-store-1"
 STORE_DTYPES = ("float16", "float32")
@@ -50,16 +51,20 @@ def open_store(path: str | os.PathLike, *, require_labels: bool = True) -> BagSe
                         field="windows")
     windows = WindowFile(path / "windows.bin", meta["dtype"], shape)
     bags = PackedBags(windows, index["offset"].to_numpy(), index["length"].to_numpy())
-    labels = None if (index["label"] == "").all() else index["label"].astype(np.int64).to_numpy()
+    labels = None if (index["label"] == "").all() else index["label"].to_numpy()
     if labels is None and require_labels:
         raise DataError(src, "missing required labels", field="labels")
+    bag_ids = index["bag_id"].to_numpy(dtype=str)
+    space = LabelSpace.from_dict(meta.get("label_space"))  # absent in stores from before label spaces: binary
+    if labels is not None:  # validated when written: only expressed in the recorded space here
+        read_as, labels = infer(labels, src, bag_ids, label_sets=space.kind == "multilabel")
+        labels = space.recode(labels, read_as, src, bag_ids)
     split = None if (index["split"] == "").all() else index["split"].to_numpy(dtype=str)
     instance_labels = None
     if (path / "instance_labels.bin").exists():
         flat = np.fromfile(path / "instance_labels.bin", dtype=np.int8).astype(np.int64)
         instance_labels = [flat[o:o + n] for o, n in zip(bags.offsets, bags.lengths)]
-    return BagSet(bags, labels, index["bag_id"].to_numpy(dtype=str), split, instance_labels, source=src,
-                  meta={"store": meta})
+    return BagSet(bags, labels, bag_ids, split, instance_labels, source=src, meta={"store": meta}, label_space=space)
 
 
 def _table_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -124,6 +129,7 @@ class _StoreWriter:
         self.instance = None
         self.index, self.seen, self.n_windows, self.dim = [], set(), 0, None
         self.has_labels = self.has_split = self.has_instances = None
+        self.spaces = []  # each chunk's label space, merged on close
 
     def _same(self, name: str, value: bool, chunk: BagSet) -> None:
         if getattr(self, name) is None:
@@ -161,9 +167,11 @@ class _StoreWriter:
             self.instance.write(np.concatenate(chunk.instance_labels).astype(np.int8).tobytes())
         offsets = self.n_windows + np.concatenate([[0], np.cumsum(packed.lengths)[:-1]])
         self.index.append(pd.DataFrame({
-            "bag_id": chunk.bag_ids, "label": chunk.labels if chunk.labels is not None else "",
+            "bag_id": chunk.bag_ids, "label": chunk.label_space.names(chunk.labels) if chunk.labels is not None else "",
             "split": chunk.split if chunk.split is not None else "", "offset": offsets, "length": packed.lengths}))
         self.n_windows += int(packed.lengths.sum())
+        if chunk.labels is not None:
+            self.spaces.append(chunk.label_space)
 
     def close(self) -> dict:
         self.windows.close()
@@ -175,6 +183,11 @@ class _StoreWriter:
         index.to_csv(self.directory / "index.csv", index=False)
         meta = {"format": STORE_FORMAT, "dtype": self.dtype.name, "shape": [self.n_windows, self.dim],
                 "n_bags": len(index), "source": self.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if self.spaces:
+            try:
+                meta["label_space"] = merge(self.spaces).to_dict()
+            except ArcmilError as exc:
+                raise DataError(self.source, str(exc), field="labels") from None
         (self.directory / "store.json").write_text(json.dumps(meta, indent=2))
         return meta
 

@@ -1,6 +1,7 @@
 """Long-format tables (.csv / .parquet): one row per window embedding.
 
-Columns: ``bag_id``, ``label``, optional ``split``, optional ``window`` (rows sharing bag_id and
+Columns: ``bag_id``, ``label`` (0/1, a class id or name, or label names joined by ``|``) or one 0/1
+column ``label_<name>`` per label (multi-label), optional ``split``, optional ``window`` (rows sharing bag_id and
 window are averaged into one instance; windows are ordered by this column), optional
 ``instance_label``, and the embedding as ``emb_0 … emb_{D-1}``. Without ``window`` the rows of a
 bag are its windows in file order.
@@ -57,19 +58,17 @@ def table_to_bagset(df: pd.DataFrame, src: str) -> BagSet:
         raise DataError(src, "no rows", field="bag_id")
     emb_cols = _emb_columns(df, src)
     df = df.assign(bag_id=df["bag_id"].astype(str))
-    has_labels = "label" in df.columns
-    if has_labels and not pd.api.types.is_numeric_dtype(df["label"]):
-        bad = df.loc[pd.to_numeric(df["label"], errors="coerce").isna()].iloc[0]
-        raise DataError(src, f"label {bad['label']!r} is not 0 or 1", bag=bad["bag_id"], field="label")
+    label_cols = _label_columns(df, src)
+    has_labels = bool(label_cols)
 
     bags, labels, ids, splits, inst = [], [], [], [], []
     for bag_id, rows in df.groupby("bag_id", sort=False):
         if has_labels:
-            values = rows["label"].unique()
+            values = rows[label_cols].drop_duplicates()
             if len(values) != 1:
-                raise DataError(src, f"rows disagree on the label ({sorted(values.tolist())})", bag=bag_id,
-                                field="label")
-            labels.append(values[0])
+                raise DataError(src, f"rows disagree on the label ({values.to_numpy().tolist()})", bag=bag_id,
+                                field=label_cols[0] if len(label_cols) == 1 else "label_*")
+            labels.append(values.to_numpy()[0])
         if "split" in df.columns:
             values = rows["split"].astype(str).str.strip().str.lower().unique()
             if len(values) != 1:
@@ -88,11 +87,31 @@ def table_to_bagset(df: pd.DataFrame, src: str) -> BagSet:
                 inst.append(rows["instance_label"].to_numpy())
         bags.append(emb)
         ids.append(bag_id)
+    multilabel = label_cols != ["label"]
+    labels = np.asarray(labels) if has_labels else None
+    if has_labels and not multilabel:
+        labels = labels[:, 0]
+        if labels.dtype == object:  # names; an empty cell (NaN) is an empty label set or a missing class
+            labels = np.array(["" if pd.isna(v) else str(v) for v in labels])
     return BagSet(
         bags=bags,
-        labels=np.asarray(labels) if has_labels else None,
+        labels=labels,
         bag_ids=np.asarray(ids, dtype=str),
         split=np.asarray(splits, dtype=str) if splits else None,
         instance_labels=inst or None,
         source=src,
+        meta={"label_names": [c.removeprefix("label_") for c in label_cols]} if has_labels and multilabel else {},
     )
+
+
+def _label_columns(df: pd.DataFrame, src: str) -> list[str]:
+    """``['label']``, the ``label_<name>`` columns (multi-label), or [] (unlabelled)."""
+    several = [c for c in df.columns if isinstance(c, str) and c.startswith("label_")]
+    if "label" in df.columns and several:
+        raise DataError(src, f"both a label column and {several[0]}: give one label column or one 0/1 column per "
+                        "label", field="label")
+    for c in several:
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            bad = df.loc[pd.to_numeric(df[c], errors="coerce").isna()].iloc[0]
+            raise DataError(src, f"value {bad[c]!r} is not 0 or 1", bag=str(bad["bag_id"]), field=c)
+    return ["label"] if "label" in df.columns else several

@@ -21,7 +21,7 @@ def save_bags(bs: BagSet, path: str | os.PathLike) -> Path:
         "bag_ids": bs.bag_ids.astype(str),
     }
     if bs.labels is not None:
-        arrays["labels"] = bs.labels
+        arrays.update(bs.label_space.arrays(bs.labels))
     if bs.split is not None:
         arrays["split"] = bs.split.astype(str)
     if bs.instance_labels is not None:
@@ -49,7 +49,8 @@ def bags_to_table(bs: BagSet) -> pd.DataFrame:
         "window": np.concatenate([np.arange(n) for n in lengths]),
     }
     if bs.labels is not None:
-        columns["label"] = np.repeat(bs.labels, lengths)
+        labels = bs.label_space.table_columns(bs.labels)
+        columns.update({name: np.repeat(values, lengths) for name, values in labels.items()})
     if bs.split is not None:
         columns["split"] = np.repeat(bs.split.astype(str), lengths)
     if bs.instance_labels is not None:

@@ -23,6 +23,11 @@ def _short(p: float) -> str:
     return f"{p:g}".replace(".", "")
 
 
+def _outputs(n_outputs: int) -> str:
+    """The tag's suffix for a model of several outputs (none for the binary single logit)."""
+    return f"_out{n_outputs}" if n_outputs > 1 else ""
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -30,11 +35,13 @@ def _check(ok: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class WindowMLPConfig:
-    """Shared by the models that embed each window with an MLP before pooling."""
+    """Shared by the models that embed each window with an MLP before pooling. ``n_outputs``: logits
+    per bag, 1 (binary) or the number of classes or labels (set from the data's label space)."""
 
     input_dim: int = 256
     hidden_dim: int = 128
     dropout_p: float = 0.1
+    n_outputs: int = 1
 
     SEARCH_SPACE: ClassVar[dict] = {"hidden_dim": {"choices": [64, 128, 256]},
                                     "dropout_p": {"low": 0.0, "high": 0.5, "step": 0.05}}
@@ -43,6 +50,7 @@ class WindowMLPConfig:
     def __post_init__(self):
         _check(self.input_dim > 0 and self.hidden_dim > 0, "input_dim and hidden_dim must be positive")
         _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
+        _check(self.n_outputs >= 1, f"n_outputs must be at least 1, got {self.n_outputs}")
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,8 @@ class AttentionMILConfig(WindowMLPConfig):
     gated: bool = False
 
     def tag(self) -> str:
-        return f"abmil{'_gated' if self.gated else ''}_h{self.hidden_dim}_drop{_short(self.dropout_p)}"
+        return (f"abmil{'_gated' if self.gated else ''}_h{self.hidden_dim}_drop{_short(self.dropout_p)}"
+                f"{_outputs(self.n_outputs)}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ class InstanceMaxConfig(WindowMLPConfig):
     """mi-Net-style instance max pooling: the reference that obeys the standard MIL assumption."""
 
     def tag(self) -> str:
-        return f"imax_h{self.hidden_dim}_drop{_short(self.dropout_p)}"
+        return f"imax_h{self.hidden_dim}_drop{_short(self.dropout_p)}{_outputs(self.n_outputs)}"
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,7 @@ class TransformerConfig:
     pooler_hidden: int = 128
     attention: str = "full"
     num_landmarks: int = 64
+    n_outputs: int = 1
 
     SEARCH_SPACE: ClassVar[dict] = {
         "d_model": {"choices": [64, 128, 256]}, "nhead": {"choices": [2, 4, 8]}, "num_layers": {"low": 1, "high": 3},
@@ -103,12 +113,13 @@ class TransformerConfig:
         _check(self.d_model % self.nhead == 0, f"d_model {self.d_model} must be divisible by nhead {self.nhead}")
         _check(self.num_layers >= 1, "num_layers must be at least 1")
         _check(self.num_landmarks >= 1, f"num_landmarks must be at least 1, got {self.num_landmarks}")
+        _check(self.n_outputs >= 1, f"n_outputs must be at least 1, got {self.n_outputs}")
         _check(0.0 <= self.dropout_p < 1.0, f"dropout_p must be in [0, 1), got {self.dropout_p}")
 
     def body_tag(self) -> str:
         nystrom = f"_nys{self.num_landmarks}" if self.attention == "nystrom" else ""
         return (f"d{self.d_model}_h{self.nhead}_L{self.num_layers}_ff{self.dim_feedforward}"
-                f"_drop{_short(self.dropout_p)}_{self.pos_enc}{nystrom}")
+                f"_drop{_short(self.dropout_p)}_{self.pos_enc}{nystrom}{_outputs(self.n_outputs)}")
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ class InstanceMax(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Sequential(nn.Linear(c.input_dim, c.hidden_dim), nn.ReLU(), nn.Dropout(c.dropout_p))
-        self.max_pool = TopKPooler(c.hidden_dim, k=1)
+        self.max_pool = TopKPooler(c.hidden_dim, k=1, n_outputs=c.n_outputs)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""
+        """x: (B, N, D), mask: (B, N) -> logits (B,) (or (B, K) for K outputs), weights (B, N)."""
         mask = full_mask(x) if mask is None else mask
         return self.max_pool(self.embed(x), mask)

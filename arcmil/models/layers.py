@@ -149,28 +149,33 @@ class AttentionPooler(nn.Module):
 
 
 class TopKPooler(nn.Module):
-    """Bag logit = mean of the k highest window scores (k clipped to the bag's length).
+    """Bag logit = mean of the k highest window scores (k clipped to the bag's length), per output.
 
-    forward(h (B, N, d), mask (B, N)) -> (logits (B,), weights (B, N)); weights are 1/k on the
-    selected windows and 0 elsewhere.
+    forward(h (B, N, d), mask (B, N)) -> (logits (B,) or (B, K) for ``n_outputs`` K > 1, weights (B, N));
+    weights are 1/k on the selected windows and 0 elsewhere, averaged over the K outputs.
     """
 
-    def __init__(self, d_model: int, k: int):
+    def __init__(self, d_model: int, k: int, n_outputs: int = 1):
         super().__init__()
         self.k = k
-        self.score = nn.Linear(d_model, 1)
+        self.score = nn.Linear(d_model, n_outputs)
 
     @float32_forward
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))  # (B, N)
+        scores = self.score(h).masked_fill(~mask.unsqueeze(-1), float("-inf"))  # (B, N, K)
         k = min(self.k, h.shape[1])
-        top, index = scores.topk(k, dim=1)  # (B, k), descending
+        top, index = scores.topk(k, dim=1)  # (B, k, K), descending
         k_bag = mask.sum(dim=1).clamp(max=k)  # (B,) windows actually averaged per bag
-        chosen = torch.arange(k, device=h.device).unsqueeze(0) < k_bag.unsqueeze(1)  # (B, k)
-        logits = torch.where(chosen, top, 0.0).sum(dim=1) / k_bag
-        share = chosen.to(h.dtype) / k_bag.unsqueeze(1).to(h.dtype)
-        weights = torch.zeros_like(scores).scatter(1, index, share)
-        return logits, weights
+        chosen = (torch.arange(k, device=h.device).unsqueeze(0) < k_bag.unsqueeze(1)).unsqueeze(-1)  # (B, k, 1)
+        logits = torch.where(chosen, top, 0.0).sum(dim=1) / k_bag.unsqueeze(1)  # (B, K)
+        share = (chosen.to(h.dtype) / k_bag.view(-1, 1, 1).to(h.dtype)).expand_as(top)
+        weights = torch.zeros_like(scores).scatter(1, index, share).mean(dim=-1)
+        return squeeze_single(logits), weights
+
+
+def squeeze_single(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 1) -> (B,): a binary model's one logit per bag; (B, K) unchanged."""
+    return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
 
 
 class EncoderLayer(nn.Module):

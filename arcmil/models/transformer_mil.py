@@ -14,13 +14,14 @@ from arcmil.models.layers import (
     PositionalEncoding,
     TopKPooler,
     full_mask,
+    squeeze_single,
     xavier_init,
     zero_padding,
 )
 
 
 class TransformerMIL(nn.Module):
-    """Linear(D->d) + positions -> pre-norm encoder layers -> LayerNorm -> attention pooler -> Linear(d->1).
+    """Linear(D->d) + positions -> pre-norm encoder layers -> LayerNorm -> attention pooler -> Linear(d->K).
 
     ``weights`` are the pooler's attention (pool='attention') or 1/k on the top-k windows.
     """
@@ -38,15 +39,15 @@ class TransformerMIL(nn.Module):
         # pre-norm layers leave the residual stream unnormalised: close with a LayerNorm
         self.norm = nn.LayerNorm(c.d_model)
         if c.pool == "topk":
-            self.topk = TopKPooler(c.d_model, c.k)
+            self.topk = TopKPooler(c.d_model, c.k, c.n_outputs)
         else:
             self.pooler = AttentionPooler(c.d_model, hidden=c.pooler_hidden, dropout_p=c.dropout_p)
-            self.classifier = Float32Linear(c.d_model, 1)
+            self.classifier = Float32Linear(c.d_model, c.n_outputs)
         if c.init == "xavier":
             xavier_init(self.proj, self.topk.score if c.pool == "topk" else self.classifier)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""
+        """x: (B, N, D), mask: (B, N) -> logits (B,) (or (B, K) for K outputs), weights (B, N)."""
         mask = full_mask(x) if mask is None else mask
         h = self.pos(self.proj(zero_padding(x, mask)), mask)  # (B, N, d)
         for layer in self.layers:
@@ -55,4 +56,4 @@ class TransformerMIL(nn.Module):
         if self.config.pool == "topk":
             return self.topk(h, mask)
         z, weights = self.pooler(h, mask)
-        return self.classifier(z).squeeze(-1), weights
+        return squeeze_single(self.classifier(z)), weights

@@ -16,6 +16,7 @@ from arcmil.models.layers import (
     Float32Linear,
     PositionalEncoding,
     full_mask,
+    squeeze_single,
     xavier_init,
     zero_padding,
 )
@@ -41,12 +42,12 @@ class TransMIL(nn.Module):
                          num_landmarks=c.num_landmarks) for _ in range(c.num_layers))
         self.norm = nn.LayerNorm(c.d_model)
         self.pooler = AttentionPooler(c.d_model, hidden=c.pooler_hidden, dropout_p=c.dropout_p) if c.dual else None
-        self.classifier = Float32Linear(c.d_model * (2 if c.dual else 1), 1)
+        self.classifier = Float32Linear(c.d_model * (2 if c.dual else 1), c.n_outputs)
         if c.init == "xavier":
             xavier_init(self.proj, self.classifier)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, N, D), mask: (B, N) -> logits (B,), weights (B, N)."""
+        """x: (B, N, D), mask: (B, N) -> logits (B,) (or (B, K) for K outputs), weights (B, N)."""
         mask = full_mask(x) if mask is None else mask
         b = x.shape[0]
         windows = self.pos(self.proj(zero_padding(x, mask)), mask)  # (B, N, d)
@@ -62,4 +63,4 @@ class TransMIL(nn.Module):
             z, pool_weights = self.pooler(h[:, 1:], mask)
             bag = torch.cat([bag, z], dim=-1)
             weights = (weights + pool_weights) / 2
-        return self.classifier(bag).squeeze(-1), weights
+        return squeeze_single(self.classifier(bag)), weights

@@ -101,7 +101,7 @@ BAD_INPUTS = [
     ("bad suffix", lambda p: _raw(p, "x.txt", b"1"), "unsupported suffix"),
     ("missing embeddings", lambda p: np.savez(p / "m.npz", labels=[0]) or p / "m.npz", "field 'embeddings'"),
     ("NaN window", lambda p: _npz(p, embeddings=_nan_embeddings()), "bag '2': field 'embeddings': non-finite value in window 1"),
-    ("label 2", lambda p: _npz(p, labels=np.array([0, 1, 2, 1])), "bag '2': field 'labels': label 2"),
+    ("label 1.5", lambda p: _npz(p, labels=np.array([0, 1, 1.5, 1])), "bag '2': field 'labels': label 1.5"),
     ("label count", lambda p: _npz(p, labels=np.array([0, 1])), "field 'labels'"),
     ("duplicate ids", lambda p: _npz(p, bag_ids=np.array(["a", "b", "a", "c"])), "bag 'a': field 'bag_ids'"),
     ("unknown split", lambda p: _npz(p, split=np.array(["train", "dev", "val", "test"])), "bag '1': field 'split': unknown split 'dev'"),
@@ -120,7 +120,8 @@ BASE = pd.DataFrame({"bag_id": ["a", "a", "b"], "label": [1, 1, 0], "emb_0": [0.
 BAD_INPUTS += [
     ("csv no emb", lambda p: _csv(p, BASE[["bag_id", "label"]]), "field 'emb_*'"),
     ("csv missing emb column", lambda p: _csv(p, BASE.drop(columns="emb_0").assign(emb_2=1.0)), "field 'emb_0'"),
-    ("csv label yes", lambda p: _csv(p, BASE.assign(label=["yes", "yes", 0])), "bag 'a': field 'label'"),
+    ("csv label column yes", lambda p: _csv(p, BASE.drop(columns="label").assign(label_x=["yes", "yes", 0])),
+     "bag 'a': field 'label_x': value 'yes' is not 0 or 1"),
     ("csv label disagrees", lambda p: _csv(p, BASE.assign(label=[1, 0, 0])), "bag 'a': field 'label': rows disagree"),
     ("csv text embedding", lambda p: _csv(p, BASE.assign(emb_1=["x", "y", "z"])), "field 'emb_1'"),
     ("csv no bag_id", lambda p: _csv(p, BASE.drop(columns="bag_id")), "field 'bag_id'"),

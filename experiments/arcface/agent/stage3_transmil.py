@@ -14,10 +14,10 @@ import os
 from arcmil.data import load_bags
 from arcmil.demo import make_demo_bags
 from arcmil.distributed import select_device
-from arcmil.pipeline import EvalConfig, finalize, make_loaders, prepare_data
 from arcmil.outputs import default_run_dir, staged_dir
+from arcmil.pipeline import EvalConfig, finalize, make_loaders, prepare_data
 from arcmil.report import results_row, write_run
-from arcmil.train import TrainConfig, make_optimizer, seed_everything, train_model, weighted_bce
+from arcmil.train import TrainConfig, make_optimizer, seed_everything, train_model
 
 DATA = os.environ.get("ARCMIL_DATA")
 OUT = os.environ.get("ARCMIL_OUT", "runs/experiments")
@@ -43,7 +43,7 @@ model = TransMIL(TransMILConfig(
 )).to(device)
 
 # %% 4. Loss / optimizer / scheduler (weighted BCE, AdamW, ReduceLROnPlateau)
-criterion = weighted_bce(data.parts["train"].labels)
+criterion = data.bags.label_space.criterion(data.parts["train"].labels)
 optimizer, scheduler = make_optimizer(model, cfg, steps_per_epoch=len(loaders["train"]))
 
 # %% 5. train_one_epoch / evaluate / train_model (early stopping restores the best state)

@@ -1,0 +1,364 @@
+"""The label space of a run: binary, multi-class or multi-label, with the class names.
+
+One object owns everything that depends on it, and every layer asks it:
+
+===========  ==========================  =========  =================================  ============================
+kind         labels (after reading)      outputs    loss                               decision
+===========  ==========================  =========  =================================  ============================
+binary       (B,) in {0, 1}              1 logit    BCE, pos_weight n_neg / n_pos      probability >= threshold
+multiclass   (B,) class ids 0..K-1       K logits   cross-entropy, class weights       argmax of the probabilities
+                                                    n / (K n_k)
+multilabel   (B, K) in {0, 1}            K logits   per-label BCE, per-label           per label: probability >=
+                                                    pos_weight n_neg / n_pos           that label's threshold
+===========  ==========================  =========  =================================  ============================
+
+How labels as read become one of the three (``infer``): numbers all 0 or 1 stay binary (as before);
+other integers or any strings are classes (multi-class, named by the sorted distinct values); strings
+holding ``|`` are label sets (multi-label, ``"a|b"``, the empty string for none); a (B, K) 0/1 matrix is
+multi-label. Binary keeps its single logit, so every binary number is what it was.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from arcmil.errors import ArcmilError, DataError
+
+KINDS = ("binary", "multiclass", "multilabel")
+LABEL_SEPARATOR = "|"  # between the label names of one multi-label bag in a table cell
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """``kind`` (KINDS) and ``classes``: the class names (multi-class, in id order) or label names
+    (multi-label, in column order); binary is ("0", "1")."""
+
+    kind: str = "binary"
+    classes: tuple[str, ...] = ("0", "1")
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ArcmilError(f"label space kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if len(set(self.classes)) != len(self.classes):
+            raise ArcmilError(f"class names must be distinct, got {list(self.classes)}")
+        if self.binary and self.classes != ("0", "1"):
+            raise ArcmilError(f"a binary label space has the classes 0 and 1, got {list(self.classes)}")
+        if not self.classes:  # one class is data to score; training asks for two (pipeline.check_inputs)
+            raise ArcmilError(f"a {self.kind} label space needs at least one class")
+
+    @property
+    def binary(self) -> bool:
+        return self.kind == "binary"
+
+    @property
+    def n_outputs(self) -> int:
+        """Logits per bag: 1 (binary) or K."""
+        return 1 if self.binary else len(self.classes)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "LabelSpace":
+        """None (a run or checkpoint from before label spaces) is binary."""
+        return cls() if data is None else cls(data["kind"], tuple(data["classes"]))
+
+    # ---- data -------------------------------------------------------------------------------------
+
+    def class_counts(self, labels: np.ndarray) -> np.ndarray:
+        """(K,) bags of each class (binary: negatives, positives; multi-label: bags carrying each label)."""
+        labels = np.asarray(labels)
+        if self.kind == "multilabel":
+            return labels.sum(axis=0).astype(np.int64)
+        return np.bincount(labels.astype(np.int64), minlength=len(self.classes))
+
+    def stratum(self, labels: np.ndarray) -> np.ndarray:
+        """(B,) one stratum per bag for stratified splits: the class (binary, multi-class) or, for
+        multi-label, the bag's rarest label (-1 for none), a simple stand-in for iterative stratification."""
+        labels = np.asarray(labels)
+        if self.kind != "multilabel":
+            return labels
+        counts = self.class_counts(labels)
+        rarity = np.where(labels == 1, counts[None, :], np.iinfo(np.int64).max)
+        return np.where(labels.any(axis=1), rarity.argmin(axis=1), -1)
+
+    def check_part(self, name: str, labels: np.ndarray, src: str) -> None:
+        """A split part fit to train on (``name`` 'train': every class, every label both present and
+        absent) or to evaluate on (binary: both classes; otherwise two classes, or one label with both
+        values)."""
+        counts, n = self.class_counts(labels), len(labels)
+        if self.binary:
+            if (counts == 0).any():
+                only = int(np.argmax(counts))
+                raise DataError(src, f"split '{name}' holds only class {only}; it needs both classes", field="split")
+            return
+        if self.n_outputs < 2:
+            raise DataError(src, f"a {self.kind} label space needs two or more classes, found {list(self.classes)}",
+                            field="labels")
+        if name == "train":
+            if self.kind == "multiclass" and (counts == 0).any():
+                raise DataError(src, f"split 'train' has no bags of class {self.classes[int(np.argmin(counts))]!r}; "
+                                "every class needs training bags", field="split")
+            one_sided = (counts == 0) | (counts == n)
+            if self.kind == "multilabel" and one_sided.any():
+                k = int(np.argmax(one_sided))
+                what = "no bag" if counts[k] == 0 else "every bag"
+                raise DataError(src, f"in split 'train' {what} has label {self.classes[k]!r}; every label needs "
+                                "training bags with and without it", field="split")
+            return
+        evaluable = (counts > 0).sum() >= 2 if self.kind == "multiclass" else ((counts > 0) & (counts < n)).any()
+        if not evaluable:
+            counted = dict(zip(self.classes, counts.tolist()))
+            raise DataError(src, f"split '{name}' has too few classes to evaluate on ({counted})", field="split")
+
+    def recode(self, labels: np.ndarray, source: "LabelSpace", src: str, bag_ids) -> np.ndarray:
+        """``labels`` read as ``source`` expressed in this space (data scored by a trained model):
+        class names matched by name; a class or label the model does not know is a DataError."""
+        if source == self:
+            return labels
+        compatible = (self.kind == source.kind or (self.kind == "multiclass" and source.binary)
+                      or (self.kind == "binary" and source.kind == "multiclass"))
+        if not compatible:
+            raise DataError(src, f"the data has {source.kind} labels, the model was trained on {self.kind} "
+                            f"labels ({', '.join(self.classes)})", field="labels")
+        position = {name: i for i, name in enumerate(self.classes)}
+        unknown = [name for name in source.classes if name not in position]
+        if self.kind == "multilabel":
+            if unknown:
+                raise DataError(src, f"label {unknown[0]!r} is not one the model knows ({', '.join(self.classes)})",
+                                field="labels")
+            out = np.zeros((len(labels), len(self.classes)), dtype=np.int64)
+            out[:, [position[name] for name in source.classes]] = labels
+            return out
+        mapping = np.array([position.get(name, -1) for name in source.classes])
+        out = mapping[np.asarray(labels, dtype=np.int64)]
+        if (out < 0).any():
+            i = int(np.argmax(out < 0))
+            raise DataError(src, f"class {source.classes[labels[i]]!r} is not one the model knows "
+                            f"({', '.join(self.classes)})", bag=str(bag_ids[i]), field="labels")
+        return out
+
+
+    def names(self, labels: np.ndarray) -> np.ndarray:
+        """(B,) labels as a table cell shows them and ``infer`` reads them back: 0/1 (binary), the class
+        name (multi-class; an integer when every name is one) or the label names joined by ``|``."""
+        if self.binary:
+            return np.asarray(labels)
+        if self.kind == "multiclass":
+            names = np.asarray(self.classes)[np.asarray(labels)]
+            return names.astype(np.int64) if _all_integers(self.classes) else names
+        return np.array([LABEL_SEPARATOR.join(np.asarray(self.classes)[row == 1]) for row in np.asarray(labels)])
+
+    def arrays(self, labels: np.ndarray) -> dict:
+        """The labels as .npz / .pt arrays: ``labels`` (names, see ``names``; multi-label a (B, K) 0/1 matrix)
+        and, for multi-label, ``label_names``."""
+        if self.kind == "multilabel":
+            return {"labels": np.asarray(labels), "label_names": np.asarray(self.classes)}
+        return {"labels": self.names(labels)}
+
+    def table_columns(self, labels: np.ndarray) -> dict:
+        """The labels as table columns: ``label`` (names), or one 0/1 ``label_<name>`` per label."""
+        if self.kind == "multilabel":
+            return {f"label_{name}": np.asarray(labels)[:, k] for k, name in enumerate(self.classes)}
+        return {"label": self.names(labels)}
+
+    # ---- training ---------------------------------------------------------------------------------
+
+    def criterion(self, train_labels: np.ndarray):
+        """The loss, weighted by the training split's class balance (see the module docstring)."""
+        import torch
+        from torch import nn
+
+        from arcmil.losses import ClassWeightedCrossEntropy
+
+        counts = self.class_counts(train_labels).astype(np.float64)
+        n = len(train_labels)
+        if self.binary:
+            return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float((n - counts[1]) / counts[1])))
+        if self.kind == "multilabel":
+            return nn.BCEWithLogitsLoss(pos_weight=torch.tensor((n - counts) / counts, dtype=torch.float32))
+        return ClassWeightedCrossEntropy(torch.tensor(n / (len(counts) * counts), dtype=torch.float32))
+
+    def probabilities(self, logits):
+        """Uncalibrated probabilities of logits (torch, (B,) or (B, K)): softmax for multi-class, else sigmoid."""
+        import torch
+
+        return torch.softmax(logits, dim=-1) if self.kind == "multiclass" else torch.sigmoid(logits)
+
+    # ---- decisions ---------------------------------------------------------------------------------
+
+    def tune_threshold(self, labels, probs, method: str = "f1", fixed: float = 0.5):
+        """The decision parameters chosen on validation: binary one threshold, multi-label one per label
+        (each by ``arcmil.metrics.tune_threshold``), multi-class none (argmax)."""
+        from arcmil.metrics import tune_threshold
+
+        if self.binary:
+            return tune_threshold(labels, probs, method, fixed)
+        if self.kind == "multiclass":
+            return None
+        return [tune_threshold(labels[:, k], probs[:, k], method, fixed) for k in range(len(self.classes))]
+
+    def decide(self, probs: np.ndarray, threshold) -> np.ndarray:
+        """(B,) 0/1 (binary), (B,) class ids (multi-class) or (B, K) 0/1 (multi-label)."""
+        if self.kind == "multiclass":
+            return np.asarray(probs).argmax(axis=1)
+        return (np.asarray(probs) >= np.asarray(threshold, dtype=np.float64)).astype(np.int64)
+
+    def check_threshold(self, threshold, where: str) -> None:
+        """Refuse stored decision parameters that do not fit this space."""
+        if self.kind == "multiclass":
+            ok = threshold is None
+        elif self.binary:
+            ok = isinstance(threshold, float) and 0.0 <= threshold <= 1.0
+        else:
+            ok = (isinstance(threshold, list) and len(threshold) == len(self.classes)
+                  and all(isinstance(t, float) and 0.0 <= t <= 1.0 for t in threshold))
+        if not ok:
+            want = {"binary": "a probability", "multiclass": "none (argmax)",
+                    "multilabel": f"{len(self.classes)} probabilities"}[self.kind]
+            raise ArcmilError(f"{where}: threshold {threshold!r} is not {want}")
+
+    # ---- metrics -----------------------------------------------------------------------------------
+
+    def metrics(self, labels, probs, threshold) -> dict:
+        """Test or validation metrics (scikit-learn). Every kind reports ``roc_auc``, ``pr_auc``, ``f1``
+        and ``accuracy`` (macro averages beyond binary), so comparisons, searches and monitors read the
+        same keys."""
+        from arcmil.metrics import binary_metrics, multiclass_metrics, multilabel_metrics
+
+        if self.binary:
+            return binary_metrics(labels, probs, threshold)
+        if self.kind == "multiclass":
+            return multiclass_metrics(labels, probs, self.classes)
+        return multilabel_metrics(labels, probs, threshold, self.classes)
+
+    def one_vs_rest(self, labels, probs, threshold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each class (or label) as a binary problem: truth, score and decision, each (B, K') with K' 1
+        for binary; the macro figures are means over these columns."""
+        decision = self.decide(probs, threshold)
+        labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+        if self.binary:
+            return labels[:, None], probs[:, None], decision[:, None]
+        if self.kind == "multiclass":
+            eye = np.eye(len(self.classes), dtype=np.int64)
+            return eye[labels], probs, eye[decision]
+        return labels, probs, decision
+
+    def split_summary(self, labels) -> dict:
+        """A split's size in results.json: bags and positives (binary) or bags per class/label."""
+        counts = self.class_counts(labels)
+        if self.binary:
+            return {"n_bags": len(labels), "n_positive": int(counts[1])}
+        return {"n_bags": len(labels), "class_counts": dict(zip(self.classes, counts.tolist()))}
+
+    # ---- outputs -----------------------------------------------------------------------------------
+
+    def prediction_columns(self, probs: np.ndarray, threshold) -> dict:
+        """predictions.csv's columns: binary prob, pred; multi-class prob_<class> each, pred (the class
+        name); multi-label prob_<label> and pred_<label> each."""
+        decision = self.decide(probs, threshold)
+        if self.binary:
+            return {"prob": probs, "pred": decision}
+        columns = {f"prob_{name}": probs[:, k] for k, name in enumerate(self.classes)}
+        if self.kind == "multiclass":
+            return {**columns, "pred": np.asarray(self.classes, dtype=object)[decision]}
+        return {**columns, **{f"pred_{name}": decision[:, k] for k, name in enumerate(self.classes)}}
+
+    def label_column(self, labels: np.ndarray) -> dict:
+        """The data's labels as predictions.csv shows them: 0/1, the class name, or one 0/1 column per label."""
+        if self.binary:
+            return {"label": labels}
+        if self.kind == "multiclass":
+            return {"label": np.asarray(self.classes, dtype=object)[labels]}
+        return {f"label_{name}": labels[:, k] for k, name in enumerate(self.classes)}
+
+
+BINARY = LabelSpace()
+
+
+def merge(spaces) -> LabelSpace:
+    """One space for data read in parts (a store's chunks): the union of their classes, ordered as
+    ``infer`` orders them. Binary parts with multi-class ones become classes "0" and "1"."""
+    spaces = list(spaces)
+    kinds = {s.kind for s in spaces}
+    if kinds == {"binary"}:
+        return BINARY
+    if kinds == {"multilabel"}:
+        return LabelSpace("multilabel", tuple(sorted({c for s in spaces for c in s.classes})))
+    if "multilabel" in kinds:
+        raise ArcmilError("some bags have label sets and others single classes")
+    return LabelSpace("multiclass", _ordered({c for s in spaces for c in s.classes}))
+
+
+def _all_integers(names) -> bool:
+    return all(name.lstrip("-").isdigit() for name in names)
+
+
+def _ordered(names) -> tuple[str, ...]:
+    """Class names in ``infer``'s order: numeric when every name is an integer, else lexicographic."""
+    return tuple(sorted(names, key=int) if _all_integers(names) else sorted(names))
+
+
+def infer(raw, src: str, bag_ids, names=None, label_sets: bool = False) -> tuple[LabelSpace, np.ndarray]:
+    """Labels as read (numbers, strings, label sets or a (B, K) 0/1 matrix) -> their space and the
+    encoded labels (see the module docstring). ``names``: the label names of a matrix's columns;
+    ``label_sets``: read strings as label sets even where no cell holds two."""
+    raw = np.asarray(raw)
+    if raw.ndim == 2:
+        return _multilabel_matrix(raw, src, bag_ids, names)
+    if raw.ndim != 1:
+        raise DataError(src, f"labels must be (B,) or (B, K), found shape {raw.shape}", field="labels")
+    if raw.dtype.kind in "biuf":
+        bad = ~np.isfinite(raw.astype(np.float64)) | (raw != np.round(raw))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(src, f"label {raw[i].item()!r} is not 0/1 or a class id", bag=str(bag_ids[i]),
+                            field="labels")
+        raw = raw.astype(np.int64)
+        if np.isin(raw, (0, 1)).all():
+            return LabelSpace(), raw
+        values, ids = np.unique(raw, return_inverse=True)
+        return _multiclass([str(v) for v in values], ids)
+    if raw.dtype.kind not in "US":
+        raise DataError(src, f"labels must be numbers or strings, found dtype {raw.dtype}", field="labels")
+    text = np.char.strip(raw.astype(str))
+    if label_sets or any(LABEL_SEPARATOR in t for t in text):
+        return _label_sets(text, src, bag_ids)
+    empty = text == ""
+    if empty.any():
+        raise DataError(src, "empty label", bag=str(bag_ids[int(np.argmax(empty))]), field="labels")
+    classes = _ordered(set(text.tolist()))
+    position = {name: i for i, name in enumerate(classes)}
+    return _multiclass(list(classes), np.array([position[t] for t in text]))
+
+
+def _multiclass(classes: list[str], ids: np.ndarray) -> tuple[LabelSpace, np.ndarray]:
+    return LabelSpace("multiclass", tuple(classes)), ids.astype(np.int64)
+
+
+def _label_sets(text: np.ndarray, src: str, bag_ids) -> tuple[LabelSpace, np.ndarray]:
+    """'a|b' cells -> (B, K) 0/1 over the sorted union of the names."""
+    sets = [[part.strip() for part in t.split(LABEL_SEPARATOR) if part.strip()] if t else [] for t in text]
+    names = sorted({name for s in sets for name in s})
+    position = {name: k for k, name in enumerate(names)}
+    matrix = np.zeros((len(sets), len(names)), dtype=np.int64)
+    for row, s in enumerate(sets):
+        matrix[row, [position[name] for name in s]] = 1
+    return LabelSpace("multilabel", tuple(names)), matrix
+
+
+def _multilabel_matrix(raw: np.ndarray, src: str, bag_ids, names) -> tuple[LabelSpace, np.ndarray]:
+    if raw.dtype.kind not in "biuf":
+        raise DataError(src, f"a label matrix must hold 0/1 numbers, found dtype {raw.dtype}", field="labels")
+    bad = ~np.isin(raw, (0, 1))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(src, f"label matrix value {raw[row, col].item()!r} in column {col} is not 0 or 1",
+                        bag=str(bag_ids[row]), field="labels")
+    names = [str(k) for k in range(raw.shape[1])] if names is None else [str(n) for n in np.asarray(names).ravel()]
+    if len(names) != raw.shape[1]:
+        raise DataError(src, f"{len(names)} label names for a label matrix of {raw.shape[1]} columns",
+                        field="label_names")
+    return LabelSpace("multilabel", tuple(names)), raw.astype(np.int64)
