@@ -292,15 +292,11 @@ def expected_calibration_error(labels, probs, n_bins: int = ECE_BINS) -> float:
 def calibration_metrics(labels, probs, space: LabelSpace = BINARY) -> dict:
     """Brier score (scikit-learn) and expected calibration error of probabilities against labels.
     Multi-class: the multi-class Brier score and the ECE of the top class's confidence; multi-label:
-    the means over labels of the binary figures."""
+    both over every (bag, label) pair (LabelSpace.reliability_pairs)."""
     from sklearn.metrics import brier_score_loss
 
-    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
-    if space.kind == "multilabel":
-        per_label = [calibration_metrics(labels[:, k], probs[:, k]) for k in range(labels.shape[1])]
-        return {key: float(np.mean([m[key] for m in per_label])) for key in ("brier", "ece")}
+    outcome, confidence = space.reliability_pairs(labels, probs)
+    ece = expected_calibration_error(outcome, confidence)
     if space.kind == "multiclass":
-        top = probs.argmax(axis=1)
-        return {"brier": float(brier_score_loss(labels, probs, labels=range(probs.shape[1]))),
-                "ece": expected_calibration_error(top == labels, probs.max(axis=1))}
-    return {"brier": float(brier_score_loss(labels, probs)), "ece": expected_calibration_error(labels, probs)}
+        return {"brier": float(brier_score_loss(labels, probs, labels=range(np.shape(probs)[1]))), "ece": ece}
+    return {"brier": float(brier_score_loss(outcome, confidence)), "ece": ece}

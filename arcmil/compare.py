@@ -18,16 +18,27 @@ from arcmil.settings import SearchConfig
 from arcmil.stats import mean_std, paired_test
 from arcmil.train import TrainConfig
 
-METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy")
+METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy")  # macro figures beyond binary
 PAIRED_METRICS = ("roc_auc", "f1", "accuracy")
 SINGLE_COLUMNS = ("model", "tag", "test_roc_auc", "test_pr_auc", "test_f1", "test_precision", "test_recall",
                   "threshold", "best_epoch")
 
 
+def reported(metrics, space) -> list[str]:
+    """The ``metrics`` that ``space`` (arcmil.labels) reports: precision and recall are binary's."""
+    return [m for m in metrics if m in space.row_metrics]
+
+
+def single_columns(row: dict) -> list[str]:
+    """SINGLE_COLUMNS that a run's summary row holds."""
+    return [c for c in SINGLE_COLUMNS if c.removeprefix("test_") not in ("precision", "recall") or c in row]
+
+
 @dataclass
 class ModelRuns:
     """One model's runs: ``records`` holds the test metrics of each seed or fold, in a shared order;
-    ``row`` the first run's summary row, ``roc`` its test (labels, probs) (None in fold mode).
+    ``row`` the first run's summary row, ``roc`` its test (labels, probs) (None in fold mode and beyond
+    binary).
     ``runs`` / ``cv`` hold the full results until they are written; a model read back from a
     resumed comparison has only its summary. ``searches``: with ``--tune``, each seed's search summary
     (fold mode: in each fold's record)."""
@@ -54,11 +65,16 @@ class Comparison:
     test_train_ratio: float | None  # for the corrected paired test; None = plain paired t
     description: str
 
+    @property
+    def metrics(self) -> list[str]:
+        """METRICS that the runs report (recorded per run: a resumed comparison reads them back)."""
+        return [m for m in METRICS if m in self.models[0].records[0]]
+
     def summary_rows(self) -> list[dict]:
         rows = []
         for m in self.models:
             row = {"model": m.name, "tag": m.tag, "runs": len(m.records)}
-            for metric in METRICS:
+            for metric in self.metrics:
                 stat = mean_std(r[metric] for r in m.records)
                 row[f"test_{metric}_mean"], row[f"test_{metric}_std"] = stat["mean"], stat["std"]
             rows.append(row)
@@ -67,7 +83,7 @@ class Comparison:
     def paired_rows(self) -> list[dict]:
         rows = []
         for a, b in itertools.combinations(self.models, 2):
-            for metric in PAIRED_METRICS:
+            for metric in [m for m in PAIRED_METRICS if m in self.metrics]:
                 test = paired_test([r[metric] for r in a.records], [r[metric] for r in b.records],
                                    test_train_ratio=self.test_train_ratio)
                 rows.append({"model_a": a.name, "model_b": b.name, "metric": f"test_{metric}", **test})
@@ -75,11 +91,11 @@ class Comparison:
 
     def table(self) -> str:
         if self.mode == "single":
-            return markdown_table([m.row for m in self.models], SINGLE_COLUMNS)
+            return markdown_table([m.row for m in self.models], single_columns(self.models[0].row))
         cells = [{"model": r["model"], "tag": r["tag"], "runs": r["runs"],
-                  **{f"test_{m}": _pm(r[f"test_{m}_mean"], r[f"test_{m}_std"]) for m in METRICS}}
+                  **{f"test_{m}": _pm(r[f"test_{m}_mean"], r[f"test_{m}_std"]) for m in self.metrics}}
                  for r in self.summary_rows()]
-        return markdown_table(cells, ("model", "tag", "runs", *(f"test_{m}" for m in METRICS)))
+        return markdown_table(cells, ("model", "tag", "runs", *(f"test_{m}" for m in self.metrics)))
 
     def report(self) -> str:
         """What ``arcmil compare`` prints: the description, the table and (several runs) the paired tests."""
@@ -110,19 +126,20 @@ def _seed_runs(bags, name, cfg, evaluation, overrides, seeds, world, search, sto
                                          fail_running=resuming, **overrides)
         runs.append(result)
         searches.append({"seed": s, **found.summary()})
-    records = [{"seed": s, **{m: r.test[m] for m in METRICS}} for s, r in zip(seeds, runs)]
+    records = [{"seed": s, **{m: r.test[m] for m in reported(METRICS, r.label_space)}} for s, r in zip(seeds, runs)]
     test = runs[0].evaluations["test"]
+    roc = (test.labels.tolist(), test.probs.tolist()) if runs[0].label_space.binary else None
     splits = runs[0].data["splits"]
     ratio = splits["test"]["n_bags"] / splits["train"]["n_bags"] if bags.split is None else None
-    return ModelRuns(name, runs[0].tag, records, results_row(runs[0]),
-                     (test.labels.tolist(), test.probs.tolist()), ratio, runs=runs, searches=searches)
+    return ModelRuns(name, runs[0].tag, records, results_row(runs[0]), roc, ratio, runs=runs, searches=searches)
 
 
 def _fold_runs(bags, name, cfg, evaluation, overrides, seeds, folds, val_fraction, world, search, storage,
                resuming) -> ModelRuns:
     cv = run_cv(bags, name, cfg, evaluation=evaluation, folds=folds, seeds=seeds, val_fraction=val_fraction,
                 world=world, search=search, storage=storage, resuming=resuming, **overrides)
-    records = [{"repeat": f["repeat"], "fold": f["fold"], **{m: f["test"][m] for m in METRICS}} for f in cv.folds]
+    metrics = reported(METRICS, bags.label_space)
+    records = [{"repeat": f["repeat"], "fold": f["fold"], **{m: f["test"][m] for m in metrics}} for f in cv.folds]
     return ModelRuns(name, cv.tag, records, test_train_ratio=cv.test_train_ratio, cv=cv)
 
 
@@ -196,7 +213,7 @@ def write_comparison(directory: Path, comparison: Comparison, source: str) -> No
         pd.DataFrame(comparison.paired_rows()).to_csv(directory / "paired_tests.csv", index=False)
         text += f"\n## Paired tests ({_paired_name(comparison)})\n\n{comparison.paired_table()}\n"
     (directory / "comparison.md").write_text(text)
-    if comparison.mode != "folds":  # one ROC curve per model: its first seed's test split
+    if comparison.mode != "folds" and comparison.models[0].roc:  # one ROC curve per model: its first seed's test
         plot_roc({m.tag: m.roc for m in comparison.models}, directory / "roc.png",
                  title="Test ROC" + ("" if comparison.mode == "single" else " (first seed)"))
 

@@ -16,7 +16,6 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from arcmil.data import BagSet
 from arcmil.distributed import SINGLE, World
-from arcmil.metrics import binary_metrics
 from arcmil.outputs import write_text
 from arcmil.pipeline import EvalConfig, check_cv_inputs, run_experiment
 from arcmil.report import clean_json, markdown_table
@@ -27,8 +26,14 @@ from arcmil.train import TrainConfig
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "f1", "precision", "recall")
 
 
+def _summary_metrics(records: list[dict]) -> list[str]:
+    """SUMMARY_METRICS that the folds' label space reports (precision and recall are binary's)."""
+    return [m for m in SUMMARY_METRICS if m in records[0]["test"]]
+
+
 def cv_splits(labels: np.ndarray, folds: int, seeds: list[int], val_fraction: float = 0.2):
-    """Yield (repeat, fold, seed, split) with split a (B,) array of train/val/test, one per fold.
+    """Yield (repeat, fold, seed, split) with split a (B,) array of train/val/test, one per fold;
+    ``labels``: the strata (LabelSpace.stratum: the class, or a multi-label bag's rarest label).
 
     The folds of repeat r come from StratifiedKFold(shuffle=True, random_state=seeds[r]); the
     validation part is a stratified ``val_fraction`` of that fold's training bags."""
@@ -60,7 +65,7 @@ class CVResult:
 
         s = self.summary
         rows = [{"metric": m, "at validation threshold": pm(s["at_val_threshold"][m]), "at 0.5": pm(s["at_0.5"][m])}
-                for m in SUMMARY_METRICS if s["at_val_threshold"][m]["mean"] is not None]
+                for m in _summary_metrics(self.folds) if s["at_val_threshold"][m]["mean"] is not None]
         return markdown_table(rows, ("metric", "at validation threshold", "at 0.5"))
 
     def search_table(self) -> str:
@@ -72,8 +77,9 @@ class CVResult:
     def fold_rows(self) -> list[dict]:
         """One flat row per fold: where it sits, its threshold, and test metrics at both thresholds."""
         keep = ("repeat", "fold", "seed", "n_train", "n_val", "n_test", "threshold", "best_epoch")
-        return [{k: r[k] for k in keep} | {f"test_{m}": r["test"][m] for m in SUMMARY_METRICS}
-                | {f"test_{m}_at_0.5": r["test_at_0.5"][m] for m in SUMMARY_METRICS} | _search_columns(r)
+        metrics = _summary_metrics(self.folds)
+        return [{k: r[k] for k in keep} | {f"test_{m}": r["test"][m] for m in metrics}
+                | {f"test_{m}_at_0.5": r["test_at_0.5"][m] for m in metrics} | _search_columns(r)
                 for r in self.folds]
 
 
@@ -99,7 +105,8 @@ def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *,
     # per-fold intervals mean little (the spread over folds does), and folds write no predictions.csv
     evaluation = replace(evaluation, n_bootstrap=0, score_train=False)
     records, done = [], done or {}
-    for repeat, fold, seed, split in cv_splits(bags.labels, folds, list(seeds), val_fraction):
+    space = bags.label_space
+    for repeat, fold, seed, split in cv_splits(space.stratum(bags.labels), folds, list(seeds), val_fraction):
         if (repeat, fold) in done:
             records.append(done[(repeat, fold)])
             continue
@@ -121,7 +128,9 @@ def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *,
             "n_train": int((split == "train").sum()), "n_val": int((split == "val").sum()),
             "n_test": int((split == "test").sum()),
             "threshold": result.threshold, "best_epoch": result.best_epoch,
-            "test": result.test, "test_at_0.5": binary_metrics(test.labels, test.probs, 0.5),
+            "test": result.test,
+            "test_at_0.5": space.metrics(test.labels, test.probs, space.tune_threshold(test.labels, test.probs,
+                                                                                        "fixed", 0.5)),
             "validation": result.validation, "history": result.history,
             **({"search": found.summary()} if found else {}),
         })
@@ -167,7 +176,7 @@ def summarize(records: list[dict]) -> dict:
     out = {}
     for key, name in (("test", "at_val_threshold"), ("test_at_0.5", "at_0.5")):
         out[name] = {}
-        for metric in SUMMARY_METRICS:
+        for metric in _summary_metrics(records):
             stat = mean_std(r[key][metric] for r in records)
             repeats = sorted({r["repeat"] for r in records})
             repeat_means = [mean_std(r[key][metric] for r in records if r["repeat"] == k)["mean"] for k in repeats]

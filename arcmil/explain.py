@@ -22,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 from arcmil.data import BagSet, collate
 from arcmil.data.packed import PackedBags
 from arcmil.errors import ConfigError
+from arcmil.labels import BINARY
 from arcmil.plots import plot_window_heatmap
 from arcmil.report import clean_json
 from arcmil.settings import IG_STEPS, N_PLOTS
@@ -119,10 +120,7 @@ def write_explanations(directory: Path, frame: pd.DataFrame, methods=METHODS, *,
     bags = list(dict.fromkeys(frame["bag_id"]))
     if "label" in frame:
         label_of = frame.groupby("bag_id", sort=False)["label"].first()
-        rng = np.random.default_rng(0)
-        pos = rng.permutation([b for b in bags if label_of[b] == 1]).tolist()
-        neg = rng.permutation([b for b in bags if label_of[b] == 0]).tolist()
-        sample = pos[: n_plots // 2] + neg[: n_plots - min(n_plots // 2, len(pos))]
+        sample = [bags[i] for i in BINARY.display_sample(label_of[bags].to_numpy(), n_plots)]
     else:
         sample = bags[:n_plots]
     groups = {b: g for b, g in frame[frame["bag_id"].isin(sample)].groupby("bag_id", sort=False)}
@@ -130,8 +128,8 @@ def write_explanations(directory: Path, frame: pd.DataFrame, methods=METHODS, *,
     truth = [g["instance_label"].to_numpy() for g in chosen] if "instance_label" in frame else None
     for method in methods:
         plot_window_heatmap([g[method].to_numpy() for g in chosen],
-                            [g["label"].iloc[0] if "label" in g else None for g in chosen],
-                            [g["prob"].iloc[0] for g in chosen], sample, directory / f"heatmap_{method}.png",
+                            [BINARY.caption(g["label"].iloc[0] if "label" in g else None, g["prob"].iloc[0])
+                             for g in chosen], sample, directory / f"heatmap_{method}.png",
                             instance_labels=truth, signed=method != "weights", colorbar=method,
                             title=f"{method.replace('_', ' ')} — {title}")
     if "instance_label" not in frame or "label" not in frame:

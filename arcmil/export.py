@@ -2,9 +2,9 @@
 
 The graph takes ``embeddings`` (B, N, D) float32 and ``mask`` (B, N) bool (True = a real window),
 batch size and bag length both dynamic, and returns ``probability`` (B,) after the checkpoint's
-normalisation and calibration, ``logit`` (B,) and ``weights`` (B, N) (0 on padding). The tuned
-threshold, model name, tag, model config, normalisation, calibration and arcmil version are in the
-model's metadata, so onnxruntime alone can score documents (README: "Scoring with onnxruntime").
+normalisation and calibration, ``logit`` (B,) and ``weights`` (B, N) (0 on padding); a multi-class or
+multi-label model returns ``probability`` and ``logit`` as (B, K). The tuned threshold(s), model name,
+tag, model config, label space, normalisation, calibration and arcmil version are in the model's metadata, so onnxruntime alone can score documents (README: "Scoring with onnxruntime").
 Built with PyTorch's current exporter (``torch.onnx.export(..., dynamo=True)``; extra ``arcmil[onnx]``) at
 opset 23, where exact attention becomes ONNX's fused ``Attention`` operator (onnxruntime >= 1.23 runs it
 on CPU) instead of matmul, mask and softmax spelled out over (B, H, N, N) tensors.
@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from arcmil import __version__
-from arcmil.calibration import Calibrator
+from arcmil.calibration import calibrator_from_dict
 from arcmil.data import Normalizer
 from arcmil.errors import ArcmilError, ConfigError
+from arcmil.labels import LabelSpace
 from arcmil.models.attention import ONNX_EXPORT
 
 INPUTS, OUTPUTS = ("embeddings", "mask"), ("probability", "logit", "weights")
@@ -33,12 +34,12 @@ OPSET = 23
 class ScoringGraph(nn.Module):
     """A checkpoint's normalisation, model and calibration as one module: what the ONNX graph holds."""
 
-    def __init__(self, model: nn.Module, normalizer: Normalizer, calibrator: Calibrator):
+    def __init__(self, model: nn.Module, normalizer: Normalizer, calibrator):
         super().__init__()
         self.model, self.normalizer, self.calibrator = model, normalizer, calibrator
 
     def forward(self, embeddings: torch.Tensor, mask: torch.Tensor):
-        """embeddings (B, N, D), mask (B, N) -> probability (B,), logit (B,), weights (B, N)."""
+        """embeddings (B, N, D), mask (B, N) -> probability (B,) or (B, K), logit likewise, weights (B, N)."""
         x = torch.where(mask.unsqueeze(-1), self.normalizer.apply(embeddings), 0.0)  # padding 0, as the loaders
         logit, weights = self.model(x, mask)
         logit = logit.float()
@@ -62,8 +63,9 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwr
     onnx = _import_onnx()
     out = refuse_existing_file(out, overwrite)  # before the export's seconds of work
     model, meta = load_checkpoint(checkpoint)
-    graph = ScoringGraph(model, Normalizer.from_dict(meta["normalization"]),
-                         Calibrator.from_dict(meta.get("calibration"))).eval()
+    space = LabelSpace.from_dict(meta.get("label_space"))
+    calibrator = calibrator_from_dict(meta.get("calibration"), space)
+    graph = ScoringGraph(model, Normalizer.from_dict(meta["normalization"]), calibrator).eval()
     dim = meta["model_config"]["input_dim"]
     embeddings = torch.randn(3, 5, dim)  # example sizes only: batch and bag length stay dynamic
     mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] * 4 + [False]])
@@ -89,7 +91,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwr
     metadata = {"threshold": json.dumps(meta["threshold"]), "threshold_method": meta.get("threshold_method", ""),
                 "model_name": meta["model_name"], "tag": meta["tag"], "model_config": json.dumps(meta["model_config"]),
                 "normalization": json.dumps(meta["normalization"]),
-                "calibration": json.dumps(Calibrator.from_dict(meta.get("calibration")).to_dict()),
+                "calibration": json.dumps(calibrator.to_dict()), "label_space": json.dumps(space.to_dict()),
                 "arcmil_version": __version__}
     for key, value in metadata.items():
         entry = proto.metadata_props.add()

@@ -171,7 +171,7 @@ def _gallery(config: dict, runs: dict[str, Path], bags=None) -> tuple[list[dict]
     for name, run in runs.items():
         checkpoint = next(run.glob("best_*.pth"), None)
         test = pd.read_csv(run / "predictions.csv", dtype={"bag_id": str}).query("split == 'test'")
-        if checkpoint is None or "label" not in test:
+        if checkpoint is None or "label" not in test or "prob" not in test:  # unlabelled, or not binary
             continue
         test = test[test["bag_id"].isin(position.keys())]
         chosen = []
@@ -191,7 +191,8 @@ def _gallery(config: dict, runs: dict[str, Path], bags=None) -> tuple[list[dict]
             importances = {m: doc[m].to_numpy() for m in METHODS}
             gallery.append({"png": _drawn_png(plot_document_explanations, importances, title=title, marks=marks),
                             "caption": title})
-    return gallery, None if gallery else "No test document could be shown (no checkpoint or labels)."
+    return gallery, None if gallery else ("No test document could be shown (no checkpoint or labels; the gallery "
+                                          "shows binary runs only).")
 
 
 def _data_summary(directory: Path, runs: dict[str, Path]) -> dict:
@@ -201,6 +202,7 @@ def _data_summary(directory: Path, runs: dict[str, Path]) -> dict:
     if runs:
         data = _results(next(iter(runs.values())))["data"]
         out.update({k: v for k, v in data.items() if not isinstance(v, dict)})
-        out.update({f"{split} bags (positive)": f"{s['n_bags']} ({s['n_positive']})"
+        out.update({f"{split} bags (positive)": f"{s['n_bags']} ({s['n_positive']})" if "n_positive" in s
+                    else f"{s['n_bags']} ({', '.join(f'{k} {v}' for k, v in s['class_counts'].items())})"
                     for split, s in data.get("splits", {}).items()})
     return out

@@ -266,6 +266,48 @@ class LabelSpace:
             return {**columns, "pred": np.asarray(self.classes, dtype=object)[decision]}
         return {**columns, **{f"pred_{name}": decision[:, k] for k, name in enumerate(self.classes)}}
 
+    def caption(self, label, probs) -> str:
+        """One bag's truth and score for a figure's row: ``y=1 p=0.93``; beyond binary the true class (or
+        label set) and the most probable class or label with its probability. ``label`` None: unknown."""
+        if self.binary:
+            return f"y={'?' if label is None else label} p={probs:.2f}"
+        top = int(np.argmax(probs))
+        truth = "?" if label is None else self.names(np.asarray([label]))[0]
+        return f"y={truth or '-'} top={self.classes[top]} p={probs[top]:.2f}"
+
+    def display_sample(self, labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` bag positions to show in a figure, seeded: binary half positives, then negatives;
+        beyond binary round-robin over the classes (multi-label: the bags' rarest labels)."""
+        rng = np.random.default_rng(seed)
+        labels = np.asarray(labels)
+        if self.binary:
+            pos, neg = rng.permutation(np.flatnonzero(labels == 1)), rng.permutation(np.flatnonzero(labels == 0))
+            take = n // 2
+            return np.concatenate([pos[:take], neg[: n - min(take, len(pos))]]).astype(np.int64)
+        strata = self.stratum(labels)
+        groups = [rng.permutation(np.flatnonzero(strata == s)) for s in np.unique(strata)]
+        order = [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
+        return np.asarray(order[:n], dtype=np.int64)
+
+    def reliability_pairs(self, labels, probs) -> tuple[np.ndarray, np.ndarray]:
+        """(outcome, probability) pairs a reliability diagram and the ECE bin: the labels themselves
+        (binary), whether the top class is right and its probability (multi-class), every (bag, label)
+        pair (multi-label)."""
+        labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+        if self.kind == "multiclass":
+            return (probs.argmax(axis=1) == labels).astype(np.int64), probs.max(axis=1)
+        return labels.ravel(), probs.ravel()
+
+    @property
+    def row_metrics(self) -> tuple[str, ...]:
+        """The metrics of a results CSV row and a comparison table."""
+        if self.binary:
+            return ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
+                    "mcc")
+        if self.kind == "multiclass":
+            return ("roc_auc", "pr_auc", "f1", "f1_weighted", "accuracy", "balanced_accuracy", "log_loss")
+        return ("roc_auc", "roc_auc_micro", "pr_auc", "f1", "f1_micro", "accuracy", "hamming_loss")
+
     def label_column(self, labels: np.ndarray) -> dict:
         """The data's labels as predictions.csv shows them: 0/1, the class name, or one 0/1 column per label."""
         if self.binary:

@@ -62,7 +62,7 @@ def plot_training_curves(history: list[dict], path, best_epoch: int, title: str 
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
     ax_loss.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="weighted BCE", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel="weighted loss", title="loss")
     ax_auc.plot(epochs, [row["val_roc_auc"] for row in history], marker="o", c="C2")
     ax_auc.set(xlabel="epoch", ylabel="ROC-AUC", title="validation ROC-AUC")
     for ax in (ax_loss, ax_auc):
@@ -72,10 +72,11 @@ def plot_training_curves(history: list[dict], path, best_epoch: int, title: str 
     _save(fig, path)
 
 
-def plot_window_heatmap(values: list[np.ndarray], labels, probs, bag_ids, path, instance_labels=None,
+def plot_window_heatmap(values: list[np.ndarray], captions: list[str], bag_ids, path, instance_labels=None,
                         title: str = "window weights", signed: bool = False, colorbar: str = "weight") -> None:
-    """Heatmap: one row per bag, one column per window; padding blank; true positive windows
-    (when ``instance_labels`` is given) are outlined. ``signed`` centres a diverging map on 0."""
+    """Heatmap: one row per bag (named by its id and caption, LabelSpace.caption), one column per window;
+    padding blank; true positive windows (when ``instance_labels`` is given) are outlined. ``signed``
+    centres a diverging map on 0."""
     width = max(len(v) for v in values)
     grid = np.full((len(values), width), np.nan)
     for row, v in enumerate(values):
@@ -92,7 +93,7 @@ def plot_window_heatmap(values: list[np.ndarray], labels, probs, bag_ids, path, 
             for col in np.flatnonzero(marks):
                 ax.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
     ax.set_yticks(range(len(values)),
-                  [f"{b}  y={'?' if y is None else y} p={p:.2f}" for b, y, p in zip(bag_ids, labels, probs)],
+                  [f"{b}  {caption}" for b, caption in zip(bag_ids, captions)],
                   fontsize=7)
     ax.set_xticks(range(width))
     ax.set_xlabel("window" + ("  (red: true positive windows)" if instance_labels is not None else ""))

@@ -65,7 +65,7 @@ ATTENTION_CELLS = 2**22  # bags x windows^2 per onnxruntime call: a 4-head float
 
 class OnnxModel(nn.Module):
     """An exported graph (arcmil export) behind the model interface the scoring path calls:
-    forward(x (B, N, D) raw windows, mask (B, N)) -> logit (B,), weights (B, N), by onnxruntime."""
+    forward(x (B, N, D) raw windows, mask (B, N)) -> logit (B,) or (B, K), weights (B, N), by onnxruntime."""
 
     def __init__(self, session, config):
         super().__init__()
@@ -92,8 +92,9 @@ class OnnxModel(nn.Module):
         if "arcmil.threshold" not in stored:
             raise ArcmilError(f"{path}: not an arcmil export (no arcmil.threshold in its metadata)")
         meta = {key.removeprefix("arcmil."): value for key, value in stored.items() if key.startswith("arcmil.")}
-        for key in ("threshold", "model_config", "normalization", "calibration"):
-            meta[key] = json.loads(meta[key])
+        for key in ("threshold", "model_config", "normalization", "calibration", "label_space"):
+            if key in meta:  # label_space: absent in graphs from before label spaces (binary)
+                meta[key] = json.loads(meta[key])
         return cls(session, make_config(meta["model_name"], **meta["model_config"])), meta
 
     def forward(self, x, mask):

@@ -8,14 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from arcmil.calibration import Calibrator
 from arcmil.checkpoint import save_checkpoint
 from arcmil.plots import plot_calibration, plot_pr, plot_roc, plot_training_curves, plot_window_heatmap
 from arcmil.scoring import window_weights_frame
-
-ROW_METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "specificity", "accuracy", "balanced_accuracy",
-               "mcc")
 
 
 def clean_json(obj):
@@ -48,8 +45,8 @@ def results_row(result) -> dict:
     row = {"tag": result.tag, "model": result.model_name, "seed": result.train_config.seed,
            "threshold": result.threshold, "threshold_method": result.eval_config.threshold_method,
            "best_epoch": result.best_epoch, "epochs_run": len(result.history)}
-    row.update({f"val_{m}": result.validation[m] for m in ROW_METRICS})
-    row.update({f"test_{m}": result.test[m] for m in ROW_METRICS})
+    row.update({f"val_{m}": result.validation[m] for m in result.label_space.row_metrics})
+    row.update({f"test_{m}": result.test[m] for m in result.label_space.row_metrics})
     ci = result.test["ci"] or {}
     for metric in ("roc_auc", "f1"):
         low, high = ci.get(metric) or (None, None)
@@ -81,14 +78,15 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
                   "split": np.repeat(list(result.parts), [len(part) for part in result.parts.values()])}
                  ).to_csv(directory / "split.csv", index=False)
 
-    tag = result.tag
-    curves = {name: (ev.labels, ev.probs) for name, ev in result.evaluations.items() if name in ("val", "test")}
+    tag, space = result.tag, result.label_space
+    curves = _curves(result)
     plot_roc(curves, directory / "roc.png", title=f"ROC — {tag}")
     plot_pr(curves, directory / "pr.png", title=f"Precision-recall — {tag}")
     method = result.calibrator.method
-    reliability = {f"{name}, {kind}": (ev.labels, probs) for name, ev in result.evaluations.items()
-                   if name in ("val", "test")
-                   for kind, probs in (("uncalibrated", Calibrator()(ev.logits)), (method, ev.probs))
+    reliability = {f"{name}, {kind}": space.reliability_pairs(ev.labels, probs)
+                   for name, ev in result.evaluations.items() if name in ("val", "test")
+                   for kind, probs in (("uncalibrated", space.probabilities(torch.from_numpy(ev.logits)).numpy()),
+                                       (method, ev.probs))
                    if kind == "uncalibrated" or method != "none"}
     plot_calibration(reliability, directory / "calibration.png", title=f"Reliability — {tag}")
     plot_training_curves(result.history, directory / "training_curves.png", result.best_epoch, title=tag)
@@ -96,15 +94,25 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
     return directory
 
 
+def _curves(result) -> dict:
+    """ROC / precision-recall lines: validation and test (binary), or each class's one-vs-rest line on
+    the test split (a class present on one side only has no curve)."""
+    space = result.label_space
+    if space.binary:
+        return {name: (ev.labels, ev.probs) for name, ev in result.evaluations.items() if name in ("val", "test")}
+    test = result.evaluations["test"]
+    truth, scores, _ = space.one_vs_rest(test.labels, test.probs, result.threshold)
+    return {f"test, {name}": (truth[:, k], scores[:, k]) for k, name in enumerate(space.classes)
+            if 0 < truth[:, k].sum() < len(truth)}
+
+
 def write_attention_plot(path: Path, result, n_bags: int) -> None:
-    """Heatmap of test bags: half positives, half negatives, chosen with a fixed seed."""
-    part, ev = result.parts["test"], result.evaluations["test"]
-    rng = np.random.default_rng(0)
-    pos, neg = np.flatnonzero(part.labels == 1), np.flatnonzero(part.labels == 0)
-    take = n_bags // 2
-    chosen = np.concatenate([rng.permutation(pos)[:take], rng.permutation(neg)[: n_bags - min(take, len(pos))]])
+    """Heatmap of test bags chosen with a fixed seed (LabelSpace.display_sample)."""
+    part, ev, space = result.parts["test"], result.evaluations["test"], result.label_space
+    chosen = space.display_sample(part.labels, n_bags)
     by_position = {int(i): k for k, i in enumerate(ev.index)}  # BagSet position -> evaluation row
     rows = [by_position[int(i)] for i in chosen]
-    plot_window_heatmap([ev.weights[r] for r in rows], part.labels[chosen], ev.probs[rows], part.bag_ids[chosen], path,
+    plot_window_heatmap([ev.weights[r] for r in rows], [space.caption(part.labels[i], ev.probs[r])
+                                                        for i, r in zip(chosen, rows)], part.bag_ids[chosen], path,
                    instance_labels=None if part.instance_labels is None else [part.instance_labels[i] for i in chosen],
                    title=f"window weights, test bags — {result.tag}")

@@ -161,7 +161,8 @@ def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchCo
         from arcmil.cv import cv_splits
 
         scores = []
-        for _, fold, _, split in cv_splits(bags.labels, search.inner_folds, [cfg.seed], val_fraction):
+        strata = bags.label_space.stratum(bags.labels)
+        for _, fold, _, split in cv_splits(strata, search.inner_folds, [cfg.seed], val_fraction):
             result = run_experiment(replace(bags, split=split), model_name, trial_cfg, evaluation=quick,
                                     **trial_overrides)
             scores.append(result.test["roc_auc"])  # the inner held-out fold: training bags of the outer split
@@ -241,7 +242,7 @@ def write_study(directory: Path, found: Search) -> None:
 def tune_to_dir(run, bags: BagSet) -> str:
     """``arcmil tune``: the study (resumed with the run), trials.csv, history and importance plots,
     best_config.yaml and the best configuration's run directory ``best/``. Returns the summary to print."""
-    from arcmil.compare import SINGLE_COLUMNS
+    from arcmil.compare import single_columns
     from arcmil.report import markdown_table, results_row, write_run
 
     config, search = run.config, run.config.search
@@ -264,5 +265,5 @@ def tune_to_dir(run, bags: BagSet) -> str:
     inner = f"{search.inner_folds}-fold inner CV" if search.inner_folds else "the validation split"
     return (f"{found.n_trials} trials on training data ({inner}); best search ROC-AUC {found.best_value:.4f} with "
             f"{found.best_params}\nbest configuration trained and tested once:\n"
-            f"{markdown_table([results_row(result)], SINGLE_COLUMNS)}\n"
+            f"{markdown_table([results_row(result)], single_columns(results_row(result)))}\n"
             f"search written to {run.out} (best_config.yaml, trials.csv, best/)")
