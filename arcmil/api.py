@@ -57,7 +57,7 @@ class MILClassifier:
         bags = as_bags(X, y, require_labels=True)
         config = self.config()
         overrides = config.overrides(self.model)
-        check_inputs(bags, self.model, config.train, overrides)
+        check_inputs(bags, self.model, config.train, overrides, evaluation=config.evaluation)
         result = run_experiment(bags, self.model, config.train, evaluation=config.evaluation, **overrides)
         self.model_, self.threshold_, self.normalizer_ = result.model, result.threshold, result.normalizer
         self.calibrator_ = result.calibrator

@@ -155,7 +155,7 @@ def _open_run(args, command: str):
 
 
 def cmd_train(args) -> None:
-    from arcmil.compare import SINGLE_COLUMNS
+    from arcmil.compare import single_columns
     from arcmil.pipeline import run_experiment
     from arcmil.report import markdown_table, results_row, write_run
     from arcmil.runstate import RESUME_FILE, save_resume
@@ -179,7 +179,8 @@ def cmd_train(args) -> None:
                     {"validation": result.validation, "test": result.test,
                      "threshold": result.threshold})
     (run.out / RESUME_FILE).unlink(missing_ok=True)
-    print(markdown_table([results_row(result)], SINGLE_COLUMNS))
+    row = results_row(result)
+    print(markdown_table([row], single_columns(row)))
     print(f"run written to {run.out}")
 
 

@@ -31,7 +31,7 @@ def reported(metrics, space) -> list[str]:
 
 def single_columns(row: dict) -> list[str]:
     """SINGLE_COLUMNS that a run's summary row holds."""
-    return [c for c in SINGLE_COLUMNS if c.removeprefix("test_") not in ("precision", "recall") or c in row]
+    return [c for c in SINGLE_COLUMNS if not c.startswith("test_") or c in row]
 
 
 @dataclass

@@ -4,7 +4,8 @@ The graph takes ``embeddings`` (B, N, D) float32 and ``mask`` (B, N) bool (True 
 batch size and bag length both dynamic, and returns ``probability`` (B,) after the checkpoint's
 normalisation and calibration, ``logit`` (B,) and ``weights`` (B, N) (0 on padding); a multi-class or
 multi-label model returns ``probability`` and ``logit`` as (B, K). The tuned threshold(s), model name,
-tag, model config, label space, normalisation, calibration and arcmil version are in the model's metadata, so onnxruntime alone can score documents (README: "Scoring with onnxruntime").
+tag, model config, label space, normalisation, calibration and arcmil version are in the model's
+metadata, so onnxruntime alone can score documents (README: "Scoring with onnxruntime").
 Built with PyTorch's current exporter (``torch.onnx.export(..., dynamo=True)``; extra ``arcmil[onnx]``) at
 opset 23, where exact attention becomes ONNX's fused ``Attention`` operator (onnxruntime >= 1.23 runs it
 on CPU) instead of matmul, mask and softmax spelled out over (B, H, N, N) tensors.

@@ -198,7 +198,7 @@ class LabelSpace:
             return tune_threshold(labels, probs, method, fixed)
         if self.kind == "multiclass":
             return None
-        return [tune_threshold(labels[:, k], probs[:, k], method, fixed) for k in range(len(self.classes))]
+        return [float(tune_threshold(labels[:, k], probs[:, k], method, fixed)) for k in range(len(self.classes))]
 
     def decide(self, probs: np.ndarray, threshold) -> np.ndarray:
         """(B,) 0/1 (binary), (B,) class ids (multi-class) or (B, K) 0/1 (multi-label)."""
@@ -322,13 +322,14 @@ BINARY = LabelSpace()
 
 def merge(spaces) -> LabelSpace:
     """One space for data read in parts (a store's chunks): the union of their classes, ordered as
-    ``infer`` orders them. Binary parts with multi-class ones become classes "0" and "1"."""
+    ``infer`` orders them (labels: as first seen). Binary parts with multi-class ones become classes "0"
+    and "1"."""
     spaces = list(spaces)
     kinds = {s.kind for s in spaces}
     if kinds == {"binary"}:
         return BINARY
     if kinds == {"multilabel"}:
-        return LabelSpace("multilabel", tuple(sorted({c for s in spaces for c in s.classes})))
+        return LabelSpace("multilabel", tuple(dict.fromkeys(c for s in spaces for c in s.classes)))  # as first seen
     if "multilabel" in kinds:
         raise ArcmilError("some bags have label sets and others single classes")
     return LabelSpace("multiclass", _ordered({c for s in spaces for c in s.classes}))
@@ -348,6 +349,8 @@ def infer(raw, src: str, bag_ids, names=None, label_sets: bool = False) -> tuple
     encoded labels (see the module docstring). ``names``: the label names of a matrix's columns;
     ``label_sets``: read strings as label sets even where no cell holds two."""
     raw = np.asarray(raw)
+    if raw.dtype.kind == "O" and raw.ndim == 1:  # names from a table: a missing cell (None, NaN) is ""
+        raw = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in raw])
     if raw.ndim == 2:
         return _multilabel_matrix(raw, src, bag_ids, names)
     if raw.ndim != 1:

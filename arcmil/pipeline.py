@@ -29,7 +29,7 @@ from arcmil.data import (
     split_parts,
 )
 from arcmil.distributed import SINGLE, World, select_device
-from arcmil.errors import DataError
+from arcmil.errors import ConfigError, DataError
 from arcmil.labels import LabelSpace
 from arcmil.metrics import bootstrap_ci
 from arcmil.models import build_model
@@ -198,10 +198,13 @@ def check_cv_inputs(bags: BagSet, folds: int) -> None:
 
 
 def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_overrides: dict,
-                 folds: int | None = None) -> None:
-    """What can be wrong with a run's input, checked before anything is written: the split (both
-    classes in each part; with ``folds``, enough bags of each class for them) and bag lengths
-    against the model."""
+                 folds: int | None = None, evaluation: EvalConfig = EvalConfig()) -> None:
+    """What can be wrong with a run's input, checked before anything is written: the split (the classes
+    each part needs; with ``folds``, enough bags of each class for them), a calibration the label space
+    has no form of, and bag lengths against the model."""
+    if bags.label_space.kind == "multiclass" and evaluation.calibrate == "isotonic":
+        raise ConfigError("calibrate 'isotonic' has no multi-class form; use platt (vector scaling), temperature "
+                          "or none")
     if folds:
         check_cv_inputs(bags, folds)
     else:

@@ -142,7 +142,8 @@ class Run:
         config = self.config
         bags = load_bags(config.data) if config.data else make_demo_bags()
         for name in config.models:
-            check_inputs(bags, name, config.train, config.overrides(name), folds=config.folds)
+            check_inputs(bags, name, config.train, config.overrides(name), folds=config.folds,
+                         evaluation=config.evaluation)
         if config.search is not None:
             from arcmil.tune import check_search
 

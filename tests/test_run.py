@@ -13,7 +13,7 @@ from arcmil.errors import ArcmilError, ConfigError
 from arcmil.models import make_config
 from arcmil.pipeline import EvalConfig
 from arcmil.run import Run
-from arcmil.settings import resolve
+from arcmil.settings import INFERRED, resolve
 from arcmil.train import TrainConfig
 
 FAST = ["--epochs", "2", "--n-bootstrap", "0", "--no-progress", "--hidden-dim", "16"]
@@ -33,7 +33,7 @@ def test_config_yaml_holds_every_setting_and_reads_back_to_the_same_run(command,
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(written), "every training default is written"
     assert {f.name for f in dataclasses.fields(EvalConfig)} <= set(written), "every evaluation default is written"
     if command != "compare":  # one model: its whole config, defaults included
-        model_fields = {f.name for f in dataclasses.fields(make_config(config.model))} - {"input_dim"}
+        model_fields = {f.name for f in dataclasses.fields(make_config(config.model))} - INFERRED
         assert model_fields <= set(written)
     assert written["data"] is None and written["tracker"] is None
 

@@ -91,8 +91,6 @@ def table_to_bagset(df: pd.DataFrame, src: str) -> BagSet:
     labels = np.asarray(labels) if has_labels else None
     if has_labels and not multilabel:
         labels = labels[:, 0]
-        if labels.dtype == object:  # names; an empty cell (NaN) is an empty label set or a missing class
-            labels = np.array(["" if pd.isna(v) else str(v) for v in labels])
     return BagSet(
         bags=bags,
         labels=labels,

@@ -1,0 +1,147 @@
+"""Label spaces: how labels are read, encoded and recoded, and the loss, decisions and metrics each
+kind owns (checked against scikit-learn or by construction)."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score, hamming_loss, log_loss, roc_auc_score
+
+from arcmil.data import BagSet, split_parts
+from arcmil.errors import DataError
+from arcmil.labels import BINARY, LabelSpace, infer, merge
+from arcmil.metrics import bootstrap_ci, multiclass_metrics, multilabel_metrics
+
+IDS = np.array([f"b{i}" for i in range(6)])
+
+
+def test_zero_one_numbers_stay_binary_and_other_labels_become_classes():
+    assert infer(np.array([0, 1, 1, 0]), "f", IDS)[0] == BINARY
+    space, ids = infer(np.array([5, 1, 2, 5, 10, 2]), "f", IDS)
+    assert space == LabelSpace("multiclass", ("1", "2", "5", "10"))  # numeric order, not "10" < "2"
+    np.testing.assert_array_equal(ids, [2, 0, 1, 2, 3, 1])
+    space, ids = infer(np.array(["letter", "invoice", "letter", "contract", "invoice", "letter"]), "f", IDS)
+    assert space.classes == ("contract", "invoice", "letter") and ids.tolist() == [2, 1, 2, 0, 1, 2]
+
+
+def test_label_sets_and_matrices_are_multi_label():
+    space, matrix = infer(np.array(["a|b", "", "b", "c|a", "a", "b"]), "f", IDS)
+    assert space == LabelSpace("multilabel", ("a", "b", "c"))
+    np.testing.assert_array_equal(matrix, [[1, 1, 0], [0, 0, 0], [0, 1, 0], [1, 0, 1], [1, 0, 0], [0, 1, 0]])
+    space, same = infer(matrix, "f", IDS, names=["a", "b", "c"])
+    assert space.classes == ("a", "b", "c") and (same == matrix).all()
+    space, _ = infer(np.array(["a", "b", "a", "a", "b", "a"]), "f", IDS, label_sets=True)
+    assert space.kind == "multilabel"
+
+
+@pytest.mark.parametrize("raw,message", [
+    (np.array([0, 1, 0.5, 1, 0, 1]), "bag 'b2': field 'labels': label 0.5 is not 0/1 or a class id"),
+    (np.array([[0, 1], [1, 0], [2, 0], [0, 0], [1, 1], [0, 1]]),
+     "bag 'b2': field 'labels': label matrix value 2 in column 0 is not 0 or 1"),
+    (np.array(["a", "b", "", "a", "b", "a"]), "bag 'b2': field 'labels': empty label"),
+])
+def test_bad_labels_name_the_bag(raw, message):
+    with pytest.raises(DataError, match=message):
+        infer(raw, "f", IDS)
+
+
+def test_recode_matches_classes_by_name_and_refuses_unknown_ones():
+    model = LabelSpace("multiclass", ("contract", "invoice", "letter"))
+    data, ids = infer(np.array(["letter", "invoice", "letter", "letter", "letter", "invoice"]), "f", IDS)
+    np.testing.assert_array_equal(model.recode(ids, data, "f", IDS), [2, 1, 2, 2, 2, 1])
+    data, ids = infer(np.array(["letter", "memo", "letter", "letter", "letter", "invoice"]), "f", IDS)
+    with pytest.raises(DataError, match="bag 'b1': field 'labels': class 'memo' is not one the model knows"):
+        model.recode(ids, data, "f", IDS)
+    tags = LabelSpace("multilabel", ("a", "b", "c"))
+    data, matrix = infer(np.array(["c", "", "c|a", "a", "c", "a"]), "f", IDS, label_sets=True)
+    np.testing.assert_array_equal(tags.recode(matrix, data, "f", IDS)[:, 1], 0)
+    np.testing.assert_array_equal(tags.recode(matrix, data, "f", IDS)[2], [1, 0, 1])
+
+
+def test_merge_unions_the_classes_of_parts():
+    assert merge([BINARY, BINARY]) == BINARY
+    assert merge([BINARY, LabelSpace("multiclass", ("0", "2", "10"))]).classes == ("0", "1", "2", "10")
+    assert merge([LabelSpace("multilabel", ("b",)), LabelSpace("multilabel", ("a", "b"))]).classes == ("b", "a")
+
+
+def test_losses_weigh_classes_by_the_training_balance():
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    space = LabelSpace("multiclass", ("x", "y", "z"))
+    criterion = space.criterion(labels)
+    np.testing.assert_allclose(criterion.weight.numpy(), [6 / 9, 6 / 3, 6 / 6], rtol=1e-6)
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    weights = criterion.weight.numpy()[labels]
+    expected = -(weights * torch.log_softmax(logits, 1).numpy()[np.arange(6), labels]).sum() / weights.sum()
+    assert criterion(logits, torch.tensor(labels, dtype=torch.float32)).item() == pytest.approx(expected, rel=1e-5)
+    tags = LabelSpace("multilabel", ("a", "b"))
+    matrix = np.array([[1, 0], [1, 1], [0, 0], [0, 0]])
+    np.testing.assert_allclose(tags.criterion(matrix).pos_weight.numpy(), [2 / 2, 3 / 1])
+
+
+def test_multiclass_metrics_agree_with_scikit_learn(rng):
+    labels = rng.integers(0, 4, 200)
+    probs = rng.dirichlet(np.ones(4), 200) * 0.5 + np.eye(4)[labels] * 0.5 * rng.random((200, 1))
+    probs /= probs.sum(1, keepdims=True)
+    m = multiclass_metrics(labels, probs, ("a", "b", "c", "d"))
+    pred = probs.argmax(1)
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    assert m["f1"] == pytest.approx(f1_score(labels, pred, average="macro"))
+    assert m["log_loss"] == pytest.approx(log_loss(labels, probs))
+    assert np.trace(m["confusion_matrix"]["counts"]) == int((pred == labels).sum())
+    assert LabelSpace("multiclass", ("a", "b", "c", "d")).decide(probs, None).tolist() == pred.tolist()
+
+
+def test_multilabel_metrics_and_thresholds_agree_with_scikit_learn(rng):
+    labels = (rng.random((150, 3)) < 0.4).astype(int)
+    probs = np.clip(labels * 0.4 + rng.random((150, 3)) * 0.6, 0, 1)
+    space = LabelSpace("multilabel", ("a", "b", "c"))
+    thresholds = space.tune_threshold(labels, probs, "f1")
+    assert len(thresholds) == 3 and all(0 < t < 1 for t in thresholds)
+    m = multilabel_metrics(labels, probs, thresholds, space.classes)
+    pred = (probs >= np.array(thresholds)).astype(int)
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(labels, probs, average="macro"))
+    assert m["roc_auc_micro"] == pytest.approx(roc_auc_score(labels, probs, average="micro"))
+    assert m["f1"] == pytest.approx(f1_score(labels, pred, average="macro"))
+    assert m["hamming_loss"] == pytest.approx(hamming_loss(labels, pred))
+    # each label's threshold is the binary search on that label alone
+    assert thresholds[1] == BINARY.tune_threshold(labels[:, 1], probs[:, 1], "f1")
+
+
+def test_macro_bootstrap_matches_scikit_learn_per_resample(rng):
+    labels = rng.integers(0, 3, 40)
+    probs = rng.dirichlet(np.ones(3), 40)
+    space = LabelSpace("multiclass", ("a", "b", "c"))
+    ci = bootstrap_ci(labels, probs, None, n_boot=30, seed=4, level=0.5, space=space)
+    rows = np.random.default_rng(4).integers(0, 40, (30, 40))
+    aucs, f1s = [], []
+    for r in rows:
+        y, p = labels[r], probs[r]
+        present = [k for k in range(3) if 0 < (y == k).sum() < 40]
+        aucs.append(np.mean([roc_auc_score(y == k, p[:, k]) for k in present]))
+        f1s.append(f1_score(y, p.argmax(1), labels=range(3), average="macro", zero_division=0))
+    np.testing.assert_allclose(ci["roc_auc"], np.percentile(aucs, [25, 75]))
+    np.testing.assert_allclose(ci["f1"], np.percentile(f1s, [25, 75]))
+
+
+def test_splits_need_every_class_in_training():
+    bags = BagSet([np.ones((2, 3), np.float32)] * 8, np.array([0, 1, 2, 0, 1, 2, 0, 1]), np.arange(8).astype(str),
+                  split=np.array(["train"] * 4 + ["val"] * 2 + ["test"] * 2),
+                  label_space=LabelSpace("multiclass", ("x", "y", "z")))
+    bags.labels = np.array([0, 1, 0, 0, 1, 2, 0, 2])
+    with pytest.raises(DataError, match="split 'train' has no bags of class 'z'"):
+        split_parts(bags)
+    bags.labels = np.array([0, 1, 2, 0, 1, 2, 0, 2])
+    assert {name: len(part) for name, part in split_parts(bags).items()} == {"train": 4, "val": 2, "test": 2}
+
+
+def test_multilabel_strata_are_each_bags_rarest_label():
+    space = LabelSpace("multilabel", ("common", "rare"))
+    labels = np.array([[1, 0], [1, 1], [0, 0], [1, 0], [0, 1]])
+    np.testing.assert_array_equal(space.stratum(labels), [0, 1, -1, 0, 1])
+
+
+def test_prediction_columns_name_the_classes():
+    space = LabelSpace("multiclass", ("a", "b"))
+    columns = space.prediction_columns(np.array([[0.2, 0.8], [0.6, 0.4]]), None)
+    assert list(columns) == ["prob_a", "prob_b", "pred"] and columns["pred"].tolist() == ["b", "a"]
+    tags = LabelSpace("multilabel", ("x", "y"))
+    columns = tags.prediction_columns(np.array([[0.2, 0.8], [0.6, 0.4]]), [0.5, 0.3])
+    assert columns["pred_x"].tolist() == [0, 1] and columns["pred_y"].tolist() == [1, 1]

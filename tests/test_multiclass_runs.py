@@ -1,0 +1,174 @@
+"""Multi-class and multi-label documents end to end: every reader and the store, K-output models,
+the calibration families, and the commands a binary user runs (train, predict, export, compare, cv)."""
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.special import softmax
+
+from arcmil.calibration import (
+    PerLabelCalibrator,
+    SoftmaxCalibrator,
+    calibrator_from_dict,
+    fit_calibrator,
+)
+from arcmil.checkpoint import load_checkpoint
+from arcmil.cli import main
+from arcmil.data import load_bags, save_bags
+from arcmil.data.store import convert_to_store
+from arcmil.errors import ConfigError
+from arcmil.labels import LabelSpace
+from arcmil.models import build_model, model_names
+from arcmil.tasks import make_multiclass_task, make_multilabel_task
+
+FAST = ["--epochs", "1", "--n-bootstrap", "20", "--no-progress"]
+SMALL = {"d_model": 16, "nhead": 2, "dim_feedforward": 32, "pooler_hidden": 16}
+
+
+@pytest.fixture(scope="module")
+def classes():
+    return make_multiclass_task(4, n_bags=120, dim=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tags():
+    return make_multilabel_task(3, n_bags=120, dim=16, n_windows=10, seed=0)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pt", ".csv", ".parquet", "store"])
+@pytest.mark.parametrize("kind", ["classes", "tags"])
+def test_every_format_keeps_the_label_space(kind, suffix, request, tmp_path):
+    bags = request.getfixturevalue(kind)
+    if suffix == "store":
+        convert_to_store(save_bags(bags, tmp_path / "b.csv"), tmp_path / "store", chunk_windows=64)
+        back = load_bags(tmp_path / "store")
+    else:
+        back = load_bags(save_bags(bags, tmp_path / f"b{suffix}"))
+    assert back.label_space == bags.label_space
+    np.testing.assert_array_equal(back.labels, bags.labels)
+
+
+def test_a_store_keeps_multi_label_where_no_bag_has_two_labels(tmp_path):
+    bags = make_multilabel_task(3, n_bags=40, dim=8, n_windows=10, rate=0.2, seed=1)
+    one = bags.subset(np.flatnonzero(bags.labels.sum(1) <= 1))
+    convert_to_store(save_bags(one, tmp_path / "one.csv"), tmp_path / "store")
+    back = load_bags(tmp_path / "store")
+    assert back.label_space.kind == "multilabel"
+    np.testing.assert_array_equal(back.labels, one.labels)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_gives_k_logits_independent_of_padding(name):
+    torch.manual_seed(0)
+    cfg = {"input_dim": 8, "n_outputs": 3, **(SMALL if name.startswith("trans") else {"hidden_dim": 16})}
+    if name.startswith("transmil"):
+        cfg.pop("pooler_hidden")
+    model = build_model(name, **cfg).eval()
+    assert model.config.tag().endswith("_out3")
+    x = torch.randn(2, 7, 8)
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    with torch.no_grad():
+        logits, weights = model(x, mask)
+        alone, alone_weights = model(x[1:, :4], mask[1:, :4])
+    assert logits.shape == (2, 3) and weights.shape == (2, 7)
+    torch.testing.assert_close(logits[1:], alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights[1:, :4], alone_weights, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(1), torch.ones(2), atol=1e-5, rtol=1e-5)
+
+
+def _nll(labels, probs):
+    return -np.mean(np.log(probs[np.arange(len(labels)), labels]))
+
+
+def test_vector_scaling_undoes_a_shift_and_temperature_recovers_a_scale(rng):
+    z = rng.normal(0, 2, (4000, 3))
+    true = softmax(z / 2, axis=1)
+    labels = np.array([rng.choice(3, p=p) for p in true])
+    shifted = z + np.array([0.0, 1.5, -1.0])  # what class weighting does to logits
+    fit, held = slice(0, 2000), slice(2000, None)
+    platt = fit_calibrator("platt", labels[fit], shifted[fit], LabelSpace("multiclass", ("a", "b", "c")))
+    assert isinstance(platt, SoftmaxCalibrator)
+    assert _nll(labels[held], platt(shifted[held])) < _nll(labels[held], softmax(shifted[held], axis=1)) - 0.05
+    temperature = SoftmaxCalibrator.fit("temperature", labels[fit], z[fit])
+    assert temperature.temperature == pytest.approx(2.0, rel=0.15)
+    np.testing.assert_allclose(platt(shifted[:5]).sum(1), 1.0)
+    with pytest.raises(ConfigError, match="calibrate 'isotonic' has no multi-class form"):
+        SoftmaxCalibrator.fit("isotonic", labels, z)
+
+
+def test_per_label_calibration_is_the_binary_map_of_each_label(rng):
+    logits = rng.normal(0, 2, (300, 2))
+    labels = (rng.random((300, 2)) < 1 / (1 + np.exp(-logits - 1))).astype(int)
+    space = LabelSpace("multilabel", ("x", "y"))
+    calibrator = fit_calibrator("platt", labels, logits, space)
+    assert isinstance(calibrator, PerLabelCalibrator)
+    second = fit_calibrator("platt", labels[:, 1], logits[:, 1])
+    np.testing.assert_allclose(calibrator(logits)[:, 1], second(logits[:, 1]))
+    again = calibrator_from_dict(calibrator.to_dict(), space)
+    np.testing.assert_allclose(again(logits), calibrator(logits))
+
+
+def test_train_predict_and_export_a_multiclass_model(classes, tmp_path, capsys):
+    data = save_bags(classes, tmp_path / "docs.npz")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "transformer_mil", "--data", str(data), "--out", str(run), *FAST,
+                 *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]]) == 0
+    model, meta = load_checkpoint(run / "best_transformer_mil.pth")
+    assert meta["label_space"] == classes.label_space.to_dict() and meta["threshold"] is None
+    predictions = pd.read_csv(run / "predictions.csv")
+    probs = predictions[[f"prob_{c}" for c in classes.label_space.classes]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+    assert (predictions["pred"] == np.asarray(classes.label_space.classes)[probs.argmax(1)]).all()
+    out = tmp_path / "scored.csv"
+    assert main(["predict", "--checkpoint", str(run / "best_transformer_mil.pth"), "--data", str(data),
+                 "--out", str(out)]) == 0
+    assert "argmax of the class probabilities" in capsys.readouterr().out
+    pytest.importorskip("onnxruntime")
+    graph = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(run / "best_transformer_mil.pth"), "--out", str(graph)]) == 0
+    assert main(["predict", "--checkpoint", str(graph), "--data", str(data), "--out", str(tmp_path / "onnx.csv")]) == 0
+    torch_probs, onnx_probs = pd.read_csv(out), pd.read_csv(tmp_path / "onnx.csv")
+    columns = [c for c in torch_probs if c.startswith("prob_")]
+    np.testing.assert_allclose(onnx_probs[columns], torch_probs[columns], atol=1e-5)
+
+
+def test_predict_refuses_a_class_the_model_does_not_know(classes, tmp_path):
+    data = save_bags(classes, tmp_path / "docs.npz")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "attention_mil", "--data", str(data), "--out", str(run), *FAST]) == 0
+    other = classes.subset(range(20))
+    other.labels = np.where(np.arange(20) == 3, 0, other.labels)
+    names = np.asarray(classes.label_space.classes, dtype=object)[other.labels]
+    names[3] = "memo"
+    np.savez(tmp_path / "new.npz", embeddings=other.bags.gather(np.arange(20)),
+             lengths=other.lengths, bag_ids=other.bag_ids, labels=names.astype(str))
+    proc = subprocess.run([sys.executable, "-m", "arcmil", "predict", "--checkpoint",
+                           str(run / "best_attention_mil.pth"), "--data", str(tmp_path / "new.npz"),
+                           "--out", str(tmp_path / "p.csv")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert f"bag '{other.bag_ids[3]}': field 'labels': class 'memo' is not one the model knows" in proc.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_multilabel_train_compare_and_cv(tags, tmp_path, capsys):
+    data = save_bags(tags, tmp_path / "docs.csv")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "attention_mil", "--data", str(data), "--out", str(run), *FAST]) == 0
+    predictions = pd.read_csv(run / "predictions.csv")
+    for name in tags.label_space.classes:
+        assert {f"label_{name}", f"prob_{name}", f"pred_{name}"} <= set(predictions.columns)
+    _, meta = load_checkpoint(run / "best_attention_mil.pth")
+    assert len(meta["threshold"]) == 3
+    results = meta["results"]["test"]
+    assert set(results["per_label"]) == set(tags.label_space.classes) and 0 <= results["hamming_loss"] <= 1
+    assert main(["compare", "--models", "attention_mil,instance_max", "--data", str(data), "--seeds", "0,1",
+                 "--out", str(tmp_path / "compare"), *FAST]) == 0
+    paired = pd.read_csv(tmp_path / "compare" / "paired_tests.csv")
+    assert set(paired["metric"]) == {"test_roc_auc", "test_f1", "test_accuracy"}
+    assert main(["cv", "--model", "attention_mil", "--data", str(data), "--folds", "3", "--repeats", "1",
+                 "--out", str(tmp_path / "cv"), *FAST]) == 0
+    folds = pd.read_csv(tmp_path / "cv" / "cv_folds.csv")
+    assert len(folds) == 3 and "test_precision" not in folds and folds["test_roc_auc"].between(0, 1).all()
