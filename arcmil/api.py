@@ -6,10 +6,11 @@ import os
 import numpy as np
 import pandas as pd
 
-from arcmil.calibration import Calibrator
+from arcmil.calibration import calibrator_from_dict
 from arcmil.config import SCORE_BATCH_SIZE
 from arcmil.data import BagSet, Normalizer, load_bags, validate
 from arcmil.errors import ConfigError
+from arcmil.labels import LabelSpace
 from arcmil.settings import IG_STEPS, ExperimentConfig, resolve
 
 
@@ -32,7 +33,8 @@ class MILClassifier:
     settings (EvalConfig: normalize, threshold_method, …) or the model's hyper-parameters. ``fit`` runs
     arcmil's pipeline (split when the bags have none, early stopping on validation, threshold tuned on
     validation) and sets ``model_``, ``threshold_``, ``normalizer_``, ``results_`` (the run's metrics and
-    history) and ``classes_``.
+    history), ``label_space_`` and ``classes_``: [0, 1] (binary), the class names (multi-class: integers
+    when the labels were) or the label names (multi-label; ``y`` a (B, K) 0/1 matrix or ``"a|b"`` strings).
     """
 
     def __init__(self, model: str = "attention_mil", **params):
@@ -61,7 +63,8 @@ class MILClassifier:
         result = run_experiment(bags, self.model, config.train, evaluation=config.evaluation, **overrides)
         self.model_, self.threshold_, self.normalizer_ = result.model, result.threshold, result.normalizer
         self.calibrator_ = result.calibrator
-        self.results_, self.classes_ = result.to_dict(), np.array([0, 1])
+        self.results_, self.label_space_ = result.to_dict(), bags.label_space
+        self.classes_ = _classes(self.label_space_)
         self.model_name_, self.threshold_method_ = self.model, config.evaluation.threshold_method
         return self
 
@@ -70,25 +73,34 @@ class MILClassifier:
             raise ConfigError("this MILClassifier is not fitted yet; call fit() or MILClassifier.load() first")
 
     def predict_proba(self, X, batch_size: int = SCORE_BATCH_SIZE) -> np.ndarray:
-        """(n_bags, 2): probabilities of class 0 and class 1."""
+        """(n_bags, K) calibrated probabilities, one column per ``classes_`` entry: binary the
+        probabilities of class 0 and class 1; multi-class rows summing to 1; multi-label each label's own."""
+        probs = self._scored(as_bags(X), batch_size).probs
+        return np.column_stack([1.0 - probs, probs]) if self.label_space_.binary else probs
+
+    def predict(self, X) -> np.ndarray:
+        """Per bag: 0/1 at the validation-tuned ``threshold_`` (binary), the most probable of ``classes_``
+        (multi-class), or a (n_bags, K) 0/1 row at each label's threshold (multi-label)."""
+        space = self.label_space_
+        probs = self.predict_proba(X)
+        decision = space.decide(probs[:, 1] if space.binary else probs, self.threshold_)
+        return self.classes_[decision] if space.kind == "multiclass" else decision
+
+    def score(self, X, y=None) -> float:
+        """Accuracy of ``predict`` (scikit-learn's classifier convention; multi-label: exact label sets)."""
+        bags = as_bags(X, y, require_labels=True).in_space(self.label_space_)
+        pred = self.predict(bags)
+        truth = self.classes_[bags.labels] if self.label_space_.kind == "multiclass" else bags.labels
+        return float(np.mean((pred == truth).reshape(len(truth), -1).all(axis=1)))
+
+    def _scored(self, bags: BagSet, batch_size: int = SCORE_BATCH_SIZE):
         from arcmil.scoring import check_fits, score_bags
 
         self._check_fitted()
-        bags = as_bags(X)
         check_fits(bags, self.model_.config)
         device = next(self.model_.parameters()).device
-        positive = score_bags(self.model_, bags, self.normalizer_, batch_size=batch_size, device=device,
-                              calibrator=self.calibrator_).probs
-        return np.column_stack([1.0 - positive, positive])
-
-    def predict(self, X) -> np.ndarray:
-        """0/1 per bag at the validation-tuned ``threshold_``."""
-        return (self.predict_proba(X)[:, 1] >= self.threshold_).astype(int)
-
-    def score(self, X, y=None) -> float:
-        """Accuracy at ``threshold_`` (scikit-learn's classifier convention)."""
-        bags = as_bags(X, y, require_labels=True)
-        return float(np.mean(self.predict(bags) == bags.labels))
+        return score_bags(self.model_, bags, self.normalizer_, batch_size=batch_size, device=device,
+                          calibrator=self.calibrator_, space=self.label_space_)
 
     def explain(self, X, methods=("weights", "occlusion", "integrated_gradients"), steps: int = IG_STEPS
                 ) -> pd.DataFrame:
@@ -111,7 +123,8 @@ class MILClassifier:
         self._check_fitted()
         write_new_file(path, lambda tmp: save_checkpoint(
             tmp, self.model_, self.model_name_, threshold=self.threshold_, threshold_method=self.threshold_method_,
-            normalizer=self.normalizer_, calibrator=self.calibrator_, extra={"results": clean_json(self.results_)}),
+            normalizer=self.normalizer_, calibrator=self.calibrator_, label_space=self.label_space_,
+            extra={"results": clean_json(self.results_)}),
             overwrite=overwrite)
 
     @classmethod
@@ -121,8 +134,16 @@ class MILClassifier:
         model, meta = load_checkpoint(path, device)
         clf = cls(meta["model_name"], **{k: v for k, v in meta["model_config"].items() if k != "input_dim"})
         clf.model_, clf.threshold_ = model, meta["threshold"]
-        clf.normalizer_, clf.classes_ = Normalizer.from_dict(meta["normalization"]), np.array([0, 1])
-        clf.calibrator_ = Calibrator.from_dict(meta.get("calibration"))
+        clf.label_space_ = LabelSpace.from_dict(meta.get("label_space"))
+        clf.normalizer_, clf.classes_ = Normalizer.from_dict(meta["normalization"]), _classes(clf.label_space_)
+        clf.calibrator_ = calibrator_from_dict(meta.get("calibration"), clf.label_space_)
         clf.results_ = meta.get("results", {})  # the run's results as after fit (none in older checkpoints)
         clf.model_name_, clf.threshold_method_ = meta["model_name"], meta["threshold_method"]
         return clf
+
+
+def _classes(space: LabelSpace) -> np.ndarray:
+    """``classes_``: [0, 1], the class names as ``LabelSpace.names`` writes them, or the label names."""
+    if space.kind == "multiclass":
+        return space.names(np.arange(len(space.classes)))
+    return np.array([0, 1]) if space.binary else np.asarray(space.classes)

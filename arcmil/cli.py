@@ -8,7 +8,7 @@ from pathlib import Path
 
 from arcmil import __version__
 from arcmil.config import SCORE_BATCH_SIZE
-from arcmil.errors import ArcmilError
+from arcmil.errors import ArcmilError, ConfigError
 from arcmil.models.registry import model_names
 from arcmil.settings import (
     CHOICES,
@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--ig-steps", type=int, default=IG_STEPS, help="integrated-gradient path steps")
     explain.add_argument("--n-plots", type=int, default=N_PLOTS, help="bags shown in each heatmap")
     explain.add_argument("--split", choices=("train", "val", "test"), help="explain only this split's bags")
+    explain.add_argument("--classes", help="multi-class / multi-label models: comma-separated classes to explain "
+                         "(default: each bag's most probable class; every label)")
     explain.add_argument("--device", default="auto")
 
     report = commands.add_parser("report", help="rebuild report.html of a finished train, compare or cv directory")
@@ -135,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True, help="file to write (.npz, .pt, .csv or .parquet)")
     demo.add_argument("--n-bags", type=int, default=1500)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--classes", type=int, help="K-class documents (none, then order, witness and pair "
+                      "evidence in turn) instead of the binary demo; with --multi-label, the number of labels")
+    demo.add_argument("--multi-label", action="store_true", help="documents tagged with any subset of the labels "
+                      "(default 5)")
     demo.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -271,8 +277,9 @@ def cmd_explain(args) -> None:
     from arcmil.explain import explain_to_dir
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     print(explain_to_dir(args.checkpoint, args.data, args.out, methods, steps=args.ig_steps, n_plots=args.n_plots,
-                         split=args.split, device=args.device))
+                         split=args.split, device=args.device, classes=classes))
 
 
 def cmd_report(args) -> None:
@@ -303,11 +310,22 @@ def cmd_demo_data(args) -> None:
     from arcmil.data import save_bags
     from arcmil.demo import make_demo_bags
     from arcmil.outputs import write_new_file
+    from arcmil.tasks import make_multiclass_task, make_multilabel_task
 
-    bags = make_demo_bags(args.n_bags, seed=args.seed)
+    if args.classes is not None and args.classes < 2:
+        raise ConfigError(f"--classes must be at least 2, got {args.classes}")
+    if args.multi_label:
+        bags = make_multilabel_task(args.classes or 5, n_bags=args.n_bags, seed=args.seed)
+    elif args.classes:
+        bags = make_multiclass_task(args.classes, n_bags=args.n_bags, seed=args.seed)
+    else:
+        bags = make_demo_bags(args.n_bags, seed=args.seed)
     suffix = Path(args.out).suffix  # the temp file keeps the suffix that picks the format
     write_new_file(args.out, lambda tmp: Path(save_bags(bags, tmp + suffix)).replace(tmp), overwrite=args.overwrite)
-    print(f"wrote {len(bags)} demo bags ({int(bags.labels.sum())} positive, {bags.dim}-d) to {args.out}")
+    space, counts = bags.label_space, bags.label_space.class_counts(bags.labels)
+    kind = {"binary": "demo", "multiclass": "multi-class", "multilabel": "multi-label"}[space.kind]
+    counted = f"{counts[1]} positive" if space.binary else ", ".join(f"{c} {n}" for c, n in zip(space.classes, counts))
+    print(f"wrote {len(bags)} {kind} bags ({counted}, {bags.dim}-d) to {args.out}")
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "cv": cmd_cv, "tune": cmd_tune, "predict": cmd_predict,

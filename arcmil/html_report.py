@@ -107,7 +107,18 @@ def _tables(directory: Path, command: str, runs: dict[str, Path]) -> list[dict]:
                    "columns": ["metric", "at validation threshold", "at 0.5"], "rows": rows}]
         return tables + [_frame_table("Folds", "folds", pd.read_csv(directory / "cv_folds.csv"))]
     run = next(iter(runs.values()))
-    return [_frame_table("Result (test split)", "comparison", pd.read_csv(next(run.glob("stage3_*_results.csv"))))]
+    tables = [_frame_table("Result (test split)", "comparison", pd.read_csv(next(run.glob("stage3_*_results.csv"))))]
+    test = _results(run)["test"]
+    if "confusion_matrix" in test and "classes" in test["confusion_matrix"]:  # multi-class
+        matrix = test["confusion_matrix"]
+        tables.append({"title": "Confusion matrix (test split; rows: true class, columns: predicted)",
+                       "id": "confusion", "columns": ["true class", *matrix["classes"]],
+                       "rows": [[c, *map(str, row)] for c, row in zip(matrix["classes"], matrix["counts"])]})
+    per_class = test.get("per_class") or test.get("per_label")
+    if per_class:
+        tables.append(_frame_table("Per class (test split, one-vs-rest)", "per_class",
+                                   pd.DataFrame([{"class": c, **v} for c, v in per_class.items()])))
+    return tables
 
 
 def _file_png(path: Path) -> str:
@@ -135,7 +146,7 @@ def _figures(runs: dict[str, Path]) -> list[dict]:
         curves = {}
         for run in runs.values():
             test = pd.read_csv(run / "predictions.csv").query("split == 'test'")
-            if "label" in test and test["label"].nunique() == 2:
+            if "label" in test and "prob" in test and test["label"].nunique() == 2:  # binary runs
                 curves[_results(run)["tag"]] = (test["label"].to_numpy(), test["prob"].to_numpy())
         if curves:
             for plot, caption in ((plot_roc, "Test ROC of every model"),
@@ -149,16 +160,18 @@ def _figures(runs: dict[str, Path]) -> list[dict]:
 
 
 def _gallery(config: dict, runs: dict[str, Path], bags=None) -> tuple[list[dict], str | None]:
-    """Per model, one test document of each kind (the most confident true/false positive, the least
-    confident false/true negative, among documents of at most GALLERY_MAX_WINDOWS windows), its windows
-    coloured by each explanation method."""
+    """Per model, test documents of each kind among those of at most GALLERY_MAX_WINDOWS windows, their
+    windows coloured by each explanation method: binary, the most confident true/false positive and the
+    least confident false/true negative; beyond binary, per class, the most confident right and wrong
+    prediction of it (explaining that class's logit)."""
     if not runs:
         return [], "Cross-validation keeps no model, so there are no documents to show."
-    from arcmil.calibration import Calibrator
+    from arcmil.calibration import calibrator_from_dict
     from arcmil.checkpoint import load_checkpoint
     from arcmil.data import Normalizer, load_bags
     from arcmil.demo import make_demo_bags
     from arcmil.explain import METHODS, explain_bags
+    from arcmil.labels import LabelSpace
     from arcmil.plots import plot_document_explanations
 
     try:
@@ -171,28 +184,48 @@ def _gallery(config: dict, runs: dict[str, Path], bags=None) -> tuple[list[dict]
     for name, run in runs.items():
         checkpoint = next(run.glob("best_*.pth"), None)
         test = pd.read_csv(run / "predictions.csv", dtype={"bag_id": str}).query("split == 'test'")
-        if checkpoint is None or "label" not in test or "prob" not in test:  # unlabelled, or not binary
-            continue
-        test = test[test["bag_id"].isin(position.keys())]
-        chosen = []
-        for kind, label, pred, ascending in GALLERY:
-            cell = test[(test["label"] == label) & (test["pred"] == pred)]
-            chosen += [(kind, row.bag_id) for row in cell.sort_values("prob", ascending=ascending).head(1).itertuples()]
-        if not chosen:
+        if checkpoint is None:
             continue
         model, meta = load_checkpoint(checkpoint)
-        frame = explain_bags(model, bags.subset([position[b] for _, b in chosen]), METHODS,
-                             normalizer=Normalizer.from_dict(meta["normalization"]),
-                             calibrator=Calibrator.from_dict(meta.get("calibration")))
-        for kind, bag_id in chosen:
-            doc = frame[frame["bag_id"].astype(str) == bag_id]
-            title = f"{name} — {kind}: {bag_id}, p = {doc['prob'].iloc[0]:.3f}"
-            marks = doc["instance_label"].to_numpy() if "instance_label" in doc else None
-            importances = {m: doc[m].to_numpy() for m in METHODS}
+        space = LabelSpace.from_dict(meta.get("label_space"))
+        chosen = _gallery_picks(test[test["bag_id"].isin(position.keys())], space)
+        for kind, bag_id, target in chosen:
+            frame = explain_bags(model, bags.subset([position[bag_id]]).in_space(space), METHODS,
+                                 normalizer=Normalizer.from_dict(meta["normalization"]),
+                                 calibrator=calibrator_from_dict(meta.get("calibration"), space),
+                                 classes=None if target is None else [target])
+            title = f"{name} — {kind}: {bag_id}, p = {frame['prob'].iloc[0]:.3f}"
+            marks = frame["instance_label"].to_numpy() if "instance_label" in frame else None
+            importances = {m: frame[m].to_numpy() for m in METHODS}
             gallery.append({"png": _drawn_png(plot_document_explanations, importances, title=title, marks=marks),
                             "caption": title})
-    return gallery, None if gallery else ("No test document could be shown (no checkpoint or labels; the gallery "
-                                          "shows binary runs only).")
+    return gallery, None if gallery else "No test document could be shown (no checkpoint or labels)."
+
+
+def _gallery_picks(test: pd.DataFrame, space) -> list[tuple[str, str, str | None]]:
+    """(kind, bag_id, class to explain or None) of the gallery's documents from a run's test predictions."""
+    if space.binary:
+        if "label" not in test:
+            return []
+        picks = []
+        for kind, label, pred, ascending in GALLERY:
+            cell = test[(test["label"] == label) & (test["pred"] == pred)]
+            picks += [(kind, bag_id, None) for bag_id in cell.sort_values("prob", ascending=ascending)["bag_id"][:1]]
+        return picks
+    picks = []
+    for name in space.classes:
+        if space.kind == "multiclass":
+            if "label" not in test:
+                return []
+            truth, predicted = test["label"].astype(str) == name, test["pred"].astype(str) == name
+        else:
+            if f"label_{name}" not in test:
+                return []
+            truth, predicted = test[f"label_{name}"] == 1, test[f"pred_{name}"] == 1
+        for kind, cell in ((f"right {name}", test[truth & predicted]), (f"wrong {name}", test[~truth & predicted])):
+            most_confident = cell.sort_values(f"prob_{name}", ascending=False)["bag_id"][:1]
+            picks += [(kind, bag_id, name) for bag_id in most_confident]
+    return picks
 
 
 def _data_summary(directory: Path, runs: dict[str, Path]) -> dict:

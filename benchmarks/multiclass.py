@@ -1,0 +1,113 @@
+"""Multi-class and multi-label documents: do the three note models learn classes that need different
+evidence, with the default recipe?
+
+Tasks (``arcmil.tasks``): ``multiclass4``, ``make_multiclass_task(4)``: classes none, order_1 (A
+before B), witness_2 (a witness window) and pair_3 (C and D together), with distractors (B before A,
+C or D alone) in every class; ``multilabel5``, ``make_multilabel_task(5)``: five labels, each present
+with probability 0.35, of kinds order, witness, pair, order, witness. 1,500 documents, data seed and
+training seed both varying. Every cell runs what ``arcmil train`` runs (``run_experiment``, default
+recipe, ``TrainConfig(seed=seed)``). Per task and model: test macro ROC-AUC, macro F1 and accuracy
+(multi-label: exact-set accuracy), median and worst seed, and the median one-vs-rest ROC-AUC of each
+class or label. Cells are written to the JSON as they finish; a rerun with the same ``--out`` skips them.
+
+    python benchmarks/multiclass.py --seeds 0-9 --workers 2 --out benchmarks/results/multiclass.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arcmil.pipeline import EvalConfig, environment, run_experiment
+from arcmil.tasks import make_multiclass_task, make_multilabel_task
+from arcmil.train import TrainConfig
+
+from recipe import parse_seeds  # beside this script
+
+TASKS = {"multiclass4": lambda seed: make_multiclass_task(4, seed=seed),
+         "multilabel5": lambda seed: make_multilabel_task(5, seed=seed)}
+MODELS = ("attention_mil", "transformer_mil", "transmil")
+METRICS = ("roc_auc", "f1", "accuracy")
+
+
+def run_cell(task: str, model: str, seed: int) -> dict:
+    torch.set_num_threads(1)
+    tic = time.perf_counter()
+    result = run_experiment(TASKS[task](seed), model, TrainConfig(seed=seed, progress=False),
+                            evaluation=EvalConfig(n_bootstrap=0))
+    test = result.test
+    per_class = test.get("per_class") or test["per_label"]
+    return {"task": task, "model": model, "seed": seed, **{m: test[m] for m in METRICS},
+            "per_class_roc_auc": {name: v["roc_auc"] for name, v in per_class.items()},
+            "best_epoch": result.best_epoch, "seconds": time.perf_counter() - tic}
+
+
+def summarize(cells: list[dict]) -> list[dict]:
+    rows = []
+    for task in TASKS:
+        for model in MODELS:
+            cell = [c for c in cells if (c["task"], c["model"]) == (task, model)]
+            if not cell:
+                continue
+            row = {"task": task, "model": model, "seeds": len(cell)}
+            for m in METRICS:
+                values = [c[m] for c in cell]
+                row[f"{m}_median"], row[f"{m}_worst"] = float(np.median(values)), float(np.min(values))
+            row["per_class_roc_auc_median"] = {name: float(np.median([c["per_class_roc_auc"][name] for c in cell]))
+                                               for name in cell[0]["per_class_roc_auc"]}
+            row["seconds_median"] = float(np.median([c["seconds"] for c in cell]))
+            rows.append(row)
+    return rows
+
+
+def print_tables(rows: list[dict]) -> None:
+    print("| task | model | macro ROC-AUC median / worst | macro F1 median / worst | accuracy median / worst | "
+          "s / run |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['task']} | {r['model']} | " + " | ".join(f"{r[f'{m}_median']:.3f} / {r[f'{m}_worst']:.3f}"
+                                                            for m in METRICS) + f" | {r['seconds_median']:.0f} |")
+    for task in TASKS:
+        task_rows = [r for r in rows if r["task"] == task]
+        if not task_rows:
+            continue
+        names = list(task_rows[0]["per_class_roc_auc_median"])
+        print(f"\n{task}: median one-vs-rest test ROC-AUC per class\n")
+        print("| model | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for r in task_rows:
+            print(f"| {r['model']} | " + " | ".join(f"{r['per_class_roc_auc_median'][n]:.3f}" for n in names) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--seeds", default="0-9")
+    parser.add_argument("--workers", type=int, default=1, help="one-thread processes side by side")
+    parser.add_argument("--out", default="benchmarks/results/multiclass.json")
+    args = parser.parse_args()
+    out = Path(args.out)
+    stored = json.loads(out.read_text()) if out.exists() else {"cells": []}
+    done = {(c["task"], c["model"], c["seed"]) for c in stored["cells"]}
+    todo = [(t, m, s) for t in args.tasks.split(",") for m in args.models.split(",") for s in parse_seeds(args.seeds)
+            if (t, m, s) not in done]
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(args.workers) as pool:
+        for cell in pool.map(run_cell, *zip(*todo)) if todo else ():
+            stored["cells"].append(cell)
+            stored.update(environment=environment(), summary=summarize(stored["cells"]))
+            out.write_text(json.dumps(stored, indent=2))
+    print(f"{len(stored['cells'])} cells ({len(todo)} run now in {time.perf_counter() - start:.0f} s, "
+          f"{args.workers} one-thread processes)\n")
+    print_tables(summarize(stored["cells"]))
+
+
+if __name__ == "__main__":
+    main()
