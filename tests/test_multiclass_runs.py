@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.special import softmax
 
+from arcmil.api import MILClassifier
 from arcmil.calibration import (
     PerLabelCalibrator,
     SoftmaxCalibrator,
@@ -20,6 +21,7 @@ from arcmil.cli import main
 from arcmil.data import load_bags, save_bags
 from arcmil.data.store import convert_to_store
 from arcmil.errors import ConfigError
+from arcmil.explain import explain_bags, integrated_gradients, localisation_auc, occlusion
 from arcmil.labels import LabelSpace
 from arcmil.models import build_model, model_names
 from arcmil.tasks import make_multiclass_task, make_multilabel_task
@@ -172,3 +174,83 @@ def test_multilabel_train_compare_and_cv(tags, tmp_path, capsys):
                  "--out", str(tmp_path / "cv"), *FAST]) == 0
     folds = pd.read_csv(tmp_path / "cv" / "cv_folds.csv")
     assert len(folds) == 3 and "test_precision" not in folds and folds["test_roc_auc"].between(0, 1).all()
+
+
+def test_integrated_gradients_of_each_class_add_up_to_its_logit_difference():
+    torch.manual_seed(0)
+    model = build_model("attention_mil", input_dim=8, hidden_dim=16, n_outputs=3).eval()
+    x = torch.randn(6, 8)
+    with torch.no_grad():
+        gap = model(x[None])[0][0] - model(torch.zeros_like(x)[None])[0][0]
+    for k in range(3):
+        attributions = integrated_gradients(model, x, steps=256, output=k)
+        assert attributions.sum().item() == pytest.approx(gap[k].item(), abs=2e-3 + 1e-2 * abs(gap[k].item()))
+    drops = occlusion(model, x)
+    with torch.no_grad():
+        without_2 = model(x[None, [0, 1, 3, 4, 5]])[0][0]
+    torch.testing.assert_close(drops[2], model(x[None])[0][0].detach() - without_2, atol=1e-5, rtol=1e-5)
+
+
+def test_explain_rows_per_class(classes, tags):
+    torch.manual_seed(0)
+    model = build_model("attention_mil", input_dim=16, hidden_dim=16, n_outputs=4).eval()
+    part = classes.subset(range(6))
+    frame = explain_bags(model, part, steps=4)
+    assert len(frame) == int(part.lengths.sum())  # one (the most probable) class per bag
+    assert set(frame["class"]) <= set(classes.label_space.classes)
+    chosen = explain_bags(model, part, steps=4, classes=["none", "pair_3"])
+    assert len(chosen) == 2 * int(part.lengths.sum())
+    holds = chosen.groupby(["bag_id", "class"])["label"].first()
+    truth = dict(zip(part.bag_ids, np.asarray(classes.label_space.classes)[part.labels]))
+    assert all(h == int(truth[bag] == name) for (bag, name), h in holds.items())
+    with pytest.raises(ConfigError, match="unknown class 'memo' to explain"):
+        explain_bags(model, part, classes=["memo"])
+    tagger = build_model("attention_mil", input_dim=16, hidden_dim=16, n_outputs=3).eval()
+    every = explain_bags(tagger, tags.subset(range(4)), steps=4)
+    assert len(every) == 3 * int(tags.subset(range(4)).lengths.sum())
+    scores = localisation_auc(every, ["weights", "occlusion"])
+    assert set(scores["per_class"]) <= set(tags.label_space.classes)
+
+
+def test_demo_data_writes_multiclass_and_multilabel_documents(tmp_path, capsys):
+    assert main(["demo-data", "--out", str(tmp_path / "k.npz"), "--n-bags", "60", "--classes", "5"]) == 0
+    assert "wrote 60 multi-class bags (none" in capsys.readouterr().out
+    bags = load_bags(tmp_path / "k.npz")
+    assert bags.label_space.classes == ("none", "order_1", "order_4", "pair_3", "witness_2")
+    assert main(["demo-data", "--out", str(tmp_path / "l.csv"), "--n-bags", "60", "--multi-label"]) == 0
+    assert load_bags(tmp_path / "l.csv").label_space.kind == "multilabel"
+    assert main(["demo-data", "--out", str(tmp_path / "x.npz"), "--classes", "1"]) == 2
+
+
+def test_milclassifier_speaks_class_names(classes):
+    bags = [classes.bags[i] for i in range(len(classes))]
+    names = np.asarray(classes.label_space.classes)[classes.labels]
+    clf = MILClassifier("attention_mil", epochs=1, hidden_dim=16, n_bootstrap=0).fit(bags, names)
+    assert clf.classes_.tolist() == list(classes.label_space.classes)
+    proba = clf.predict_proba(bags[:10])
+    assert proba.shape == (10, 4)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+    assert (clf.predict(bags[:10]) == clf.classes_[proba.argmax(1)]).all()
+    assert clf.score(bags, names) == pytest.approx(np.mean(clf.predict(bags) == names))
+
+
+def test_milclassifier_multilabel_round_trip(tags, tmp_path):
+    bags = [tags.bags[i] for i in range(len(tags))]
+    clf = MILClassifier("attention_mil", epochs=1, hidden_dim=16, n_bootstrap=0).fit(bags, tags.labels)
+    pred = clf.predict(bags[:8])
+    assert pred.shape == (8, 3) and set(np.unique(pred)) <= {0, 1}
+    clf.save(tmp_path / "m.pth")
+    again = MILClassifier.load(tmp_path / "m.pth")
+    assert again.classes_.tolist() == clf.classes_.tolist()
+    np.testing.assert_allclose(again.predict_proba(bags[:8]), clf.predict_proba(bags[:8]), rtol=1e-6)
+
+
+def test_report_shows_the_confusion_matrix_and_per_class_gallery(classes, tmp_path):
+    data = save_bags(classes, tmp_path / "docs.npz")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "attention_mil", "--data", str(data), "--out", str(run), *FAST]) == 0
+    html = (run / "report.html").read_text()
+    counts = load_checkpoint(run / "best_attention_mil.pth")[1]["results"]["test"]["confusion_matrix"]["counts"]
+    assert "Confusion matrix" in html and sum(map(sum, counts)) == len(pd.read_csv(run / "split.csv").query(
+        "split == 'test'"))
+    assert html.count("right ") + html.count("wrong ") >= 1  # gallery captions per class
