@@ -161,9 +161,8 @@ def _open_run(args, command: str):
 
 
 def cmd_train(args) -> None:
-    from arcmil.compare import single_columns
     from arcmil.pipeline import run_experiment
-    from arcmil.report import markdown_table, results_row, write_run
+    from arcmil.report import markdown_table, results_row, single_columns, write_run
     from arcmil.runstate import RESUME_FILE, save_resume
 
     run = _open_run(args, "train")

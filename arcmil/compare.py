@@ -13,25 +13,19 @@ from arcmil.data import BagSet
 from arcmil.distributed import SINGLE, World
 from arcmil.pipeline import EvalConfig, RunResult, run_experiment
 from arcmil.plots import plot_roc
-from arcmil.report import clean_json, markdown_table, results_row, write_run
+from arcmil.report import clean_json, markdown_table, results_row, single_columns, write_run
 from arcmil.settings import SearchConfig
 from arcmil.stats import mean_std, paired_test
 from arcmil.train import TrainConfig
 
 METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy")  # macro figures beyond binary
 PAIRED_METRICS = ("roc_auc", "f1", "accuracy")
-SINGLE_COLUMNS = ("model", "tag", "test_roc_auc", "test_pr_auc", "test_f1", "test_precision", "test_recall",
-                  "threshold", "best_epoch")
 
 
 def reported(metrics, space) -> list[str]:
     """The ``metrics`` that ``space`` (arcmil.labels) reports: precision and recall are binary's."""
     return [m for m in metrics if m in space.row_metrics]
 
-
-def single_columns(row: dict) -> list[str]:
-    """SINGLE_COLUMNS that a run's summary row holds."""
-    return [c for c in SINGLE_COLUMNS if not c.startswith("test_") or c in row]
 
 
 @dataclass

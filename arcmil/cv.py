@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from arcmil.data import BagSet
+from arcmil.data.prepare import cv_splits
 from arcmil.distributed import SINGLE, World
 from arcmil.outputs import write_text
 from arcmil.pipeline import EvalConfig, check_cv_inputs, run_experiment
@@ -29,23 +29,6 @@ SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "f1", "
 def _summary_metrics(records: list[dict]) -> list[str]:
     """SUMMARY_METRICS that the folds' label space reports (precision and recall are binary's)."""
     return [m for m in SUMMARY_METRICS if m in records[0]["test"]]
-
-
-def cv_splits(labels: np.ndarray, folds: int, seeds: list[int], val_fraction: float = 0.2):
-    """Yield (repeat, fold, seed, split) with split a (B,) array of train/val/test, one per fold;
-    ``labels``: the strata (LabelSpace.stratum: the class, or a multi-label bag's rarest label).
-
-    The folds of repeat r come from StratifiedKFold(shuffle=True, random_state=seeds[r]); the
-    validation part is a stratified ``val_fraction`` of that fold's training bags."""
-    labels = np.asarray(labels)
-    for repeat, seed in enumerate(seeds):
-        kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        for fold, (train_full, test) in enumerate(kfold.split(np.zeros(len(labels)), labels)):
-            train, val = train_test_split(train_full, test_size=val_fraction, stratify=labels[train_full],
-                                          random_state=seed)
-            split = np.empty(len(labels), dtype="<U5")
-            split[train], split[val], split[test] = "train", "val", "test"
-            yield repeat, fold, seed, split
 
 
 @dataclass

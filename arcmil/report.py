@@ -40,6 +40,13 @@ def markdown_table(rows: list[dict], columns) -> str:
     return "\n".join(lines)
 
 
+SINGLE_COLUMNS = ("model", "tag", "test_roc_auc", "test_pr_auc", "test_f1", "test_precision", "test_recall",
+                  "threshold", "best_epoch")
+def single_columns(row: dict) -> list[str]:
+    """SINGLE_COLUMNS that a run's summary row holds."""
+    return [c for c in SINGLE_COLUMNS if not c.startswith("test_") or c in row]
+
+
 def results_row(result) -> dict:
     """The flat one-line summary of a RunResult used by the results CSV and the comparison table."""
     row = {"tag": result.tag, "model": result.model_name, "seed": result.train_config.seed,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from arcmil.data import BagSet, assign_split
+from arcmil.data.prepare import cv_splits
 from arcmil.distributed import SINGLE, World
 from arcmil.errors import ArcmilError, ConfigError
 from arcmil.models import get_entry, make_config
@@ -158,8 +159,6 @@ def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchCo
             fit = train_run(bags, model_name, trial_cfg, evaluation=quick, splits=("train", "val"), on_epoch=report,
                             **trial_overrides).fit
             return fit.history[fit.best_epoch - 1]["val_roc_auc"]
-        from arcmil.cv import cv_splits
-
         scores = []
         strata = bags.label_space.stratum(bags.labels)
         for _, fold, _, split in cv_splits(strata, search.inner_folds, [cfg.seed], val_fraction):
@@ -242,8 +241,7 @@ def write_study(directory: Path, found: Search) -> None:
 def tune_to_dir(run, bags: BagSet) -> str:
     """``arcmil tune``: the study (resumed with the run), trials.csv, history and importance plots,
     best_config.yaml and the best configuration's run directory ``best/``. Returns the summary to print."""
-    from arcmil.compare import single_columns
-    from arcmil.report import markdown_table, results_row, write_run
+    from arcmil.report import markdown_table, results_row, single_columns, write_run
 
     config, search = run.config, run.config.search
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from arcmil.cv import cv_splits, run_cv
+from arcmil.cv import run_cv
+from arcmil.data.prepare import cv_splits
 from arcmil.errors import DataError
 from arcmil.pipeline import EvalConfig
 from arcmil.stats import mean_std, paired_test

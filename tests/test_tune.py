@@ -9,17 +9,18 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from test_resume import arcmil, kill_when
 
 from arcmil.cli import main
-from arcmil.cv import cv_splits, run_cv
+from arcmil.cv import run_cv
 from arcmil.data import assign_split, save_bags
+from arcmil.data.prepare import cv_splits
 from arcmil.demo import make_demo_bags
 from arcmil.errors import ConfigError
 from arcmil.pipeline import EvalConfig
 from arcmil.settings import SearchConfig, resolve
 from arcmil.train import TrainConfig
 from arcmil.tune import run_search, search_bags, search_space, tuned_experiment
-from test_resume import arcmil, kill_when
 
 TINY_SPACE = {"epochs": {"low": 1, "high": 2}, "patience": None, "hidden_dim": {"choices": [8, 16]},
               "d_model": {"choices": [16, 32]}, "nhead": {"choices": [2]}, "num_layers": {"choices": [1]},

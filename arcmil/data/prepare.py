@@ -33,6 +33,25 @@ def assign_split(bs: BagSet, seed: int, fractions=(0.70, 0.15, 0.15)) -> BagSet:
     return bs
 
 
+def cv_splits(labels: np.ndarray, folds: int, seeds: list[int], val_fraction: float = 0.2):
+    """Yield (repeat, fold, seed, split) with split a (B,) array of train/val/test, one per fold;
+    ``labels``: the strata (LabelSpace.stratum: the class, or a multi-label bag's rarest label).
+
+    The folds of repeat r come from StratifiedKFold(shuffle=True, random_state=seeds[r]); the
+    validation part is a stratified ``val_fraction`` of that fold's training bags."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    labels = np.asarray(labels)
+    for repeat, seed in enumerate(seeds):
+        kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for fold, (train_full, test) in enumerate(kfold.split(np.zeros(len(labels)), labels)):
+            train, val = train_test_split(train_full, test_size=val_fraction, stratify=labels[train_full],
+                                          random_state=seed)
+            split = np.empty(len(labels), dtype="<U5")
+            split[train], split[val], split[test] = "train", "val", "test"
+            yield repeat, fold, seed, split
+
+
 def split_parts(bs: BagSet, names: tuple[str, ...] = SPLITS) -> dict[str, BagSet]:
     """{'train': …, 'val': …, 'test': …} (or the parts ``names``), each with the classes it needs
     (LabelSpace.check_part)."""
