@@ -11,7 +11,7 @@ from arcmil.config import SCORE_BATCH_SIZE
 from arcmil.data import BagSet, Normalizer, load_bags, validate
 from arcmil.errors import ConfigError
 from arcmil.labels import LabelSpace
-from arcmil.settings import IG_STEPS, ExperimentConfig, resolve
+from arcmil.settings import IG_STEPS, INFERRED, ExperimentConfig, resolve
 
 
 def as_bags(X, y=None, *, require_labels: bool = False) -> BagSet:
@@ -108,7 +108,7 @@ class MILClassifier:
         from arcmil.explain import explain_bags
 
         self._check_fitted()
-        bags = as_bags(X)
+        bags = as_bags(X).in_space(self.label_space_)
         device = next(self.model_.parameters()).device
         return explain_bags(self.model_, bags, list(methods), normalizer=self.normalizer_, calibrator=self.calibrator_,
                             steps=steps, device=device)
@@ -132,7 +132,7 @@ class MILClassifier:
         from arcmil.checkpoint import load_checkpoint
 
         model, meta = load_checkpoint(path, device)
-        clf = cls(meta["model_name"], **{k: v for k, v in meta["model_config"].items() if k != "input_dim"})
+        clf = cls(meta["model_name"], **{k: v for k, v in meta["model_config"].items() if k not in INFERRED})
         clf.model_, clf.threshold_ = model, meta["threshold"]
         clf.label_space_ = LabelSpace.from_dict(meta.get("label_space"))
         clf.normalizer_, clf.classes_ = Normalizer.from_dict(meta["normalization"]), _classes(clf.label_space_)

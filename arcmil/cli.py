@@ -162,7 +162,7 @@ def _open_run(args, command: str):
 
 def cmd_train(args) -> None:
     from arcmil.pipeline import run_experiment
-    from arcmil.report import markdown_table, results_row, single_columns, write_run
+    from arcmil.report import SINGLE_COLUMNS, markdown_table, reported, results_row, write_run
     from arcmil.runstate import RESUME_FILE, save_resume
 
     run = _open_run(args, "train")
@@ -185,7 +185,7 @@ def cmd_train(args) -> None:
                      "threshold": result.threshold})
     (run.out / RESUME_FILE).unlink(missing_ok=True)
     row = results_row(result)
-    print(markdown_table([row], single_columns(row)))
+    print(markdown_table([row], reported(SINGLE_COLUMNS, row)))
     print(f"run written to {run.out}")
 
 

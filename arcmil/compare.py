@@ -13,7 +13,7 @@ from arcmil.data import BagSet
 from arcmil.distributed import SINGLE, World
 from arcmil.pipeline import EvalConfig, RunResult, run_experiment
 from arcmil.plots import plot_roc
-from arcmil.report import clean_json, markdown_table, results_row, single_columns, write_run
+from arcmil.report import SINGLE_COLUMNS, clean_json, markdown_table, reported, results_row, write_run
 from arcmil.settings import SearchConfig
 from arcmil.stats import mean_std, paired_test
 from arcmil.train import TrainConfig
@@ -22,9 +22,6 @@ METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy")  # macr
 PAIRED_METRICS = ("roc_auc", "f1", "accuracy")
 
 
-def reported(metrics, space) -> list[str]:
-    """The ``metrics`` that ``space`` (arcmil.labels) reports: precision and recall are binary's."""
-    return [m for m in metrics if m in space.row_metrics]
 
 
 
@@ -62,7 +59,7 @@ class Comparison:
     @property
     def metrics(self) -> list[str]:
         """METRICS that the runs report (recorded per run: a resumed comparison reads them back)."""
-        return [m for m in METRICS if m in self.models[0].records[0]]
+        return reported(METRICS, self.models[0].records[0])
 
     def summary_rows(self) -> list[dict]:
         rows = []
@@ -85,7 +82,7 @@ class Comparison:
 
     def table(self) -> str:
         if self.mode == "single":
-            return markdown_table([m.row for m in self.models], single_columns(self.models[0].row))
+            return markdown_table([m.row for m in self.models], reported(SINGLE_COLUMNS, self.models[0].row))
         cells = [{"model": r["model"], "tag": r["tag"], "runs": r["runs"],
                   **{f"test_{m}": _pm(r[f"test_{m}_mean"], r[f"test_{m}_std"]) for m in self.metrics}}
                  for r in self.summary_rows()]
@@ -120,7 +117,7 @@ def _seed_runs(bags, name, cfg, evaluation, overrides, seeds, world, search, sto
                                          fail_running=resuming, **overrides)
         runs.append(result)
         searches.append({"seed": s, **found.summary()})
-    records = [{"seed": s, **{m: r.test[m] for m in reported(METRICS, r.label_space)}} for s, r in zip(seeds, runs)]
+    records = [{"seed": s, **{m: r.test[m] for m in reported(METRICS, r.test)}} for s, r in zip(seeds, runs)]
     test = runs[0].evaluations["test"]
     roc = (test.labels.tolist(), test.probs.tolist()) if runs[0].label_space.binary else None
     splits = runs[0].data["splits"]
@@ -132,8 +129,8 @@ def _fold_runs(bags, name, cfg, evaluation, overrides, seeds, folds, val_fractio
                resuming) -> ModelRuns:
     cv = run_cv(bags, name, cfg, evaluation=evaluation, folds=folds, seeds=seeds, val_fraction=val_fraction,
                 world=world, search=search, storage=storage, resuming=resuming, **overrides)
-    metrics = reported(METRICS, bags.label_space)
-    records = [{"repeat": f["repeat"], "fold": f["fold"], **{m: f["test"][m] for m in metrics}} for f in cv.folds]
+    records = [{"repeat": f["repeat"], "fold": f["fold"], **{m: f["test"][m] for m in reported(METRICS, f["test"])}}
+               for f in cv.folds]
     return ModelRuns(name, cv.tag, records, test_train_ratio=cv.test_train_ratio, cv=cv)
 
 

@@ -18,7 +18,7 @@ from arcmil.data.prepare import cv_splits
 from arcmil.distributed import SINGLE, World
 from arcmil.outputs import write_text
 from arcmil.pipeline import EvalConfig, check_cv_inputs, run_experiment
-from arcmil.report import clean_json, markdown_table
+from arcmil.report import clean_json, markdown_table, reported
 from arcmil.settings import SearchConfig
 from arcmil.stats import mean_std
 from arcmil.train import TrainConfig
@@ -27,8 +27,8 @@ SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "f1", "
 
 
 def _summary_metrics(records: list[dict]) -> list[str]:
-    """SUMMARY_METRICS that the folds' label space reports (precision and recall are binary's)."""
-    return [m for m in SUMMARY_METRICS if m in records[0]["test"]]
+    """SUMMARY_METRICS that the folds report."""
+    return reported(SUMMARY_METRICS, records[0]["test"])
 
 
 @dataclass

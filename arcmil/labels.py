@@ -27,6 +27,7 @@ from arcmil.errors import ArcmilError, DataError
 
 KINDS = ("binary", "multiclass", "multilabel")
 LABEL_SEPARATOR = "|"  # between the label names of one multi-label bag in a table cell
+MIN_STRATUM = 10  # multi-label strata smaller than this are pooled (LabelSpace.stratum)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class LabelSpace:
             raise ArcmilError(f"a binary label space has the classes 0 and 1, got {list(self.classes)}")
         if not self.classes:  # one class is data to score; training asks for two (pipeline.check_inputs)
             raise ArcmilError(f"a {self.kind} label space needs at least one class")
+        if self.kind == "multilabel" and any(LABEL_SEPARATOR in c or not c.strip() for c in self.classes):
+            raise ArcmilError(f"label names must be non-empty and free of {LABEL_SEPARATOR!r}, got "
+                              f"{list(self.classes)}")
 
     @property
     def binary(self) -> bool:
@@ -74,15 +78,23 @@ class LabelSpace:
             return labels.sum(axis=0).astype(np.int64)
         return np.bincount(labels.astype(np.int64), minlength=len(self.classes))
 
-    def stratum(self, labels: np.ndarray) -> np.ndarray:
-        """(B,) one stratum per bag for stratified splits: the class (binary, multi-class) or, for
-        multi-label, the bag's rarest label (-1 for none), a simple stand-in for iterative stratification."""
+    def stratum(self, labels: np.ndarray, min_size: int = MIN_STRATUM) -> np.ndarray:
+        """(B,) one stratum per bag for stratified splits and folds: the class (binary, multi-class) or,
+        for multi-label, the bag's rarest label, a simple stand-in for iterative stratification; bags with
+        no label, and strata of fewer than ``min_size`` bags, share stratum -1 (itself merged into the
+        largest stratum if still too small)."""
         labels = np.asarray(labels)
         if self.kind != "multilabel":
             return labels
         counts = self.class_counts(labels)
         rarity = np.where(labels == 1, counts[None, :], np.iinfo(np.int64).max)
-        return np.where(labels.any(axis=1), rarity.argmin(axis=1), -1)
+        strata = np.where(labels.any(axis=1), rarity.argmin(axis=1), -1)
+        values, sizes = np.unique(strata, return_counts=True)
+        strata = np.where(np.isin(strata, values[sizes < min_size]), -1, strata)
+        if 0 < (strata == -1).sum() < min_size and (strata != -1).any():
+            values, sizes = np.unique(strata[strata != -1], return_counts=True)
+            strata[strata == -1] = values[np.argmax(sizes)]
+        return strata
 
     def check_part(self, name: str, labels: np.ndarray, src: str) -> None:
         """A split part fit to train on (``name`` 'train': every class, every label both present and
@@ -108,6 +120,15 @@ class LabelSpace:
                 raise DataError(src, f"in split 'train' {what} has label {self.classes[k]!r}; every label needs "
                                 "training bags with and without it", field="split")
             return
+        if name == "val":  # calibration and per-label thresholds are fitted on every class here
+            one_sided = (counts == 0) if self.kind == "multiclass" else (counts == 0) | (counts == n)
+            if one_sided.any():
+                k = int(np.argmax(one_sided))
+                raise DataError(src, f"split 'val' has {'no' if counts[k] == 0 else 'only'} bags of "
+                                f"{self.kind.removeprefix('multi')} {self.classes[k]!r}; calibration and thresholds "
+                                "are fitted per class on validation, so it needs bags with and without each",
+                                field="split")
+            return
         evaluable = (counts > 0).sum() >= 2 if self.kind == "multiclass" else ((counts > 0) & (counts < n)).any()
         if not evaluable:
             counted = dict(zip(self.classes, counts.tolist()))
@@ -119,7 +140,8 @@ class LabelSpace:
         if source == self:
             return labels
         compatible = (self.kind == source.kind or (self.kind == "multiclass" and source.binary)
-                      or (self.kind == "binary" and source.kind == "multiclass"))
+                      or (self.kind == "binary" and source.kind == "multiclass")
+                      or (self.kind == "multilabel" and source.kind == "multiclass"))  # one label per bag
         if not compatible:
             raise DataError(src, f"the data has {source.kind} labels, the model was trained on {self.kind} "
                             f"labels ({', '.join(self.classes)})", field="labels")
@@ -130,7 +152,11 @@ class LabelSpace:
                 raise DataError(src, f"label {unknown[0]!r} is not one the model knows ({', '.join(self.classes)})",
                                 field="labels")
             out = np.zeros((len(labels), len(self.classes)), dtype=np.int64)
-            out[:, [position[name] for name in source.classes]] = labels
+            columns = [position[name] for name in source.classes]
+            if source.kind == "multiclass":
+                out[np.arange(len(labels)), np.asarray(columns)[labels]] = 1
+            else:
+                out[:, columns] = labels
             return out
         mapping = np.array([position.get(name, -1) for name in source.classes])
         out = mapping[np.asarray(labels, dtype=np.int64)]
@@ -328,15 +354,22 @@ def merge(spaces) -> LabelSpace:
     kinds = {s.kind for s in spaces}
     if kinds == {"binary"}:
         return BINARY
-    if kinds == {"multilabel"}:
+    if "multilabel" in kinds:  # a part whose bags have one label each reads as classes
+        if "binary" in kinds:
+            raise ArcmilError("some bags have label sets and others 0/1 labels")
         return LabelSpace("multilabel", tuple(dict.fromkeys(c for s in spaces for c in s.classes)))  # as first seen
-    if "multilabel" in kinds:
-        raise ArcmilError("some bags have label sets and others single classes")
     return LabelSpace("multiclass", _ordered({c for s in spaces for c in s.classes}))
 
 
 def _all_integers(names) -> bool:
-    return all(name.lstrip("-").isdigit() for name in names)
+    """Whether every name is an integer written plainly ("7", "-2"; not "007", "1.0" or "+3")."""
+    def plain(name: str) -> bool:
+        try:
+            return str(int(name)) == name
+        except ValueError:
+            return False
+
+    return all(plain(name) for name in names)
 
 
 def _ordered(names) -> tuple[str, ...]:
@@ -349,6 +382,8 @@ def infer(raw, src: str, bag_ids, names=None, label_sets: bool = False) -> tuple
     encoded labels (see the module docstring). ``names``: the label names of a matrix's columns;
     ``label_sets``: read strings as label sets even where no cell holds two."""
     raw = np.asarray(raw)
+    if raw.ndim == 2 and raw.shape[1] == 1:  # one label column is a binary label
+        raw = raw[:, 0]
     if raw.dtype.kind == "O" and raw.ndim == 1:  # names from a table: a missing cell (None, NaN) is ""
         raw = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in raw])
     if raw.ndim == 2:
@@ -406,4 +441,7 @@ def _multilabel_matrix(raw: np.ndarray, src: str, bag_ids, names) -> tuple[Label
     if len(names) != raw.shape[1]:
         raise DataError(src, f"{len(names)} label names for a label matrix of {raw.shape[1]} columns",
                         field="label_names")
-    return LabelSpace("multilabel", tuple(names)), raw.astype(np.int64)
+    try:
+        return LabelSpace("multilabel", tuple(names)), raw.astype(np.int64)
+    except ArcmilError as exc:
+        raise DataError(src, str(exc), field="label_names") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
+matplotlib.rcParams["text.parse_math"] = False  # class names and bag ids from the data are text, never TeX
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402

@@ -95,7 +95,13 @@ class OnnxModel(nn.Module):
         for key in ("threshold", "model_config", "normalization", "calibration", "label_space"):
             if key in meta:  # label_space: absent in graphs from before label spaces (binary)
                 meta[key] = json.loads(meta[key])
-        return cls(session, make_config(meta["model_name"], **meta["model_config"])), meta
+        space = LabelSpace.from_dict(meta.get("label_space"))
+        space.check_threshold(meta["threshold"], str(path))
+        config = make_config(meta["model_name"], **meta["model_config"])
+        if config.n_outputs != space.n_outputs:
+            raise ArcmilError(f"{path}: the model has {config.n_outputs} outputs, its {space.kind} label space "
+                              f"{space.n_outputs}")
+        return cls(session, config), meta
 
     def forward(self, x, mask):
         """In slices of at most ATTENTION_CELLS bags x windows^2: onnxruntime's CPU Attention kernel (and

@@ -41,10 +41,13 @@ def markdown_table(rows: list[dict], columns) -> str:
 
 
 SINGLE_COLUMNS = ("model", "tag", "test_roc_auc", "test_pr_auc", "test_f1", "test_precision", "test_recall",
-                  "threshold", "best_epoch")
-def single_columns(row: dict) -> list[str]:
-    """SINGLE_COLUMNS that a run's summary row holds."""
-    return [c for c in SINGLE_COLUMNS if not c.startswith("test_") or c in row]
+                  "threshold", "best_epoch")  # a one-run summary table's (those the row holds: reported)
+
+
+def reported(names, record: dict) -> list[str]:
+    """The ``names`` (metrics, columns) that ``record`` holds, in order: tables and tests show what a
+    run's label space reports (precision and recall are binary's; arcmil.labels)."""
+    return [name for name in names if name in record]
 
 
 def results_row(result) -> dict:

@@ -52,14 +52,14 @@ def _window_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32",
              space: LabelSpace | None = None) -> Evaluation:
     """Score every bag of ``loader.bs`` in eval mode (dropout off), restoring the model's mode after.
-    ``space``: the model's label space (default: the bags' own, else binary).
+    ``space``: the model's label space (default: the bags' own).
     Under DDP each rank scores its shards and every rank receives all scores.
 
     Results go into arrays allocated once up front: many small long-lived per-batch objects would
     fragment the heap and hold on to memory in proportion to the data scanned."""
     was_training = model.training
     model.eval()
-    space = space or loader.bs.label_space or BINARY
+    space = space or loader.bs.label_space
     lengths = loader.bs.lengths
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     outputs = () if space.n_outputs == 1 else (space.n_outputs,)
@@ -100,7 +100,7 @@ def score_bags(model: nn.Module, bags: BagSet, normalizer: Normalizer | None = N
     """The one scoring path (validation and test, ``predict``, the Python API, ``explain``): bags of any
     source (an on-disk store included) normalised batch by batch, grouped by length under a token
     budget, scored in eval mode; probabilities from ``calibrator`` when given; results in ``bags`` order.
-    ``space``: the model's label space (default: the bags' own, else binary)."""
+    ``space``: the model's label space (default: the bags' own)."""
     scored = evaluate(model, scoring_loader(bags, batch_size, normalizer, world), criterion, device, precision,
                       space)
     return scored if calibrator is None else calibrator.apply(scored)

@@ -241,7 +241,7 @@ def write_study(directory: Path, found: Search) -> None:
 def tune_to_dir(run, bags: BagSet) -> str:
     """``arcmil tune``: the study (resumed with the run), trials.csv, history and importance plots,
     best_config.yaml and the best configuration's run directory ``best/``. Returns the summary to print."""
-    from arcmil.report import markdown_table, results_row, single_columns, write_run
+    from arcmil.report import SINGLE_COLUMNS, markdown_table, reported, results_row, write_run
 
     config, search = run.config, run.config.search
 
@@ -263,5 +263,5 @@ def tune_to_dir(run, bags: BagSet) -> str:
     inner = f"{search.inner_folds}-fold inner CV" if search.inner_folds else "the validation split"
     return (f"{found.n_trials} trials on training data ({inner}); best search ROC-AUC {found.best_value:.4f} with "
             f"{found.best_params}\nbest configuration trained and tested once:\n"
-            f"{markdown_table([results_row(result)], single_columns(results_row(result)))}\n"
+            f"{markdown_table([results_row(result)], reported(SINGLE_COLUMNS, results_row(result)))}\n"
             f"search written to {run.out} (best_config.yaml, trials.csv, best/)")

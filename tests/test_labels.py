@@ -122,20 +122,20 @@ def test_macro_bootstrap_matches_scikit_learn_per_resample(rng):
 
 
 def test_splits_need_every_class_in_training():
-    bags = BagSet([np.ones((2, 3), np.float32)] * 8, np.array([0, 1, 2, 0, 1, 2, 0, 1]), np.arange(8).astype(str),
-                  split=np.array(["train"] * 4 + ["val"] * 2 + ["test"] * 2),
+    bags = BagSet([np.ones((2, 3), np.float32)] * 10, np.zeros(10, dtype=int), np.arange(10).astype(str),
+                  split=np.array(["train"] * 4 + ["val"] * 3 + ["test"] * 3),
                   label_space=LabelSpace("multiclass", ("x", "y", "z")))
-    bags.labels = np.array([0, 1, 0, 0, 1, 2, 0, 2])
+    bags.labels = np.array([0, 1, 0, 0, 0, 1, 2, 0, 2, 1])
     with pytest.raises(DataError, match="split 'train' has no bags of class 'z'"):
         split_parts(bags)
-    bags.labels = np.array([0, 1, 2, 0, 1, 2, 0, 2])
-    assert {name: len(part) for name, part in split_parts(bags).items()} == {"train": 4, "val": 2, "test": 2}
+    bags.labels = np.array([0, 1, 2, 0, 0, 1, 2, 0, 2, 1])
+    assert {name: len(part) for name, part in split_parts(bags).items()} == {"train": 4, "val": 3, "test": 3}
 
 
 def test_multilabel_strata_are_each_bags_rarest_label():
     space = LabelSpace("multilabel", ("common", "rare"))
     labels = np.array([[1, 0], [1, 1], [0, 0], [1, 0], [0, 1]])
-    np.testing.assert_array_equal(space.stratum(labels), [0, 1, -1, 0, 1])
+    np.testing.assert_array_equal(space.stratum(labels, min_size=1), [0, 1, -1, 0, 1])
 
 
 def test_prediction_columns_name_the_classes():
@@ -145,3 +145,51 @@ def test_prediction_columns_name_the_classes():
     tags = LabelSpace("multilabel", ("x", "y"))
     columns = tags.prediction_columns(np.array([[0.2, 0.8], [0.6, 0.4]]), [0.5, 0.3])
     assert columns["pred_x"].tolist() == [0, 1] and columns["pred_y"].tolist() == [1, 1]
+
+
+def test_names_that_look_like_numbers_stay_names(tmp_path):
+    from arcmil.data import load_bags, save_bags
+    from arcmil.data.store import convert_to_store
+
+    space, ids = infer(np.array(["01", "02", "10", "01", "02", "10"]), "f", IDS)
+    assert space.classes == ("01", "02", "10") and space.names(ids).tolist() == ["01", "02", "10"] * 2
+    bags = BagSet([np.ones((2, 3), np.float32)] * 6, np.array(["07", "7", "07", "7", "07", "7"]), IDS)
+    from arcmil.data import validate
+
+    bags = validate(bags)
+    assert bags.label_space.classes == ("07", "7")
+    convert_to_store(save_bags(bags, tmp_path / "b.npz"), tmp_path / "store")
+    back = load_bags(tmp_path / "store")
+    assert back.label_space == bags.label_space and (back.labels == bags.labels).all()
+
+
+def test_multilabel_strata_pool_small_groups_so_a_split_can_be_drawn():
+    from arcmil.data import assign_split
+
+    labels = np.zeros((60, 3), dtype=int)
+    labels[:5, 0] = 1  # a rare label: 5 bags
+    labels[5:11, 1] = 1
+    labels[11:40, 2] = 1
+    bags = BagSet([np.ones((2, 3), np.float32)] * 60, labels, np.arange(60).astype(str),
+                  label_space=LabelSpace("multilabel", ("a", "b", "c")))
+    strata = bags.label_space.stratum(labels)
+    assert set(np.unique(strata)) == {-1, 2}  # a and b pooled with the unlabelled bags
+    split = assign_split(bags, seed=0).split
+    assert {name: int((split == name).sum()) for name in ("train", "val", "test")} == {"train": 42, "val": 9,
+                                                                                      "test": 9}
+
+
+def test_validation_needs_every_class_for_calibration():
+    bags = BagSet([np.ones((2, 3), np.float32)] * 9, np.array([0, 1, 2, 0, 1, 2, 0, 1, 2]), np.arange(9).astype(str),
+                  split=np.array(["train"] * 3 + ["val"] * 3 + ["test"] * 3),
+                  label_space=LabelSpace("multiclass", ("x", "y", "z")))
+    bags.labels = np.array([0, 1, 2, 0, 1, 1, 0, 1, 2])
+    with pytest.raises(DataError, match="split 'val' has no bags of class 'z'"):
+        split_parts(bags)
+
+
+def test_a_multilabel_model_reads_data_with_one_label_per_bag():
+    model = LabelSpace("multilabel", ("a", "b", "c"))
+    data, ids = infer(np.array(["c", "a", "c", "b", "a", "a"]), "f", IDS)
+    assert data.kind == "multiclass"
+    np.testing.assert_array_equal(model.recode(ids, data, "f", IDS)[:2], [[0, 0, 1], [1, 0, 0]])

@@ -254,3 +254,23 @@ def test_report_shows_the_confusion_matrix_and_per_class_gallery(classes, tmp_pa
     assert "Confusion matrix" in html and sum(map(sum, counts)) == len(pd.read_csv(run / "split.csv").query(
         "split == 'test'"))
     assert html.count("right ") + html.count("wrong ") >= 1  # gallery captions per class
+
+
+def test_a_binary_table_keeps_its_own_label_columns(tmp_path):
+    from arcmil.data.writers import bags_to_table
+    from arcmil.demo import make_demo_bags
+
+    frame = bags_to_table(make_demo_bags(n_bags=20, dim=8, seed=0)).assign(label_source="annotator")
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    bags = load_bags(tmp_path / "t.csv")
+    assert bags.label_space.binary and set(np.unique(bags.labels)) == {0, 1}
+
+
+def test_a_loaded_classifier_refits_and_explains_per_class(classes, tmp_path):
+    bags = [classes.bags[i] for i in range(len(classes))]
+    names = np.asarray(classes.label_space.classes)[classes.labels]
+    MILClassifier("attention_mil", epochs=1, hidden_dim=16, n_bootstrap=0).fit(bags, names).save(tmp_path / "m.pth")
+    loaded = MILClassifier.load(tmp_path / "m.pth")
+    assert "n_outputs" not in loaded.get_params() and loaded.config().model == "attention_mil"
+    frame = loaded.explain(bags[:3], methods=("weights", "occlusion"))
+    assert set(frame["class"]) <= set(classes.label_space.classes) and len(frame) == sum(len(b) for b in bags[:3])

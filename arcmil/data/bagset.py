@@ -24,8 +24,7 @@ class BagSet:
     split: (B,) str in train/val/test, or None.
     instance_labels: one (n_i,) int64 array per bag (per-window ground truth), or None.
     label_space: binary, multi-class or multi-label with the class names; set by ``validate`` from the
-        labels read (``meta['label_names']``: a label matrix's column names; ``meta['label_space']``: a
-        space recorded with the data, a store's, that the labels are expressed in).
+        labels read (``meta['label_names']``: a label matrix's column names), or by a store from its record.
     """
 
     bags: PackedBags | list[np.ndarray]
@@ -119,9 +118,6 @@ def validate(bs: BagSet, *, require_labels: bool = True) -> BagSet:
         if len(bs.labels) != len(bs):
             raise DataError(src, f"{len(bs.labels)} labels for {len(bs)} bags", field="labels")
         bs.label_space, bs.labels = infer(bs.labels, src, bs.bag_ids, bs.meta.get("label_names"))
-        if "label_space" in bs.meta:  # recorded with the data (a store): express the labels in it
-            recorded = LabelSpace.from_dict(bs.meta["label_space"])
-            bs.labels, bs.label_space = recorded.recode(bs.labels, bs.label_space, src, bs.bag_ids), recorded
     if bs.split is not None:
         if len(bs.split) != len(bs):
             raise DataError(src, f"{len(bs.split)} split values for {len(bs)} bags", field="split")

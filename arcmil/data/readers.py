@@ -118,7 +118,6 @@ def _from_arrays(arrays: dict, src: str) -> BagSet:
     labels = arrays.get("labels")
     if labels is not None:
         labels = np.asarray(labels)
-        labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
         if len(labels) != n:
             raise DataError(src, f"{len(labels)} labels for {n} bags", field="labels")
     bag_ids = arrays.get("bag_ids")

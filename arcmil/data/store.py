@@ -38,7 +38,8 @@ def open_store(path: str | os.PathLike, *, require_labels: bool = True) -> BagSe
     path, src = Path(path), str(path)
     try:
         meta = json.loads((path / "store.json").read_text())
-        index = pd.read_csv(path / "index.csv", dtype={"bag_id": str, "split": str}, keep_default_na=False)
+        index = pd.read_csv(path / "index.csv", dtype={"bag_id": str, "label": str, "split": str},
+                            keep_default_na=False)
     except (OSError, ValueError) as exc:
         raise DataError(src, f"not a readable arcmil store ({exc})") from None
     if meta.get("format") != STORE_FORMAT:
@@ -51,14 +52,17 @@ def open_store(path: str | os.PathLike, *, require_labels: bool = True) -> BagSe
                         field="windows")
     windows = WindowFile(path / "windows.bin", meta["dtype"], shape)
     bags = PackedBags(windows, index["offset"].to_numpy(), index["length"].to_numpy())
-    labels = None if (index["label"] == "").all() else index["label"].to_numpy()
+    labels = None if (index["label"] == "").all() else index["label"].to_numpy(dtype=str)
     if labels is None and require_labels:
         raise DataError(src, "missing required labels", field="labels")
     bag_ids = index["bag_id"].to_numpy(dtype=str)
     space = LabelSpace.from_dict(meta.get("label_space"))  # absent in stores from before label spaces: binary
     if labels is not None:  # validated when written: only expressed in the recorded space here
-        read_as, labels = infer(labels, src, bag_ids, label_sets=space.kind == "multilabel")
-        labels = space.recode(labels, read_as, src, bag_ids)
+        if space.binary:
+            labels = labels.astype(np.int64)
+        else:
+            read_as, labels = infer(labels, src, bag_ids, label_sets=space.kind == "multilabel")
+            labels = space.recode(labels, read_as, src, bag_ids)
     split = None if (index["split"] == "").all() else index["split"].to_numpy(dtype=str)
     instance_labels = None
     if (path / "instance_labels.bin").exists():

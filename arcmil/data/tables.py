@@ -103,13 +103,13 @@ def table_to_bagset(df: pd.DataFrame, src: str) -> BagSet:
 
 
 def _label_columns(df: pd.DataFrame, src: str) -> list[str]:
-    """``['label']``, the ``label_<name>`` columns (multi-label), or [] (unlabelled)."""
+    """``['label']`` (other ``label_*`` columns are then the user's own), else the ``label_<name>``
+    columns (multi-label), or [] (unlabelled)."""
+    if "label" in df.columns:
+        return ["label"]
     several = [c for c in df.columns if isinstance(c, str) and c.startswith("label_")]
-    if "label" in df.columns and several:
-        raise DataError(src, f"both a label column and {several[0]}: give one label column or one 0/1 column per "
-                        "label", field="label")
     for c in several:
         if not pd.api.types.is_numeric_dtype(df[c]):
             bad = df.loc[pd.to_numeric(df[c], errors="coerce").isna()].iloc[0]
             raise DataError(src, f"value {bad[c]!r} is not 0 or 1", bag=str(bad["bag_id"]), field=c)
-    return ["label"] if "label" in df.columns else several
+    return several
