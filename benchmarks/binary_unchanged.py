@@ -30,8 +30,8 @@ def record() -> dict:
     out = {}
     for task in TASKS:
         for model in MODELS:
-            result = run_experiment(make_task(task, seed=1, n_bags=400), model,
-                                    TrainConfig(seed=1, epochs=3, progress=False), evaluation=EvalConfig(n_bootstrap=200))
+            result = run_experiment(make_task(task, seed=1, n_bags=400), model, TrainConfig(seed=1, epochs=3,
+                                    progress=False), evaluation=EvalConfig(n_bootstrap=200))
             results = clean_json(result.to_dict())
             for key in ("train_seconds", "created", "environment", "model_config"):
                 results.pop(key)
