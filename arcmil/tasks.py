@@ -30,6 +30,7 @@ from arcmil.data.bagset import BagSet, validate
 from arcmil.demo import make_demo_bags
 
 TASKS = ("sparse_presence", "noisy_presence", "cooccurrence", "order", "imbalanced", "variable_length", "demo")
+MULTI_TASKS = ("multiclass4", "multilabel5")  # make_multiclass_task(4) and make_multilabel_task(5)
 P, A, B = 0, 1, 2
 N_SPECIAL = 3
 
@@ -88,9 +89,13 @@ def _document(docs: _Documents, task: str, label: int, n: int) -> tuple[np.ndarr
 
 def make_task(task: str, *, n_bags: int | None = None, dim: int = 256, n_prototypes: int = 40,
               seed: int = 0) -> BagSet:
-    """A validated BagSet of ``task`` (one of TASKS), no split (the pipeline draws one), seeded."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    """A validated BagSet of ``task`` (one of TASKS or MULTI_TASKS), no split (the pipeline draws one), seeded."""
+    if task not in TASKS + MULTI_TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS + MULTI_TASKS)}")
+    if task == "multiclass4":
+        return make_multiclass_task(4, n_bags=n_bags or 1500, dim=dim, seed=seed)
+    if task == "multilabel5":
+        return make_multilabel_task(5, n_bags=n_bags or 1500, dim=dim, seed=seed)
     if task == "demo":
         return make_demo_bags(n_bags or 1500, dim=dim, seed=seed)
     n_bags = n_bags or {"imbalanced": 3000, "variable_length": 1000}.get(task, 1500)

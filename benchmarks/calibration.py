@@ -1,7 +1,10 @@
 """Calibration methods judged on held-out data: test expected calibration error and Brier score of the
-raw sigmoid probabilities (``none``), Platt's map, temperature scaling and isotonic regression, each
+uncalibrated probabilities (``none``), Platt's map, temperature scaling and isotonic regression, each
 fitted on the validation split exactly as ``arcmil train --calibrate METHOD`` fits it, plus test F1 at
-the threshold tuned on the calibrated validation scores.
+the threshold tuned on the calibrated validation scores. The multi-class and multi-label tasks
+(``--tasks multiclass4,multilabel5``) get their label space's family (arcmil.calibration: vector scaling
+for ``platt`` on classes, one map per label); isotonic has no multi-class form ("–"); their ECE is the
+top class's (multi-class) or over every (bag, label) pair, their F1 macro.
 
 Training does not depend on the calibration, so each (task, seed, model) cell trains once
 (``run_experiment`` with the default recipe, ``TrainConfig(seed=seed)``) and applies every method to
@@ -25,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arcmil.calibration import CALIBRATIONS, Calibrator, calibration_metrics
-from arcmil.metrics import binary_metrics, tune_threshold
+from arcmil.calibration import CALIBRATIONS, calibration_metrics, fit_calibrator
+from arcmil.errors import ConfigError
 from arcmil.pipeline import EvalConfig, environment, run_experiment
 from arcmil.tasks import make_task
 from arcmil.train import TrainConfig
@@ -42,15 +45,18 @@ def run_cell(task: str, model: str, seed: int) -> list[dict]:
     tic = time.perf_counter()
     result = run_experiment(make_task(task, seed=seed), model, TrainConfig(seed=seed, progress=False),
                             evaluation=EvalConfig(calibrate="none", n_bootstrap=0))
-    val, test = result.evaluations["val"], result.evaluations["test"]
+    val, test, space = result.evaluations["val"], result.evaluations["test"], result.label_space
     rows = []
     for method in CALIBRATIONS:
-        calibrator = Calibrator.fit(method, val.labels, val.logits)
+        try:
+            calibrator = fit_calibrator(method, val.labels, val.logits, space)
+        except ConfigError:  # isotonic has no multi-class form
+            continue
         val_probs, test_probs = calibrator(val.logits), calibrator(test.logits)
-        threshold = tune_threshold(val.labels, val_probs)
+        threshold = space.tune_threshold(val.labels, val_probs)
         rows.append({"task": task, "model": model, "seed": seed, "method": method,
-                     **{f"test_{k}": v for k, v in calibration_metrics(test.labels, test_probs).items()},
-                     "test_f1": binary_metrics(test.labels, test_probs, threshold)["f1"],
+                     **{f"test_{k}": v for k, v in calibration_metrics(test.labels, test_probs, space).items()},
+                     "test_f1": space.metrics(test.labels, test_probs, threshold)["f1"],
                      "seconds": time.perf_counter() - tic})
     return rows
 
@@ -81,10 +87,10 @@ def print_table(summary: list[dict]) -> None:
           + " | ECE: platt − temperature, paired |")
     print("|---|---|" + "---|" * (3 * len(CALIBRATIONS) + 1))
     for task, model in dict.fromkeys((r["task"], r["model"]) for r in summary):
-        row = [cells[(task, model, m)] for m in CALIBRATIONS]
+        row = [cells.get((task, model, m)) for m in CALIBRATIONS]  # no isotonic beyond binary and multi-label
         print(f"| {task} | {model} | " + " | ".join(
-            [f"{r['ece_median']:.3f} ({r['ece_worst']:.3f})" for r in row] + [f"{r['brier_median']:.3f}" for r in row]
-            + [f"{r['f1_median']:.3f}" for r in row]
+            [f"{r['ece_median']:.3f} ({r['ece_worst']:.3f})" if r else "–" for r in row]
+            + [f"{r['brier_median']:.3f}" if r else "–" for r in row] + [f"{r['f1_median']:.3f}" if r else "–" for r in row]
             + [f"{cells[(task, model, 'platt')]['ece_minus_temperature_median']:+.4f}"]) + " |")
 
 

@@ -24,13 +24,11 @@ import numpy as np
 import torch
 
 from arcmil.pipeline import EvalConfig, environment, run_experiment
-from arcmil.tasks import make_multiclass_task, make_multilabel_task
+from arcmil.tasks import MULTI_TASKS, make_task
 from arcmil.train import TrainConfig
 
 from recipe import parse_seeds  # beside this script
 
-TASKS = {"multiclass4": lambda seed: make_multiclass_task(4, seed=seed),
-         "multilabel5": lambda seed: make_multilabel_task(5, seed=seed)}
 MODELS = ("attention_mil", "transformer_mil", "transmil")
 METRICS = ("roc_auc", "f1", "accuracy")
 
@@ -38,7 +36,7 @@ METRICS = ("roc_auc", "f1", "accuracy")
 def run_cell(task: str, model: str, seed: int) -> dict:
     torch.set_num_threads(1)
     tic = time.perf_counter()
-    result = run_experiment(TASKS[task](seed), model, TrainConfig(seed=seed, progress=False),
+    result = run_experiment(make_task(task, seed=seed), model, TrainConfig(seed=seed, progress=False),
                             evaluation=EvalConfig(n_bootstrap=0))
     test = result.test
     per_class = test.get("per_class") or test["per_label"]
@@ -49,7 +47,7 @@ def run_cell(task: str, model: str, seed: int) -> dict:
 
 def summarize(cells: list[dict]) -> list[dict]:
     rows = []
-    for task in TASKS:
+    for task in MULTI_TASKS:
         for model in MODELS:
             cell = [c for c in cells if (c["task"], c["model"]) == (task, model)]
             if not cell:
@@ -72,7 +70,7 @@ def print_tables(rows: list[dict]) -> None:
     for r in rows:
         print(f"| {r['task']} | {r['model']} | " + " | ".join(f"{r[f'{m}_median']:.3f} / {r[f'{m}_worst']:.3f}"
                                                             for m in METRICS) + f" | {r['seconds_median']:.0f} |")
-    for task in TASKS:
+    for task in MULTI_TASKS:
         task_rows = [r for r in rows if r["task"] == task]
         if not task_rows:
             continue
@@ -86,7 +84,7 @@ def print_tables(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--tasks", default=",".join(MULTI_TASKS))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seeds", default="0-9")
     parser.add_argument("--workers", type=int, default=1, help="one-thread processes side by side")
