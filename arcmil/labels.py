@@ -185,7 +185,8 @@ class LabelSpace:
         return {"labels": self.names(labels)}
 
     def table_columns(self, labels: np.ndarray) -> dict:
-        """The labels as table columns: ``label`` (names), or one 0/1 ``label_<name>`` per label."""
+        """The labels as table columns (a bag file's, predictions.csv's): ``label`` (names, see ``names``),
+        or one 0/1 ``label_<name>`` per label."""
         if self.kind == "multilabel":
             return {f"label_{name}": np.asarray(labels)[:, k] for k, name in enumerate(self.classes)}
         return {"label": self.names(labels)}
@@ -289,7 +290,7 @@ class LabelSpace:
             return {"prob": probs, "pred": decision}
         columns = {f"prob_{name}": probs[:, k] for k, name in enumerate(self.classes)}
         if self.kind == "multiclass":
-            return {**columns, "pred": np.asarray(self.classes, dtype=object)[decision]}
+            return {**columns, "pred": self.names(decision)}
         return {**columns, **{f"pred_{name}": decision[:, k] for k, name in enumerate(self.classes)}}
 
     def caption(self, label, probs) -> str:
@@ -333,14 +334,6 @@ class LabelSpace:
         if self.kind == "multiclass":
             return ("roc_auc", "pr_auc", "f1", "f1_weighted", "accuracy", "balanced_accuracy", "log_loss")
         return ("roc_auc", "roc_auc_micro", "pr_auc", "f1", "f1_micro", "accuracy", "hamming_loss")
-
-    def label_column(self, labels: np.ndarray) -> dict:
-        """The data's labels as predictions.csv shows them: 0/1, the class name, or one 0/1 column per label."""
-        if self.binary:
-            return {"label": labels}
-        if self.kind == "multiclass":
-            return {"label": np.asarray(self.classes, dtype=object)[labels]}
-        return {f"label_{name}": labels[:, k] for k, name in enumerate(self.classes)}
 
 
 BINARY = LabelSpace()

@@ -123,7 +123,7 @@ def predictions_frame(part: BagSet, ev: Evaluation, threshold, split: str | None
     if split is not None:
         frame["split"] = split
     if part.labels is not None:
-        frame.update(ev.space.label_column(part.labels))
+        frame.update(ev.space.table_columns(part.labels))
     frame.update(ev.space.prediction_columns(ev.probs, threshold))  # ev is in BagSet order
     if wide:
         width = max(len(w) for w in ev.weights)
