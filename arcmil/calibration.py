@@ -41,8 +41,21 @@ MIN_PLATT_SLOPE = float(np.exp(-LOG_TEMPERATURE_BOUNDS[1]))  # the flattest map 
 PLATT_C = 1.0  # scikit-learn's default inverse L2 strength on Platt's slope (README: calibration table)
 
 
+class _LogitMap:
+    """What every calibrator shares: ``probabilities`` (torch, its own) applied to numpy logits and to a
+    scored split."""
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        """(B,) or (B, K) logits -> calibrated probabilities of the same shape (float64)."""
+        return self.probabilities(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
+
+    def apply(self, evaluation):
+        """A scored split (arcmil.scoring.Evaluation) with its probabilities from this calibrator."""
+        return replace(evaluation, probs=self(evaluation.logits))
+
+
 @dataclass(frozen=True)
-class Calibrator:
+class Calibrator(_LogitMap):
     """``method`` with its fitted parameters: Platt's ``slope`` and ``bias``, the ``temperature`` T, or
     the isotonic map's knots (``knots_x`` raw probabilities -> ``knots_y`` calibrated, linear between,
     clipped outside)."""
@@ -81,10 +94,6 @@ class Calibrator:
             return cls()
         raise ArcmilError(f"calibrate must be one of {', '.join(CALIBRATIONS)}, got {method!r}")
 
-    def __call__(self, logits: np.ndarray) -> np.ndarray:
-        """(B,) logits -> (B,) calibrated probabilities (float64)."""
-        return self.probabilities(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
-
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (any shape) -> calibrated probabilities, in torch ops an ONNX graph can hold: the
         isotonic map interpolates between its knots with comparisons and gathers (np.interp's result)."""
@@ -103,10 +112,6 @@ class Calibrator:
         x0, x1, y0, y1 = x[right - 1], x[right], y[right - 1], y[right]
         t = ((probs - x0) / (x1 - x0).clamp(min=torch.finfo(probs.dtype).tiny)).clamp(0.0, 1.0)
         return y0 + t * (y1 - y0)
-
-    def apply(self, evaluation):
-        """A scored split (arcmil.scoring.Evaluation) with its probabilities from this calibrator."""
-        return replace(evaluation, probs=self(evaluation.logits))
 
     def to_dict(self) -> dict:
         """Plain data for checkpoints and results."""
@@ -140,7 +145,7 @@ class Calibrator:
 
 
 @dataclass(frozen=True)
-class PerLabelCalibrator:
+class PerLabelCalibrator(_LogitMap):
     """Multi-label: one binary ``Calibrator`` per label, each fitted on its own column."""
 
     members: tuple[Calibrator, ...]
@@ -149,22 +154,16 @@ class PerLabelCalibrator:
     def method(self) -> str:
         return self.members[0].method
 
-    def __call__(self, logits: np.ndarray) -> np.ndarray:
-        """(B, K) logits -> (B, K) calibrated probabilities (float64)."""
-        return self.probabilities(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
-
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, K) logits -> (B, K) probabilities, column k by label k's map."""
         return torch.stack([m.probabilities(logits[..., k]) for k, m in enumerate(self.members)], dim=-1)
-
-    def apply(self, evaluation):
-        return replace(evaluation, probs=self(evaluation.logits))
 
     def to_dict(self) -> dict:
         return {"method": self.method, "family": "per_label", "labels": [m.to_dict() for m in self.members]}
 
 
 @dataclass(frozen=True)
-class SoftmaxCalibrator:
+class SoftmaxCalibrator(_LogitMap):
     """Multi-class: softmax(``slopes`` * z + ``biases``) (vector scaling, ``platt``), softmax(z / ``temperature``)
     or plain softmax (``none``)."""
 
@@ -208,17 +207,11 @@ class SoftmaxCalibrator:
         fit = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 1000})
         return cls("platt", tuple(map(float, fit.x[:k])), tuple(map(float, fit.x[k:])))
 
-    def __call__(self, logits: np.ndarray) -> np.ndarray:
-        """(B, K) logits -> (B, K) calibrated probabilities (float64), rows summing to 1."""
-        return self.probabilities(torch.from_numpy(np.asarray(logits, dtype=np.float64))).numpy()
-
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, K) logits -> (B, K) probabilities, rows summing to 1."""
         slopes = torch.tensor(self.slopes, dtype=logits.dtype, device=logits.device)
         biases = torch.tensor(self.biases, dtype=logits.dtype, device=logits.device)
         return torch.softmax((logits * slopes + biases) / self.temperature, dim=-1)
-
-    def apply(self, evaluation):
-        return replace(evaluation, probs=self(evaluation.logits))
 
     def to_dict(self) -> dict:
         return {"method": self.method, "family": "softmax", "slopes": list(self.slopes), "biases": list(self.biases),

@@ -189,11 +189,16 @@ def _gallery(config: dict, runs: dict[str, Path], bags=None) -> tuple[list[dict]
         model, meta = load_checkpoint(checkpoint)
         space = LabelSpace.from_dict(meta.get("label_space"))
         chosen = _gallery_picks(test[test["bag_id"].isin(position.keys())], space)
+        normalizer, calibrator = Normalizer.from_dict(meta["normalization"]), calibrator_from_dict(
+            meta.get("calibration"), space)
+        frames = {}  # class explained -> the rows of every chosen bag explained for it (one explain call each)
+        for target in dict.fromkeys(target for _, _, target in chosen):
+            ids = list(dict.fromkeys(bag_id for _, bag_id, t in chosen if t == target))
+            frames[target] = explain_bags(model, bags.subset([position[b] for b in ids]).in_space(space), METHODS,
+                                          normalizer=normalizer, calibrator=calibrator,
+                                          classes=None if target is None else [target])
         for kind, bag_id, target in chosen:
-            frame = explain_bags(model, bags.subset([position[bag_id]]).in_space(space), METHODS,
-                                 normalizer=Normalizer.from_dict(meta["normalization"]),
-                                 calibrator=calibrator_from_dict(meta.get("calibration"), space),
-                                 classes=None if target is None else [target])
+            frame = frames[target][frames[target]["bag_id"].astype(str) == bag_id]
             title = f"{name} — {kind}: {bag_id}, p = {frame['prob'].iloc[0]:.3f}"
             marks = frame["instance_label"].to_numpy() if "instance_label" in frame else None
             importances = {m: frame[m].to_numpy() for m in METHODS}

@@ -166,7 +166,6 @@ class LabelSpace:
                             f"({', '.join(self.classes)})", bag=str(bag_ids[i]), field="labels")
         return out
 
-
     def names(self, labels: np.ndarray) -> np.ndarray:
         """(B,) labels as a table cell shows them and ``infer`` reads them back: 0/1 (binary), the class
         name (multi-class; an integer when every name is one) or the label names joined by ``|``."""
@@ -398,7 +397,7 @@ def infer(raw, src: str, bag_ids, names=None, label_sets: bool = False) -> tuple
         raise DataError(src, f"labels must be numbers or strings, found dtype {raw.dtype}", field="labels")
     text = np.char.strip(raw.astype(str))
     if label_sets or any(LABEL_SEPARATOR in t for t in text):
-        return _label_sets(text, src, bag_ids)
+        return _label_sets(text)
     empty = text == ""
     if empty.any():
         raise DataError(src, "empty label", bag=str(bag_ids[int(np.argmax(empty))]), field="labels")
@@ -411,7 +410,7 @@ def _multiclass(classes: list[str], ids: np.ndarray) -> tuple[LabelSpace, np.nda
     return LabelSpace("multiclass", tuple(classes)), ids.astype(np.int64)
 
 
-def _label_sets(text: np.ndarray, src: str, bag_ids) -> tuple[LabelSpace, np.ndarray]:
+def _label_sets(text: np.ndarray) -> tuple[LabelSpace, np.ndarray]:
     """'a|b' cells -> (B, K) 0/1 over the sorted union of the names."""
     sets = [[part.strip() for part in t.split(LABEL_SEPARATOR) if part.strip()] if t else [] for t in text]
     names = sorted({name for s in sets for name in s})

@@ -91,14 +91,13 @@ def multiclass_metrics(y_true, probs, classes) -> dict:
     y_true, probs = np.asarray(y_true).astype(int), np.asarray(probs, dtype=np.float64)
     k = len(classes)
     pred = probs.argmax(axis=1)
-    present = np.unique(y_true)
     onehot = np.eye(k, dtype=int)[y_true]
-    ranked = [c for c in present if 0 < onehot[:, c].sum() < len(y_true)]
+    aucs = [_safe_auc(roc_auc_score, onehot[:, c], probs[:, c]) for c in range(k)]  # None: one side absent
+    ranked = [c for c in range(k) if aucs[c] is not None]
     return {
         "n": int(len(y_true)),
         "class_counts": {name: int((y_true == c).sum()) for c, name in enumerate(classes)},
-        "roc_auc": float(np.mean([roc_auc_score(onehot[:, c], probs[:, c]) for c in ranked])) if len(ranked) >= 2
-        else None,
+        "roc_auc": float(np.mean([aucs[c] for c in ranked])) if len(ranked) >= 2 else None,
         "pr_auc": float(np.mean([average_precision_score(onehot[:, c], probs[:, c]) for c in ranked]))
         if len(ranked) >= 2 else None,
         "f1": float(f1_score(y_true, pred, labels=range(k), average="macro", zero_division=0)),
@@ -106,7 +105,7 @@ def multiclass_metrics(y_true, probs, classes) -> dict:
         "accuracy": float(accuracy_score(y_true, pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
         "log_loss": float(log_loss(y_true, probs, labels=range(k))),
-        "per_class": {name: {"roc_auc": _safe_auc(roc_auc_score, onehot[:, c], probs[:, c]),
+        "per_class": {name: {"roc_auc": aucs[c],
                              "f1": float(f1_score(onehot[:, c], (pred == c).astype(int), zero_division=0))}
                       for c, name in enumerate(classes)},
         "confusion_matrix": {"classes": list(classes),

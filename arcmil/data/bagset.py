@@ -79,13 +79,10 @@ class BagSet:
             "windows_per_bag": {"min": int(lengths.min()), "median": float(np.median(lengths)),
                                 "max": int(lengths.max())},
         }
-        if self.labels is not None:
-            counts = self.label_space.class_counts(self.labels)
-            if self.label_space.binary:
-                out["n_positive"] = int(counts[1])
-            else:
-                out.update(label_space=self.label_space.to_dict(), class_counts=dict(zip(self.label_space.classes,
-                                                                                         counts.tolist())))
+        if self.labels is not None:  # n_positive, or class_counts and the label space
+            out.update(self.label_space.split_summary(self.labels))
+            if not self.label_space.binary:
+                out["label_space"] = self.label_space.to_dict()
         return out
 
 
