@@ -338,19 +338,21 @@ class LabelSpace:
 BINARY = LabelSpace()
 
 
-def merge(spaces) -> LabelSpace:
-    """One space for data read in parts (a store's chunks): the union of their classes, ordered as
-    ``infer`` orders them (labels: as first seen). Binary parts with multi-class ones become classes "0"
-    and "1"."""
-    spaces = list(spaces)
-    kinds = {s.kind for s in spaces}
+def merge(parts) -> LabelSpace:
+    """One space for data read in pieces (a store's chunks): ``parts`` are (space, labels) of each piece;
+    the union of their classes, ordered as ``infer`` orders them (labels: as first seen). A binary piece
+    beside multi-class ones adds the classes it holds ("0", "1", or both)."""
+    parts = list(parts)
+    kinds = {space.kind for space, _ in parts}
     if kinds == {"binary"}:
         return BINARY
-    if "multilabel" in kinds:  # a part whose bags have one label each reads as classes
+    if "multilabel" in kinds:  # a piece whose bags have one label each reads as classes
         if "binary" in kinds:
             raise ArcmilError("some bags have label sets and others 0/1 labels")
-        return LabelSpace("multilabel", tuple(dict.fromkeys(c for s in spaces for c in s.classes)))  # as first seen
-    return LabelSpace("multiclass", _ordered({c for s in spaces for c in s.classes}))
+        return LabelSpace("multilabel", tuple(dict.fromkeys(c for space, _ in parts for c in space.classes)))
+    present = {str(v) for space, labels in parts if space.binary for v in np.unique(labels)}
+    return LabelSpace("multiclass", _ordered(present | {c for space, _ in parts if not space.binary
+                                                        for c in space.classes}))
 
 
 def _all_integers(names) -> bool:

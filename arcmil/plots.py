@@ -1,14 +1,26 @@
 """PNG figures of a run: ROC, precision-recall, reliability, training curves, window-attention heatmap."""
 from __future__ import annotations
 
+import functools
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-matplotlib.rcParams["text.parse_math"] = False  # class names and bag ids from the data are text, never TeX
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
+
+
+def _plain_text(plot):
+    """Draw ``plot``'s figure with mathtext off: class names and bag ids from the data are text, never
+    TeX (a ``$`` in a name must not fail savefig). Scoped to arcmil's own figures, not the process's."""
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return wrapper
 
 
 def _save(fig, path) -> None:
@@ -17,6 +29,7 @@ def _save(fig, path) -> None:
     plt.close(fig)
 
 
+@_plain_text
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "ROC") -> None:
     """curves: label -> (y_true, scores); one ROC line each, its AUC in the legend."""
     fig, ax = plt.subplots(figsize=(6, 5.5))
@@ -29,6 +42,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str 
     _save(fig, path)
 
 
+@_plain_text
 def plot_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "Precision-recall") -> None:
     """curves: label -> (y_true, scores); one precision-recall line each, its average precision in the legend."""
     fig, ax = plt.subplots(figsize=(6, 5.5))
@@ -40,6 +54,7 @@ def plot_pr(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str =
     _save(fig, path)
 
 
+@_plain_text
 def plot_calibration(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, title: str = "Reliability",
                      n_bins: int = 10) -> None:
     """Reliability diagram: curves maps label -> (y_true, probabilities); observed frequency against mean
@@ -58,6 +73,7 @@ def plot_calibration(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, tit
     _save(fig, path)
 
 
+@_plain_text
 def plot_training_curves(history: list[dict], path, best_epoch: int, title: str = "") -> None:
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -73,6 +89,7 @@ def plot_training_curves(history: list[dict], path, best_epoch: int, title: str 
     _save(fig, path)
 
 
+@_plain_text
 def plot_window_heatmap(values: list[np.ndarray], captions: list[str], bag_ids, path, instance_labels=None,
                         title: str = "window weights", signed: bool = False, colorbar: str = "weight") -> None:
     """Heatmap: one row per bag (named by its id and caption, LabelSpace.caption), one column per window;
@@ -102,6 +119,7 @@ def plot_window_heatmap(values: list[np.ndarray], captions: list[str], bag_ids, 
     _save(fig, path)
 
 
+@_plain_text
 def plot_document_explanations(importances: dict[str, np.ndarray], path, title: str = "", marks=None) -> None:
     """One document: a row per explanation method (name -> (n,) importances, each row scaled to its
     largest magnitude), a column per window; windows that ``marks`` flags are outlined in red."""

@@ -57,9 +57,12 @@ def test_recode_matches_classes_by_name_and_refuses_unknown_ones():
 
 
 def test_merge_unions_the_classes_of_parts():
-    assert merge([BINARY, BINARY]) == BINARY
-    assert merge([BINARY, LabelSpace("multiclass", ("0", "2", "10"))]).classes == ("0", "1", "2", "10")
-    assert merge([LabelSpace("multilabel", ("b",)), LabelSpace("multilabel", ("a", "b"))]).classes == ("b", "a")
+    assert merge([(BINARY, np.array([0, 1])), (BINARY, np.array([1]))]) == BINARY
+    classes = LabelSpace("multiclass", ("0", "2", "10"))
+    assert merge([(BINARY, np.array([0, 1])), (classes, None)]).classes == ("0", "1", "2", "10")
+    assert merge([(BINARY, np.array([1])), (LabelSpace("multiclass", ("2", "3")), None)]).classes == ("1", "2", "3")
+    tags = [(LabelSpace("multilabel", ("b",)), None), (LabelSpace("multilabel", ("a", "b")), None)]
+    assert merge(tags).classes == ("b", "a")
 
 
 def test_losses_weigh_classes_by_the_training_balance():

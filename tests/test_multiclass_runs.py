@@ -274,3 +274,16 @@ def test_a_loaded_classifier_refits_and_explains_per_class(classes, tmp_path):
     assert "n_outputs" not in loaded.get_params() and loaded.config().model == "attention_mil"
     frame = loaded.explain(bags[:3], methods=("weights", "occlusion"))
     assert set(frame["class"]) <= set(classes.label_space.classes) and len(frame) == sum(len(b) for b in bags[:3])
+
+
+def test_a_store_of_one_based_classes_written_in_chunks_holds_only_those_classes(tmp_path):
+    bags = make_multiclass_task(3, n_bags=60, dim=8, seed=2)
+    order = np.argsort(bags.labels, kind="stable")  # chunks of one or two classes each: some read as 0/1
+    ones = bags.subset(order)
+    ones.labels = ones.labels + 1  # classes 1, 2, 3
+    np.savez(tmp_path / "b.npz", embeddings=ones.bags.gather(np.arange(60)), lengths=ones.lengths,
+             bag_ids=ones.bag_ids, labels=ones.labels)
+    convert_to_store(tmp_path / "b.npz", tmp_path / "store", chunk_windows=120)
+    back = load_bags(tmp_path / "store")
+    assert back.label_space == LabelSpace("multiclass", ("1", "2", "3"))
+    np.testing.assert_array_equal(back.labels, ones.labels - 1)

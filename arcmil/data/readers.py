@@ -118,8 +118,9 @@ def _from_arrays(arrays: dict, src: str) -> BagSet:
     labels = arrays.get("labels")
     if labels is not None:
         labels = np.asarray(labels)
-        if len(labels) != n:
-            raise DataError(src, f"{len(labels)} labels for {n} bags", field="labels")
+        if labels.ndim == 0 or len(labels) != n:
+            count = labels.size if labels.ndim == 0 else len(labels)
+            raise DataError(src, f"{count} labels for {n} bags", field="labels")
     bag_ids = arrays.get("bag_ids")
     bag_ids = np.array([str(i) for i in range(n)]) if bag_ids is None else np.asarray(bag_ids).astype(str)
     split = arrays.get("split")

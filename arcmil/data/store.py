@@ -133,7 +133,7 @@ class _StoreWriter:
         self.instance = None
         self.index, self.seen, self.n_windows, self.dim = [], set(), 0, None
         self.has_labels = self.has_split = self.has_instances = None
-        self.spaces = []  # each chunk's label space, merged on close
+        self.spaces = []  # each chunk's label space and the labels a binary chunk holds, merged on close
 
     def _same(self, name: str, value: bool, chunk: BagSet) -> None:
         if getattr(self, name) is None:
@@ -175,7 +175,8 @@ class _StoreWriter:
             "split": chunk.split if chunk.split is not None else "", "offset": offsets, "length": packed.lengths}))
         self.n_windows += int(packed.lengths.sum())
         if chunk.labels is not None:
-            self.spaces.append(chunk.label_space)
+            space = chunk.label_space
+            self.spaces.append((space, np.unique(chunk.labels) if space.binary else None))
 
     def close(self) -> dict:
         self.windows.close()
