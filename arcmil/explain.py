@@ -11,7 +11,8 @@ Positive occlusion / integrated-gradient values push the bag towards the positiv
 Beyond binary (arcmil.labels) each explanation is of one class's logit: ``explain_bags(..., classes=...)``
 gives one row per window and explained class (column ``class``): by default each bag's most probable
 class (multi-class) or every label (multi-label), or the classes named. The attention weights are one
-per window whatever the class (the models keep one attention over windows). Localisation then scores,
+per window whatever the class, except from a model with one attention per class (``class_attention``),
+whose weights are the explained class's own. Localisation then scores,
 per class, the windows of bags that truly hold it.
 """
 from __future__ import annotations
@@ -104,8 +105,8 @@ def explain_bags(model, bags: BagSet, methods=METHODS, *, normalizer=None, calib
             if bags.instance_labels is not None:
                 frame["instance_label"] = bags.instance_labels[i]
             frame["prob"] = scored.probs[i] if k is None else scored.probs[i][k]
-            if "weights" in methods:
-                frame["weights"] = scored.weights[i]
+            if "weights" in methods:  # per-class weights: the explained class's
+                frame["weights"] = scored.weights[i] if scored.weights[i].ndim == 1 else scored.weights[i][:, k]
             if drops is not None:
                 frame["occlusion"] = drops if k is None else drops[:, k]
             if "integrated_gradients" in methods:

@@ -3,7 +3,8 @@
 The graph takes ``embeddings`` (B, N, D) float32 and ``mask`` (B, N) bool (True = a real window),
 batch size and bag length both dynamic, and returns ``probability`` (B,) after the checkpoint's
 normalisation and calibration, ``logit`` (B,) and ``weights`` (B, N) (0 on padding); a multi-class or
-multi-label model returns ``probability`` and ``logit`` as (B, K). The tuned threshold(s), model name,
+multi-label model returns ``probability`` and ``logit`` as (B, K), and ``weights`` as (B, K, N) when it has
+one attention per class. The tuned threshold(s), model name,
 tag, model config, label space, normalisation, calibration and arcmil version are in the model's
 metadata, so onnxruntime alone can score documents (README: "Scoring with onnxruntime").
 Built with PyTorch's current exporter (``torch.onnx.export(..., dynamo=True)``; extra ``arcmil[onnx]``) at
@@ -40,7 +41,8 @@ class ScoringGraph(nn.Module):
         self.model, self.normalizer, self.calibrator = model, normalizer, calibrator
 
     def forward(self, embeddings: torch.Tensor, mask: torch.Tensor):
-        """embeddings (B, N, D), mask (B, N) -> probability (B,) or (B, K), logit likewise, weights (B, N)."""
+        """embeddings (B, N, D), mask (B, N) -> probability (B,) or (B, K), logit likewise, weights (B, N)
+        or (B, K, N)."""
         x = torch.where(mask.unsqueeze(-1), self.normalizer.apply(embeddings), 0.0)  # padding 0, as the loaders
         logit, weights = self.model(x, mask)
         logit = logit.float()

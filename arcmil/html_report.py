@@ -183,11 +183,12 @@ def _gallery(config: dict, runs: dict[str, Path], bags=None) -> tuple[list[dict]
     gallery = []
     for name, run in runs.items():
         checkpoint = next(run.glob("best_*.pth"), None)
-        test = pd.read_csv(run / "predictions.csv", dtype={"bag_id": str}).query("split == 'test'")
         if checkpoint is None:
             continue
         model, meta = load_checkpoint(checkpoint)
         space = LabelSpace.from_dict(meta.get("label_space"))
+        names = {} if space.binary else {"label": str, "pred": str}  # class names as written ('07' is not 7)
+        test = pd.read_csv(run / "predictions.csv", dtype={"bag_id": str, **names}).query("split == 'test'")
         chosen = _gallery_picks(test[test["bag_id"].isin(position.keys())], space)
         normalizer, calibrator = Normalizer.from_dict(meta["normalization"]), calibrator_from_dict(
             meta.get("calibration"), space)
@@ -222,7 +223,7 @@ def _gallery_picks(test: pd.DataFrame, space) -> list[tuple[str, str, str | None
         if space.kind == "multiclass":
             if "label" not in test:
                 return []
-            truth, predicted = test["label"].astype(str) == name, test["pred"].astype(str) == name
+            truth, predicted = test["label"] == name, test["pred"] == name
         else:
             if f"label_{name}" not in test:
                 return []

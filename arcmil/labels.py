@@ -388,8 +388,8 @@ def infer(raw, src: str, bag_ids, names=None, label_sets: bool = False) -> tuple
         bad = ~np.isfinite(raw.astype(np.float64)) | (raw != np.round(raw))
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(src, f"label {raw[i].item()!r} is not 0/1 or a class id", bag=str(bag_ids[i]),
-                            field="labels")
+            what = "missing label" if np.isnan(raw[i]) else f"label {raw[i].item()!r} is not 0/1 or a class id"
+            raise DataError(src, what, bag=str(bag_ids[i]), field="labels")
         raw = raw.astype(np.int64)
         if np.isin(raw, (0, 1)).all():
             return LabelSpace(), raw

@@ -38,9 +38,9 @@ from arcmil.scoring import (  # noqa: F401 (evaluate, window_weights_frame: impo
     Evaluation,
     check_fits,
     evaluate,
-    has_short_bags,
     predictions_frame,
     score_bags,
+    wide_weights,
     window_weights_frame,
 )
 from arcmil.train import (
@@ -155,7 +155,7 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     test_metrics = space.metrics(test.labels, test.probs, threshold)
     test_metrics["ci"] = bootstrap_ci(test.labels, test.probs, threshold, n_boot=evaluation.n_bootstrap,
                                       seed=cfg.seed, space=space)
-    wide = has_short_bags(*(data.parts[name] for name in scored))
+    wide = wide_weights(model.config, *(data.parts[name] for name in scored))
     predictions = pd.concat([predictions_frame(data.parts[name], evaluations[name], threshold, name, wide)
                              for name in scored], ignore_index=True)
     summary = {**data.bags.summary(), "split_origin": data.split_origin, "normalization": evaluation.normalize,

@@ -123,17 +123,17 @@ class OnnxModel(nn.Module):
 def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE, device: str = "auto",
                    precision: str = "fp32", overwrite: bool = False) -> str | None:
     """Score ``data`` into ``out`` (one row per bag: probability, prediction at the checkpoint's threshold,
-    window weights; bags too long for columns get ``<out>_window_weights.csv``). Returns the summary to
+    window weights; bags too long for columns, and weights per class, go to ``<out>_window_weights.csv``). Returns the summary to
     print (None on the ranks that do not write, under torchrun)."""
     from arcmil.distributed import init_world
     from arcmil.outputs import refuse_existing_file, write_new_file
-    from arcmil.scoring import has_short_bags, predictions_frame, score_bags, window_weights_frame
+    from arcmil.scoring import predictions_frame, score_bags, wide_weights, window_weights_frame
 
     out = Path(out)
     long_out = out.with_name(f"{out.stem}_window_weights.csv")
     refuse_existing_file(out, overwrite)
     s = Scorer.load(checkpoint, data, device)
-    wide = has_short_bags(s.bags)  # else the window weights go to long_out, one row per window
+    wide = wide_weights(s.model.config, s.bags)  # else the window weights go to long_out, one row per window
     if not wide:
         refuse_existing_file(long_out, overwrite)
     world = init_world(s.device)

@@ -31,8 +31,8 @@ def autocast(device: torch.device, precision: str):
 @dataclass
 class Evaluation:
     """probs: (B,) or (B, K) probabilities (``space``'s map of ``logits``, or calibrated: see
-    arcmil.calibration), ordered by bag position (``index``); weights: one (n_i,) array per bag; loss is
-    None for unlabelled data."""
+    arcmil.calibration), ordered by bag position (``index``); weights: one (n_i,) array per bag, or
+    (n_i, K) from a model with one attention per class; loss is None for unlabelled data."""
 
     probs: np.ndarray
     labels: np.ndarray | None
@@ -41,6 +41,12 @@ class Evaluation:
     loss: float | None = None
     logits: np.ndarray | None = None
     space: LabelSpace = BINARY
+
+    def shown_weights(self, row: int) -> np.ndarray:
+        """Row ``row``'s window weights for a figure (n_i,): per-class weights of its most probable class,
+        the one ``LabelSpace.caption`` names."""
+        weights = self.weights[row]
+        return weights if weights.ndim == 1 else weights[:, int(np.argmax(self.probs[row]))]
 
 
 def _window_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -63,7 +69,7 @@ def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32
     lengths = loader.bs.lengths
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     outputs = () if space.n_outputs == 1 else (space.n_outputs,)
-    logits_out, flat = np.zeros((len(lengths), *outputs)), np.zeros(int(lengths.sum()), dtype=np.float32)
+    logits_out, flat = np.zeros((len(lengths), *outputs)), None
     scored, total = np.zeros(len(lengths), dtype=bool), 0.0
     for batch in loader:
         batch = batch.to(device)
@@ -72,7 +78,10 @@ def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32
         logits = logits.float()
         index = batch.index.numpy()
         logits_out[index] = logits.cpu().numpy()
-        flat[_window_rows(starts[index], lengths[index])] = w.float()[batch.mask].cpu().numpy()
+        w = w.float() if w.dim() == 2 else w.float().transpose(1, 2)  # per-class weights: (B, N, K)
+        if flat is None:  # one weight per window, or one per window and class
+            flat = np.zeros((int(lengths.sum()), *w.shape[2:]), dtype=np.float32)
+        flat[_window_rows(starts[index], lengths[index])] = w[batch.mask].cpu().numpy()
         scored[index] = True
         if batch.y is not None and criterion is not None:
             total += criterion.to(device)(logits, batch.y).item() * len(batch.y)
@@ -86,7 +95,7 @@ def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32
             scored |= part_scored
         total = sum(part[3] for part in parts)
     index = np.flatnonzero(scored)
-    weights = np.split(flat, np.cumsum(lengths)[:-1])
+    weights = np.split(np.zeros(int(lengths.sum()), np.float32) if flat is None else flat, np.cumsum(lengths)[:-1])
     labels = None if loader.bs.labels is None else loader.bs.labels[index].astype(int)
     loss = total / len(index) if labels is not None and criterion is not None else None
     logits_out = logits_out[index]
@@ -109,9 +118,17 @@ def score_bags(model: nn.Module, bags: BagSet, normalizer: Normalizer | None = N
 WIDE_WEIGHTS_MAX_WINDOWS = 512  # longer bags get their window weights in long format instead of w_* columns
 
 
-def has_short_bags(*parts: BagSet) -> bool:
-    """Whether window weights fit as w_* columns: no bag longer than WIDE_WEIGHTS_MAX_WINDOWS."""
-    return max(int(part.lengths.max()) for part in parts) <= WIDE_WEIGHTS_MAX_WINDOWS
+def per_class_weights(model_config) -> bool:
+    """Whether a model gives each window one weight per class (forward's weights (B, K, N)): an attention
+    pooler with ``class_attention`` and several outputs."""
+    return bool(getattr(model_config, "class_attention", False)) and model_config.n_outputs > 1
+
+
+def wide_weights(model_config, *parts: BagSet) -> bool:
+    """Whether window weights fit as w_* columns: one weight per window (``per_class_weights``) and no bag
+    longer than WIDE_WEIGHTS_MAX_WINDOWS. Else they go to a long table (``window_weights_frame``)."""
+    return (not per_class_weights(model_config)
+            and max(int(part.lengths.max()) for part in parts) <= WIDE_WEIGHTS_MAX_WINDOWS)
 
 
 def predictions_frame(part: BagSet, ev: Evaluation, threshold, split: str | None = None,
@@ -135,11 +152,16 @@ def predictions_frame(part: BagSet, ev: Evaluation, threshold, split: str | None
 
 
 def window_weights_frame(part: BagSet, ev: Evaluation) -> pd.DataFrame:
-    """Long format, one row per window: bag_id, window, weight."""
+    """Long format, one row per window: bag_id, window, weight (or weight_<class> per class, from a model
+    with one attention per class)."""
     lengths = [len(w) for w in ev.weights]
-    return pd.DataFrame({"bag_id": np.repeat(part.bag_ids, lengths),
-                         "window": np.concatenate([np.arange(n) for n in lengths]),
-                         "weight": np.concatenate(ev.weights)})
+    frame = {"bag_id": np.repeat(part.bag_ids, lengths), "window": np.concatenate([np.arange(n) for n in lengths])}
+    flat = np.concatenate(ev.weights)
+    if flat.ndim == 1:
+        frame["weight"] = flat
+    else:
+        frame.update({f"weight_{name}": flat[:, k] for k, name in enumerate(ev.space.classes)})
+    return pd.DataFrame(frame)
 
 
 def check_fits(bags: BagSet, model_config, against: str = "the model") -> None:

@@ -24,7 +24,7 @@ from arcmil.distributed import SINGLE, World
 from arcmil.errors import ArcmilError, ConfigError
 from arcmil.models import get_entry, make_config
 from arcmil.models.registry import closest
-from arcmil.pipeline import EvalConfig, RunResult, run_experiment, train_run
+from arcmil.pipeline import EvalConfig, RunResult, output_overrides, run_experiment, train_run
 from arcmil.settings import COMMAND_KEYS, EVAL_FIELDS, MODEL_FIELDS, TRAIN_FIELDS, SearchConfig, read_mapping, resolve
 from arcmil.train import TRAIN_SEARCH_SPACE, TrainConfig
 
@@ -144,7 +144,7 @@ def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchCo
     from optuna.trial import TrialState
 
     overrides = overrides or {}
-    space = search_space(model_name, overrides, search.space)
+    space = search_space(model_name, {**output_overrides(bags), **overrides}, search.space)  # K: class_attention
     quick = replace(evaluation, calibrate="none", n_bootstrap=0, score_train=False)
 
     def objective(trial) -> float:

@@ -8,9 +8,15 @@ with probability 0.35, of kinds order, witness, pair, order, witness. 1,500 docu
 training seed both varying. Every cell runs what ``arcmil train`` runs (``run_experiment``, default
 recipe, ``TrainConfig(seed=seed)``). Per task and model: test macro ROC-AUC, macro F1 and accuracy
 (multi-label: exact-set accuracy), median and worst seed, and the median one-vs-rest ROC-AUC of each
-class or label. Cells are written to the JSON as they finish; a rerun with the same ``--out`` skips them.
+class or label. A model name ending in ``+clsatt`` is that model with one attention per class
+(``class_attention``, weights (B, K, N)) instead of the shared one. On the multi-class task each cell also
+scores how well the attention weights localise each class's evidence: the instance-localisation ROC-AUC
+(``arcmil explain``'s pooled figure) of the weights of each test bag's true class over its windows.
+Cells are written to the JSON as they finish; a rerun with the same ``--out`` skips them.
 
     python benchmarks/multiclass.py --seeds 0-9 --workers 2 --out benchmarks/results/multiclass.json
+    python benchmarks/multiclass.py --seeds 0-9 --workers 2 --models attention_mil+clsatt,transformer_mil+clsatt \
+        --out benchmarks/results/multiclass.json
 """
 from __future__ import annotations
 
@@ -23,32 +29,46 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from arcmil.explain import explain_bags, localisation_auc
 from arcmil.pipeline import EvalConfig, environment, run_experiment
 from arcmil.tasks import MULTI_TASKS, make_task
 from arcmil.train import TrainConfig
 
 from recipe import parse_seeds  # beside this script
 
-MODELS = ("attention_mil", "transformer_mil", "transmil")
+MODELS = ("attention_mil", "transformer_mil", "transmil")  # and any of them with PER_CLASS
 METRICS = ("roc_auc", "f1", "accuracy")
+
+
+PER_CLASS = "+clsatt"  # model-name suffix: one attention per class
 
 
 def run_cell(task: str, model: str, seed: int) -> dict:
     torch.set_num_threads(1)
     tic = time.perf_counter()
-    result = run_experiment(make_task(task, seed=seed), model, TrainConfig(seed=seed, progress=False),
-                            evaluation=EvalConfig(n_bootstrap=0))
+    name, per_class_attention = model.removesuffix(PER_CLASS), model.endswith(PER_CLASS)
+    result = run_experiment(make_task(task, seed=seed), name, TrainConfig(seed=seed, progress=False),
+                            evaluation=EvalConfig(n_bootstrap=0),
+                            **({"class_attention": True} if per_class_attention else {}))
+    seconds = time.perf_counter() - tic
     test = result.test
     per_class = test.get("per_class") or test["per_label"]
-    return {"task": task, "model": model, "seed": seed, **{m: test[m] for m in METRICS},
+    cell = {"task": task, "model": model, "seed": seed, **{m: test[m] for m in METRICS},
             "per_class_roc_auc": {name: v["roc_auc"] for name, v in per_class.items()},
-            "best_epoch": result.best_epoch, "seconds": time.perf_counter() - tic}
+            "best_epoch": result.best_epoch, "seconds": seconds}
+    if result.label_space.kind == "multiclass":  # each window marks its bag's one class's evidence
+        frame = explain_bags(result.model, result.parts["test"], ["weights"], normalizer=result.normalizer,
+                             calibrator=result.calibrator, classes=list(result.label_space.classes))
+        scores = localisation_auc(frame, ["weights"])["per_class"]
+        cell["weights_localisation"] = {name: s["weights"]["pooled"] for name, s in scores.items()
+                                        if s["weights"]["pooled"] is not None}  # class none: no evidence
+    return cell
 
 
 def summarize(cells: list[dict]) -> list[dict]:
     rows = []
     for task in MULTI_TASKS:
-        for model in MODELS:
+        for model in dict.fromkeys(c["model"] for c in cells):
             cell = [c for c in cells if (c["task"], c["model"]) == (task, model)]
             if not cell:
                 continue
@@ -58,6 +78,10 @@ def summarize(cells: list[dict]) -> list[dict]:
                 row[f"{m}_median"], row[f"{m}_worst"] = float(np.median(values)), float(np.min(values))
             row["per_class_roc_auc_median"] = {name: float(np.median([c["per_class_roc_auc"][name] for c in cell]))
                                                for name in cell[0]["per_class_roc_auc"]}
+            if "weights_localisation" in cell[0]:
+                row["weights_localisation_median"] = {
+                    name: float(np.median([c["weights_localisation"][name] for c in cell]))
+                    for name in cell[0]["weights_localisation"]}
             row["seconds_median"] = float(np.median([c["seconds"] for c in cell]))
             rows.append(row)
     return rows
@@ -80,6 +104,15 @@ def print_tables(rows: list[dict]) -> None:
         print("|---|" + "---|" * len(names))
         for r in task_rows:
             print(f"| {r['model']} | " + " | ".join(f"{r['per_class_roc_auc_median'][n]:.3f}" for n in names) + " |")
+        localised = [r for r in task_rows if "weights_localisation_median" in r]
+        if localised:
+            names = [n for n in names if n in localised[0]["weights_localisation_median"]]
+            print(f"\n{task}: median localisation ROC-AUC of the attention weights of each test bag's class\n")
+            print("| model | " + " | ".join(names) + " |")
+            print("|---|" + "---|" * len(names))
+            for r in localised:
+                print(f"| {r['model']} | " + " | ".join(f"{r['weights_localisation_median'][n]:.3f}" for n in names)
+                      + " |")
 
 
 def main() -> None:

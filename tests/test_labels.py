@@ -196,3 +196,38 @@ def test_a_multilabel_model_reads_data_with_one_label_per_bag():
     data, ids = infer(np.array(["c", "a", "c", "b", "a", "a"]), "f", IDS)
     assert data.kind == "multiclass"
     np.testing.assert_array_equal(model.recode(ids, data, "f", IDS)[:2], [[0, 0, 1], [1, 0, 0]])
+
+
+def _table(path, labels, column="label"):
+    """A one-window-per-bag CSV with the given label cells, written as text."""
+    rows = [f"b{i},{cell},{i}.5" for i, cell in enumerate(labels)]
+    path.write_text(f"bag_id,{column},emb_0\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_a_csv_label_column_keeps_names_that_look_like_numbers(tmp_path):
+    from arcmil.data import load_bags
+    from arcmil.data.store import convert_to_store
+
+    padded = load_bags(_table(tmp_path / "padded.csv", ["07", "7", "07", "7", " 7", "07"]))
+    assert padded.label_space.classes == ("07", "7") and padded.labels.tolist() == [0, 1, 0, 1, 1, 0]
+    convert_to_store(tmp_path / "padded.csv", tmp_path / "store", chunk_windows=2)  # chunks of 2 bags
+    assert load_bags(tmp_path / "store").label_space.classes == ("07", "7")
+    written_as_floats = load_bags(_table(tmp_path / "floats.csv", ["1.0", "0.0", "1.0", "0.0", "0.0", "1.0"]))
+    assert written_as_floats.label_space == BINARY and written_as_floats.labels.tolist() == [1, 0, 1, 0, 0, 1]
+    ids = load_bags(_table(tmp_path / "ids.csv", ["2", "10", "2", "10", "3", "3"]))
+    assert ids.label_space.classes == ("2", "3", "10")
+    with pytest.raises(DataError, match="ids.csv: bag 'b4': field 'labels': missing label"):
+        load_bags(_table(tmp_path / "ids.csv", ["2", "10", "2", "10", "", "3"]))
+
+
+def test_a_multilabel_model_refuses_label_columns_that_leave_out_one_of_its_labels(tmp_path):
+    from arcmil.data import load_bags
+
+    path = tmp_path / "two.csv"
+    path.write_text("bag_id,label_a,label_c,emb_0\nx,1,0,0.5\ny,0,1,1.5\n")
+    model = LabelSpace("multilabel", ("a", "b", "c"))
+    with pytest.raises(DataError, match="two.csv: field 'labels': the labels name no column for 'b'"):
+        load_bags(path).in_space(model)
+    path.write_text("bag_id,label_a,label_b,label_c,emb_0\nx,1,0,0,0.5\ny,0,0,1,1.5\n")
+    np.testing.assert_array_equal(load_bags(path).in_space(model).labels, [[1, 0, 0], [0, 0, 1]])

@@ -24,6 +24,7 @@ from arcmil.errors import ConfigError
 from arcmil.explain import explain_bags, integrated_gradients, localisation_auc, occlusion
 from arcmil.labels import LabelSpace
 from arcmil.models import build_model, model_names
+from arcmil.models.layers import AttentionPooler, BranchLinear
 from arcmil.tasks import make_multiclass_task, make_multilabel_task
 
 FAST = ["--epochs", "1", "--n-bootstrap", "20", "--no-progress"]
@@ -81,6 +82,50 @@ def test_every_model_gives_k_logits_independent_of_padding(name):
     torch.testing.assert_close(weights.sum(1), torch.ones(2), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["attention_mil", "attention_mil_gated", "transformer_mil"])
+def test_class_attention_gives_each_class_its_own_weights_independent_of_padding(name):
+    torch.manual_seed(0)
+    cfg = {"input_dim": 8, "n_outputs": 3, "class_attention": True,
+           **(SMALL if name.startswith("trans") else {"hidden_dim": 16})}
+    model = build_model(name, **cfg).eval()
+    assert model.config.tag().endswith("_out3_clsatt")
+    x = torch.randn(2, 7, 8)
+    x[1, 4:] = float("nan")  # padding may hold anything
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    with torch.no_grad():
+        logits, weights = model(x, mask)
+        alone, alone_weights = model(x[1:, :4], mask[1:, :4])
+    assert logits.shape == (2, 3) and weights.shape == (2, 3, 7)
+    torch.testing.assert_close(logits[1:], alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights[1:, :, :4], alone_weights, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3), atol=1e-5, rtol=1e-5)
+    assert (weights[1, :, 4:] == 0).all()
+    assert not torch.allclose(weights[0, 0], weights[0, 1])  # a separate attention per class
+
+
+def test_each_class_attention_branch_is_a_one_branch_pooler_and_its_own_linear_head():
+    torch.manual_seed(0)
+    pooler = AttentionPooler(6, hidden=5, gated=True, branches=3).eval()
+    head = BranchLinear(6, 3)
+    h, mask = torch.randn(2, 4, 6), torch.tensor([[True] * 4, [True, True, False, True]])
+    with torch.no_grad():
+        z, weights = pooler(h, mask)
+        logits = head(z)
+        for k in range(3):
+            one = AttentionPooler(6, hidden=5, gated=True).eval()
+            one.load_state_dict({**pooler.state_dict(), "w.weight": pooler.w.weight[k:k + 1],
+                                 "w.bias": pooler.w.bias[k:k + 1]})
+            z_k, weights_k = one(h, mask)
+            torch.testing.assert_close(weights[:, k], weights_k)
+            torch.testing.assert_close(z[:, k], z_k)
+            torch.testing.assert_close(logits[:, k], z_k @ head.weight[k] + head.bias[k])
+
+
+def test_class_attention_needs_an_attention_pooler():
+    with pytest.raises(ConfigError, match="class_attention needs pool='attention'"):
+        build_model("transformer_mil_topk", input_dim=8, n_outputs=3, class_attention=True)
+
+
 def _nll(labels, probs):
     return -np.mean(np.log(probs[np.arange(len(labels)), labels]))
 
@@ -117,7 +162,7 @@ def test_train_predict_and_export_a_multiclass_model(classes, tmp_path, capsys):
     data = save_bags(classes, tmp_path / "docs.npz")
     run = tmp_path / "run"
     assert main(["train", "--model", "transformer_mil", "--data", str(data), "--out", str(run), *FAST,
-                 *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]]) == 0
+                 "--class-attention", *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]]) == 0
     model, meta = load_checkpoint(run / "best_transformer_mil.pth")
     assert meta["label_space"] == classes.label_space.to_dict() and meta["threshold"] is None
     predictions = pd.read_csv(run / "predictions.csv")
@@ -135,6 +180,13 @@ def test_train_predict_and_export_a_multiclass_model(classes, tmp_path, capsys):
     torch_probs, onnx_probs = pd.read_csv(out), pd.read_csv(tmp_path / "onnx.csv")
     columns = [c for c in torch_probs if c.startswith("prob_")]
     np.testing.assert_allclose(onnx_probs[columns], torch_probs[columns], atol=1e-5)
+    # one attention per class: a weight column per class, in long format, the same from the graph
+    torch_weights = pd.read_csv(tmp_path / "scored_window_weights.csv")
+    onnx_weights = pd.read_csv(tmp_path / "onnx_window_weights.csv")
+    names = [f"weight_{c}" for c in classes.label_space.classes]
+    assert list(torch_weights.columns) == ["bag_id", "window", *names]
+    np.testing.assert_allclose(torch_weights.groupby("bag_id")[names].sum(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(onnx_weights[names], torch_weights[names], atol=1e-5)
 
 
 def test_predict_refuses_a_class_the_model_does_not_know(classes, tmp_path):
@@ -210,6 +262,19 @@ def test_explain_rows_per_class(classes, tags):
     assert len(every) == 3 * int(tags.subset(range(4)).lengths.sum())
     scores = localisation_auc(every, ["weights", "occlusion"])
     assert set(scores["per_class"]) <= set(tags.label_space.classes)
+
+
+def test_explained_weights_are_the_explained_class_attention(classes):
+    torch.manual_seed(0)
+    model = build_model("attention_mil", input_dim=16, hidden_dim=16, n_outputs=4, class_attention=True).eval()
+    part = classes.subset(range(3))
+    frame = explain_bags(model, part, ["weights"], classes=list(classes.label_space.classes))
+    for i, bag in enumerate(part.bag_ids):
+        with torch.no_grad():
+            _, weights = model(torch.as_tensor(part.bags[i])[None])
+        for k, name in enumerate(classes.label_space.classes):
+            rows = frame[(frame["bag_id"] == bag) & (frame["class"] == name)]
+            np.testing.assert_allclose(rows["weights"], weights[0, k].numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_demo_data_writes_multiclass_and_multilabel_documents(tmp_path, capsys):

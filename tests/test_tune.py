@@ -43,6 +43,11 @@ def test_each_model_searches_what_it_has_and_the_yaml_overrides_it(tmp_path):
     assert "k" in topk and "pooler_hidden" not in topk and "k" not in pooled and "pooler_hidden" in pooled
     assert "num_landmarks" in search_space("transmil_nystrom", {}) and "num_landmarks" not in search_space("transmil", {})
     assert "pooler_hidden" in search_space("transmil_dual", {}) and "attention" not in search_space("transmil_nystrom", {})
+    # one attention per class is a choice only where there are classes, and only for an attention pooler
+    assert "class_attention" not in search_space("attention_mil", {}) | search_space("transformer_mil", {})
+    assert "class_attention" in search_space("attention_mil", {"n_outputs": 3})
+    assert "class_attention" in search_space("transformer_mil", {"n_outputs": 3})
+    assert "class_attention" not in search_space("transformer_mil_topk", {"n_outputs": 3})
     path = tmp_path / "space.yaml"
     path.write_text("lr: {low: 0.001, high: 0.01, log: true}\npatience: null\nd_model: {choices: [32]}\n")
     space = search_space("attention_mil", {}, str(path))  # d_model: another model's setting, skipped

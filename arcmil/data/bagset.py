@@ -62,7 +62,15 @@ class BagSet:
         )
 
     def in_space(self, space: LabelSpace) -> "BagSet":
-        """A copy whose labels (if any) are expressed in ``space``, a model's (LabelSpace.recode)."""
+        """A copy whose labels (if any) are expressed in ``space``, a model's (LabelSpace.recode). A label
+        matrix (named columns) must name every label of a multi-label model: a missing column is not 'absent'."""
+        named = self.meta.get("label_names")
+        if self.labels is not None and space.kind == "multilabel" and named is not None:
+            missing = [name for name in space.classes if name not in named]
+            if missing:
+                raise DataError(self.source, f"the labels name no column for {missing[0]!r}, a label of the model "
+                                f"({', '.join(space.classes)}); give each label's column, 0 where absent",
+                                field="labels")
         labels = None if self.labels is None else space.recode(self.labels, self.label_space, self.source,
                                                                  self.bag_ids)
         return replace(self, labels=labels, label_space=space)

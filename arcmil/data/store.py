@@ -21,6 +21,7 @@ import pandas as pd
 
 from arcmil.data.bagset import BagSet, validate
 from arcmil.data.packed import PackedBags, WindowFile, bag_chunks
+from arcmil.data.tables import CSV_TEXT_COLUMNS
 from arcmil.errors import ArcmilError, DataError
 from arcmil.labels import LabelSpace, infer, merge
 
@@ -83,7 +84,7 @@ def _table_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             for start in range(0, rows.num_rows, chunk_rows):
                 yield rows.slice(start, chunk_rows).to_pandas()
     else:
-        yield from pd.read_csv(path, dtype={"bag_id": str, "split": str}, chunksize=chunk_rows)
+        yield from pd.read_csv(path, dtype=CSV_TEXT_COLUMNS, chunksize=chunk_rows)
 
 
 def _complete_bag_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:

@@ -28,6 +28,16 @@ def _outputs(n_outputs: int) -> str:
     return f"_out{n_outputs}" if n_outputs > 1 else ""
 
 
+def _class_attention(on: bool) -> str:
+    return "_clsatt" if on else ""
+
+
+# ``class_attention``: an attention pooler with one attention over the windows per class or label (weights
+# (B, K, N), explanations per class) instead of one shared by all outputs; searched only beyond binary
+CLASS_ATTENTION_SPACE = {"class_attention": {"choices": [False, True]}}
+CLASS_ATTENTION_WHEN = {"class_attention": lambda c: c.n_outputs > 1}
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -55,13 +65,18 @@ class WindowMLPConfig:
 
 @dataclass(frozen=True)
 class AttentionMILConfig(WindowMLPConfig):
-    """ABMIL baseline (Ilse et al. 2018): per-window MLP, attention pooling, linear classifier."""
+    """ABMIL baseline (Ilse et al. 2018): per-window MLP, attention pooling, linear classifier.
+    ``class_attention``: one attention per class (see ``CLASS_ATTENTION``)."""
 
     gated: bool = False
+    class_attention: bool = False
+
+    SEARCH_SPACE: ClassVar[dict] = {**WindowMLPConfig.SEARCH_SPACE, **CLASS_ATTENTION_SPACE}
+    SEARCH_WHEN: ClassVar[dict] = {**WindowMLPConfig.SEARCH_WHEN, **CLASS_ATTENTION_WHEN}
 
     def tag(self) -> str:
         return (f"abmil{'_gated' if self.gated else ''}_h{self.hidden_dim}_drop{_short(self.dropout_p)}"
-                f"{_outputs(self.n_outputs)}")
+                f"{_outputs(self.n_outputs)}{_class_attention(self.class_attention)}")
 
 
 @dataclass(frozen=True)
@@ -128,19 +143,24 @@ class TransformerMILConfig(TransformerConfig):
 
     pool: str = "attention"
     k: int = 2
+    class_attention: bool = False
 
-    SEARCH_SPACE: ClassVar[dict] = {**TransformerConfig.SEARCH_SPACE, "k": {"low": 1, "high": 8}}
+    SEARCH_SPACE: ClassVar[dict] = {**TransformerConfig.SEARCH_SPACE, "k": {"low": 1, "high": 8},
+                                    **CLASS_ATTENTION_SPACE}
     SEARCH_WHEN: ClassVar[dict] = {**TransformerConfig.SEARCH_WHEN, "k": lambda c: c.pool == "topk",
-                                   "pooler_hidden": lambda c: c.pool == "attention"}
+                                   "pooler_hidden": lambda c: c.pool == "attention",
+                                   "class_attention": lambda c: c.pool == "attention" and c.n_outputs > 1}
 
     def __post_init__(self):
         super().__post_init__()
         check_choices(self, {"pool": POOLS})
         _check(self.k >= 1, f"k must be at least 1, got {self.k}")
+        _check(not (self.class_attention and self.pool == "topk"),
+               "class_attention needs pool='attention' (top-k pooling scores each class already)")
 
     def tag(self) -> str:
         pool = f"topk{self.k}_" if self.pool == "topk" else ""
-        return f"tmil_{pool}{self.body_tag()}"
+        return f"tmil_{pool}{self.body_tag()}{_class_attention(self.class_attention)}"
 
 
 @dataclass(frozen=True)

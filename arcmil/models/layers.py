@@ -124,28 +124,60 @@ class Float32Linear(nn.Linear):
 
 
 class AttentionPooler(nn.Module):
-    """ABMIL attention pooling (Ilse et al. 2018, eq. 8; gated: eq. 9).
+    """ABMIL attention pooling (Ilse et al. 2018, eq. 8; gated: eq. 9), with one attention over the
+    windows (``branches`` 1) or one per output (``branches`` K: CLAM's multi-branch attention, Lu et al.
+    2021, a shared hidden layer and one score per class).
 
-    forward(h (B, N, d), mask (B, N)) -> (z (B, d), weights (B, N)); weights sum to 1 over real
-    windows and are exactly 0 on padding.
+    forward(h (B, N, d), mask (B, N)) -> (z (B, d), weights (B, N)), or for K branches (z (B, K, d),
+    weights (B, K, N)); weights sum to 1 over real windows and are exactly 0 on padding.
     """
 
-    def __init__(self, d_model: int, hidden: int = 128, dropout_p: float = 0.0, gated: bool = False):
+    def __init__(self, d_model: int, hidden: int = 128, dropout_p: float = 0.0, gated: bool = False,
+                 branches: int = 1):
         super().__init__()
         self.dropout = nn.Dropout(dropout_p)
         self.V = nn.Linear(d_model, hidden)
         self.U = nn.Linear(d_model, hidden) if gated else None
-        self.w = nn.Linear(hidden, 1)
+        self.w = nn.Linear(hidden, branches)
 
     @float32_forward
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a = torch.tanh(self.V(self.dropout(h)))
         if self.U is not None:
             a = a * torch.sigmoid(self.U(self.dropout(h)))
-        weights = masked_softmax(self.w(a).squeeze(-1), mask)
-        # where() rather than multiply so that non-finite padding values cannot leak into z
-        z = torch.where(mask.unsqueeze(-1), weights.unsqueeze(-1) * h, 0.0).sum(dim=1)
-        return z, weights
+        scores = self.w(a)  # (B, N, branches)
+        if scores.shape[-1] == 1:
+            weights = masked_softmax(scores.squeeze(-1), mask)
+            # where() rather than multiply so that non-finite padding values cannot leak into z
+            return torch.where(mask.unsqueeze(-1), weights.unsqueeze(-1) * h, 0.0).sum(dim=1), weights
+        weights = masked_softmax(scores.transpose(1, 2), mask.unsqueeze(1))  # (B, K, N)
+        return torch.einsum("bkn,bnd->bkd", weights, zero_padding(h, mask)), weights
+
+
+class BranchLinear(nn.Module):
+    """The head of a K-branch pooler: K linear maps, the k-th reading bag vector k only, in float32
+    (``Float32Linear``'s reason). forward(z (B, K, d)) -> logits (B, K)."""
+
+    def __init__(self, d_model: int, branches: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(branches, d_model))
+        self.bias = nn.Parameter(torch.empty(branches))
+        bound = 1.0 / math.sqrt(d_model)  # nn.Linear's default initialisation
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    @float32_forward
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (z * self.weight).sum(dim=-1) + self.bias
+
+
+def attention_head(d_model: int, hidden: int, n_outputs: int, per_class: bool, dropout_p: float = 0.0,
+                   gated: bool = False) -> tuple[AttentionPooler, nn.Module]:
+    """The pooler and classifier of an attention model: one shared attention and a Linear(d -> K), or
+    (``per_class``) one attention and one linear map per output."""
+    branches = n_outputs if per_class else 1
+    pooler = AttentionPooler(d_model, hidden=hidden, dropout_p=dropout_p, gated=gated, branches=branches)
+    return pooler, BranchLinear(d_model, branches) if per_class else Float32Linear(d_model, n_outputs)
 
 
 class TopKPooler(nn.Module):

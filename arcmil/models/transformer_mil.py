@@ -8,11 +8,10 @@ from torch import nn
 
 from arcmil.models.config import TransformerMILConfig
 from arcmil.models.layers import (
-    AttentionPooler,
     EncoderLayer,
-    Float32Linear,
     PositionalEncoding,
     TopKPooler,
+    attention_head,
     full_mask,
     squeeze_single,
     xavier_init,
@@ -23,7 +22,8 @@ from arcmil.models.layers import (
 class TransformerMIL(nn.Module):
     """Linear(D->d) + positions -> pre-norm encoder layers -> LayerNorm -> attention pooler -> Linear(d->K).
 
-    ``weights`` are the pooler's attention (pool='attention') or 1/k on the top-k windows.
+    ``weights`` are the pooler's attention (pool='attention'; (B, K, N) with ``class_attention``) or 1/k on
+    the top-k windows.
     """
 
     def __init__(self, config: TransformerMILConfig = TransformerMILConfig()):
@@ -41,13 +41,14 @@ class TransformerMIL(nn.Module):
         if c.pool == "topk":
             self.topk = TopKPooler(c.d_model, c.k, c.n_outputs)
         else:
-            self.pooler = AttentionPooler(c.d_model, hidden=c.pooler_hidden, dropout_p=c.dropout_p)
-            self.classifier = Float32Linear(c.d_model, c.n_outputs)
+            self.pooler, self.classifier = attention_head(c.d_model, c.pooler_hidden, c.n_outputs,
+                                                          c.class_attention, dropout_p=c.dropout_p)
         if c.init == "xavier":
             xavier_init(self.proj, self.topk.score if c.pool == "topk" else self.classifier)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, N, D), mask: (B, N) -> logits (B,) (or (B, K) for K outputs), weights (B, N)."""
+        """x: (B, N, D), mask: (B, N) -> logits (B,) (or (B, K) for K outputs), weights (B, N)
+        (or (B, K, N) with ``class_attention``)."""
         mask = full_mask(x) if mask is None else mask
         h = self.pos(self.proj(zero_padding(x, mask)), mask)  # (B, N, d)
         for layer in self.layers:
