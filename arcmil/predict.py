@@ -123,8 +123,8 @@ class OnnxModel(nn.Module):
 def predict_to_csv(checkpoint, data, out, *, batch_size: int = SCORE_BATCH_SIZE, device: str = "auto",
                    precision: str = "fp32", overwrite: bool = False) -> str | None:
     """Score ``data`` into ``out`` (one row per bag: probability, prediction at the checkpoint's threshold,
-    window weights; bags too long for columns, and weights per class, go to ``<out>_window_weights.csv``). Returns the summary to
-    print (None on the ranks that do not write, under torchrun)."""
+    window weights; bags too long for columns, and weights per class, go to ``<out>_window_weights.csv``).
+    Returns the summary to print (None on the ranks that do not write, under torchrun)."""
     from arcmil.distributed import init_world
     from arcmil.outputs import refuse_existing_file, write_new_file
     from arcmil.scoring import predictions_frame, score_bags, wide_weights, window_weights_frame

@@ -16,7 +16,6 @@ import pandas as pd
 from arcmil.data.bagset import BagSet
 from arcmil.errors import DataError
 
-
 # read as text: ids and splits are names; labels become numbers only where every cell is one (_label_values)
 CSV_TEXT_COLUMNS = {"bag_id": str, "split": str, "label": str}
 
