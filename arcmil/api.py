@@ -54,7 +54,8 @@ class MILClassifier:
         return resolve("train", {"model": self.model, "progress": False, **self.params})
 
     def fit(self, X, y=None) -> "MILClassifier":
-        from arcmil.pipeline import check_inputs, run_experiment
+        from arcmil.checks import check_inputs
+        from arcmil.pipeline import run_experiment
 
         bags = as_bags(X, y, require_labels=True)
         config = self.config()

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from arcmil.checks import check_cv_inputs
 from arcmil.data import BagSet
 from arcmil.data.prepare import cv_splits
 from arcmil.distributed import SINGLE, World
 from arcmil.outputs import write_text
-from arcmil.pipeline import EvalConfig, check_cv_inputs, run_experiment
+from arcmil.pipeline import EvalConfig, run_experiment
 from arcmil.report import clean_json, markdown_table, reported
 from arcmil.settings import SearchConfig
 from arcmil.stats import mean_std
@@ -89,7 +90,7 @@ def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *,
     evaluation = replace(evaluation, n_bootstrap=0, score_train=False)
     records, done = [], done or {}
     space = bags.label_space
-    for repeat, fold, seed, split in cv_splits(space.stratum(bags.labels), folds, list(seeds), val_fraction):
+    for repeat, fold, seed, split in cv_splits(bags.labels, folds, list(seeds), val_fraction):
         if (repeat, fold) in done:
             records.append(done[(repeat, fold)])
             continue

@@ -27,7 +27,6 @@ from arcmil.errors import ArcmilError, DataError
 
 KINDS = ("binary", "multiclass", "multilabel")
 LABEL_SEPARATOR = "|"  # between the label names of one multi-label bag in a table cell
-MIN_STRATUM = 10  # multi-label strata smaller than this are pooled (LabelSpace.stratum)
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class LabelSpace:
             raise ArcmilError(f"class names must be distinct, got {list(self.classes)}")
         if self.binary and self.classes != ("0", "1"):
             raise ArcmilError(f"a binary label space has the classes 0 and 1, got {list(self.classes)}")
-        if not self.classes:  # one class is data to score; training asks for two (pipeline.check_inputs)
+        if not self.classes:  # one class is data to score; training asks for two (checks.check_inputs)
             raise ArcmilError(f"a {self.kind} label space needs at least one class")
         if self.kind == "multilabel" and any(LABEL_SEPARATOR in c or not c.strip() for c in self.classes):
             raise ArcmilError(f"label names must be non-empty and free of {LABEL_SEPARATOR!r}, got "
@@ -60,6 +59,12 @@ class LabelSpace:
     def n_outputs(self) -> int:
         """Logits per bag: 1 (binary) or K."""
         return 1 if self.binary else len(self.classes)
+
+    @property
+    def model_settings(self) -> dict:
+        """The model settings this space fixes: K outputs beyond binary (none for binary, whose configs and
+        tags stay as they were)."""
+        return {} if self.binary else {"n_outputs": self.n_outputs}
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "classes": list(self.classes)}
@@ -77,24 +82,6 @@ class LabelSpace:
         if self.kind == "multilabel":
             return labels.sum(axis=0).astype(np.int64)
         return np.bincount(labels.astype(np.int64), minlength=len(self.classes))
-
-    def stratum(self, labels: np.ndarray, min_size: int = MIN_STRATUM) -> np.ndarray:
-        """(B,) one stratum per bag for stratified splits and folds: the class (binary, multi-class) or,
-        for multi-label, the bag's rarest label, a simple stand-in for iterative stratification; bags with
-        no label, and strata of fewer than ``min_size`` bags, share stratum -1 (itself merged into the
-        largest stratum if still too small)."""
-        labels = np.asarray(labels)
-        if self.kind != "multilabel":
-            return labels
-        counts = self.class_counts(labels)
-        rarity = np.where(labels == 1, counts[None, :], np.iinfo(np.int64).max)
-        strata = np.where(labels.any(axis=1), rarity.argmin(axis=1), -1)
-        values, sizes = np.unique(strata, return_counts=True)
-        strata = np.where(np.isin(strata, values[sizes < min_size]), -1, strata)
-        if 0 < (strata == -1).sum() < min_size and (strata != -1).any():
-            values, sizes = np.unique(strata[strata != -1], return_counts=True)
-            strata[strata == -1] = values[np.argmax(sizes)]
-        return strata
 
     def check_part(self, name: str, labels: np.ndarray, src: str) -> None:
         """A split part fit to train on (``name`` 'train': every class, every label both present and
@@ -310,7 +297,11 @@ class LabelSpace:
             pos, neg = rng.permutation(np.flatnonzero(labels == 1)), rng.permutation(np.flatnonzero(labels == 0))
             take = n // 2
             return np.concatenate([pos[:take], neg[: n - min(take, len(pos))]]).astype(np.int64)
-        strata = self.stratum(labels)
+        if self.kind == "multilabel":  # each bag in the group of its rarest label (-1: none)
+            rarity = np.where(labels == 1, self.class_counts(labels)[None, :], np.iinfo(np.int64).max)
+            strata = np.where(labels.any(axis=1), rarity.argmin(axis=1), -1)
+        else:
+            strata = labels
         groups = [rng.permutation(np.flatnonzero(strata == s)) for s in np.unique(strata)]
         order = [g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)]
         return np.asarray(order[:n], dtype=np.int64)

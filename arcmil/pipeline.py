@@ -29,20 +29,10 @@ from arcmil.data import (
     split_parts,
 )
 from arcmil.distributed import SINGLE, World, select_device
-from arcmil.errors import ConfigError, DataError
 from arcmil.labels import LabelSpace
 from arcmil.metrics import bootstrap_ci
 from arcmil.models import build_model
-from arcmil.models.registry import make_config
-from arcmil.scoring import (  # noqa: F401 (evaluate, window_weights_frame: importable here, as before)
-    Evaluation,
-    check_fits,
-    evaluate,
-    predictions_frame,
-    score_bags,
-    wide_weights,
-    window_weights_frame,
-)
+from arcmil.scoring import Evaluation, check_fits, predictions_frame, score_bags, wide_weights
 from arcmil.train import (
     FitResult,
     make_optimizer,
@@ -178,40 +168,6 @@ def _calibration_report(raw: Evaluation, calibrated: Evaluation) -> dict:
             **{f"{key}_uncalibrated": value for key, value in before.items()}}
 
 
-def output_overrides(bags: BagSet) -> dict:
-    """The model settings the data's label space fixes: K outputs beyond binary (none for binary, whose
-    configs and tags stay as they were)."""
-    return {} if bags.label_space.binary else {"n_outputs": bags.label_space.n_outputs}
-
-
-def check_cv_inputs(bags: BagSet, folds: int) -> None:
-    """Labels with at least ``folds`` bags of each class."""
-    if bags.labels is None:
-        raise DataError(bags.source, "cross-validation needs labels", field="labels")
-    counts = bags.label_space.class_counts(bags.labels)
-    smallest = int(counts.min())
-    if smallest < folds:
-        name = bags.label_space.classes[int(counts.argmin())]
-        what = "the smaller class" if bags.label_space.binary else f"class {name!r}"
-        raise DataError(bags.source, f"{folds} folds need at least {folds} bags of each class, {what} "
-                        f"has {smallest}", field="labels")
-
-
-def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_overrides: dict,
-                 folds: int | None = None, evaluation: EvalConfig = EvalConfig()) -> None:
-    """What can be wrong with a run's input, checked before anything is written: the split (the classes
-    each part needs; with ``folds``, enough bags of each class for them), a calibration the label space
-    has no form of, and bag lengths against the model."""
-    if bags.label_space.kind == "multiclass" and evaluation.calibrate == "isotonic":
-        raise ConfigError("calibrate 'isotonic' has no multi-class form; use platt (vector scaling), temperature "
-                          "or none")
-    if folds:
-        check_cv_inputs(bags, folds)
-    else:
-        split_parts(assign_split(bags, cfg.seed))
-    check_fits(bags, make_config(model_name, input_dim=bags.dim, **output_overrides(bags), **model_overrides))
-
-
 @dataclass
 class Trained:
     """A model after ``train_run``: its data, loss, fit record and device, ready for ``finalize``."""
@@ -232,7 +188,7 @@ def train_run(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), w
     device = select_device(cfg.device)
     data = prepare_data(bags, cfg, evaluation, splits)
     loaders = make_loaders(data, cfg, world)
-    model = build_model(model_name, input_dim=bags.dim, **output_overrides(bags), **model_overrides).to(device)
+    model = build_model(model_name, input_dim=bags.dim, **bags.label_space.model_settings, **model_overrides).to(device)
     seed_dropout_for_rank(cfg.seed, world)
     check_fits(bags, model.config)
     criterion = bags.label_space.criterion(data.parts["train"].labels)

@@ -135,9 +135,9 @@ class Run:
     def load_bags(self):
         """The run's bags, checked against every model (split or folds, lengths; a search's space and
         Optuna) before any output exists."""
+        from arcmil.checks import check_inputs
         from arcmil.data import load_bags
         from arcmil.demo import make_demo_bags
-        from arcmil.pipeline import check_inputs
 
         config = self.config
         bags = load_bags(config.data) if config.data else make_demo_bags()

@@ -24,7 +24,7 @@ from arcmil.distributed import SINGLE, World
 from arcmil.errors import ArcmilError, ConfigError
 from arcmil.models import get_entry, make_config
 from arcmil.models.registry import closest
-from arcmil.pipeline import EvalConfig, RunResult, output_overrides, run_experiment, train_run
+from arcmil.pipeline import EvalConfig, RunResult, run_experiment, train_run
 from arcmil.settings import COMMAND_KEYS, EVAL_FIELDS, MODEL_FIELDS, TRAIN_FIELDS, SearchConfig, read_mapping, resolve
 from arcmil.train import TRAIN_SEARCH_SPACE, TrainConfig
 
@@ -144,7 +144,8 @@ def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchCo
     from optuna.trial import TrialState
 
     overrides = overrides or {}
-    space = search_space(model_name, {**output_overrides(bags), **overrides}, search.space)  # K: class_attention
+    # with the data's outputs: class_attention is searched only beyond binary
+    space = search_space(model_name, {**bags.label_space.model_settings, **overrides}, search.space)
     quick = replace(evaluation, calibrate="none", n_bootstrap=0, score_train=False)
 
     def objective(trial) -> float:
@@ -160,8 +161,7 @@ def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchCo
                             **trial_overrides).fit
             return fit.history[fit.best_epoch - 1]["val_roc_auc"]
         scores = []
-        strata = bags.label_space.stratum(bags.labels)
-        for _, fold, _, split in cv_splits(strata, search.inner_folds, [cfg.seed], val_fraction):
+        for _, fold, _, split in cv_splits(bags.labels, search.inner_folds, [cfg.seed], val_fraction):
             result = run_experiment(replace(bags, split=split), model_name, trial_cfg, evaluation=quick,
                                     **trial_overrides)
             scores.append(result.test["roc_auc"])  # the inner held-out fold: training bags of the outer split

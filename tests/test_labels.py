@@ -135,10 +135,10 @@ def test_splits_need_every_class_in_training():
     assert {name: len(part) for name, part in split_parts(bags).items()} == {"train": 4, "val": 3, "test": 3}
 
 
-def test_multilabel_strata_are_each_bags_rarest_label():
+def test_figures_sample_multilabel_bags_round_robin_over_their_rarest_label():
     space = LabelSpace("multilabel", ("common", "rare"))
-    labels = np.array([[1, 0], [1, 1], [0, 0], [1, 0], [0, 1]])
-    np.testing.assert_array_equal(space.stratum(labels, min_size=1), [0, 1, -1, 0, 1])
+    labels = np.array([[1, 0], [1, 0], [0, 0], [1, 0], [1, 1], [1, 0]])
+    assert set(space.display_sample(labels, 3).tolist()) >= {2, 4}  # the unlabelled and the rare bag
 
 
 def test_prediction_columns_name_the_classes():
@@ -166,20 +166,41 @@ def test_names_that_look_like_numbers_stay_names(tmp_path):
     assert back.label_space == bags.label_space and (back.labels == bags.labels).all()
 
 
-def test_multilabel_strata_pool_small_groups_so_a_split_can_be_drawn():
+def test_multilabel_splits_and_folds_keep_every_labels_share(rng):
     from arcmil.data import assign_split
+    from arcmil.data.prepare import cv_splits
 
-    labels = np.zeros((60, 3), dtype=int)
-    labels[:5, 0] = 1  # a rare label: 5 bags
-    labels[5:11, 1] = 1
-    labels[11:40, 2] = 1
-    bags = BagSet([np.ones((2, 3), np.float32)] * 60, labels, np.arange(60).astype(str),
-                  label_space=LabelSpace("multilabel", ("a", "b", "c")))
-    strata = bags.label_space.stratum(labels)
-    assert set(np.unique(strata)) == {-1, 2}  # a and b pooled with the unlabelled bags
+    labels = np.zeros((200, 4), dtype=int)
+    labels[:7, 0] = 1  # a rare label: 7 bags
+    labels[rng.permutation(200)[:30], 1] = 1
+    labels[rng.permutation(200)[:90], 2] = 1
+    labels[rng.permutation(200)[:120], 3] = 1
+    bags = BagSet([np.ones((2, 3), np.float32)] * 200, labels, np.arange(200).astype(str),
+                  label_space=LabelSpace("multilabel", ("a", "b", "c", "d")))
     split = assign_split(bags, seed=0).split
-    assert {name: int((split == name).sum()) for name in ("train", "val", "test")} == {"train": 42, "val": 9,
-                                                                                      "test": 9}
+    for name, share in (("train", 0.70), ("val", 0.15), ("test", 0.15)):
+        part = labels[split == name]
+        assert abs(len(part) - share * 200) <= 1
+        assert (np.abs(part.sum(0) - share * labels.sum(0)) <= 1).all(), name  # each label in proportion
+    assert (split == assign_split(bags, seed=0).split).all()  # seeded
+    tests = []
+    for _, _, _, fold in cv_splits(labels, 5, [3]):
+        assert (np.abs(labels[fold == "test"].sum(0) - labels.sum(0) / 5) <= 1).all()
+        tests.append(np.flatnonzero(fold == "test"))
+    np.testing.assert_array_equal(np.sort(np.concatenate(tests)), np.arange(200))  # folds partition the bags
+
+
+def test_class_folds_are_scikit_learns_stratified_folds(rng):
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    from arcmil.data.prepare import cv_splits
+
+    labels = rng.integers(0, 3, 90)
+    folds = StratifiedKFold(5, shuffle=True, random_state=4).split(np.zeros(90), labels)
+    for (_, _, _, split), (train_full, test) in zip(cv_splits(labels, 5, [4], val_fraction=0.2), folds):
+        train, val = train_test_split(train_full, test_size=0.2, stratify=labels[train_full], random_state=4)
+        for name, index in (("train", train), ("val", val), ("test", test)):
+            np.testing.assert_array_equal(np.flatnonzero(split == name), np.sort(index))
 
 
 def test_validation_needs_every_class_for_calibration():

@@ -14,16 +14,13 @@ from arcmil.errors import DataError
 
 def assign_split(bs: BagSet, seed: int, fractions=(0.70, 0.15, 0.15)) -> BagSet:
     """Keep a stored split; otherwise draw a train/val/test split with ``seed``, stratified by class
-    (multi-label: by each bag's rarest label, see LabelSpace.stratum)."""
-    from sklearn.model_selection import train_test_split  # not on the scoring path (arcmil.scoring)
-
+    (multi-label: by iterative stratification, see ``stratified_split``)."""
     if bs.split is not None:
         return bs
-    index, strata = np.arange(len(bs)), bs.label_space.stratum(bs.labels)
+    index, labels = np.arange(len(bs)), np.asarray(bs.labels)
     try:
-        train, rest = train_test_split(index, train_size=fractions[0], stratify=strata, random_state=seed)
-        val_share = fractions[1] / (fractions[1] + fractions[2])
-        val, test = train_test_split(rest, train_size=val_share, stratify=strata[rest], random_state=seed)
+        train, rest = stratified_split(index, labels, seed, train_size=fractions[0])
+        val, test = stratified_split(rest, labels, seed, train_size=fractions[1] / (fractions[1] + fractions[2]))
     except ValueError as exc:  # too few bags of a class to stratify
         raise DataError(bs.source, f"cannot draw a stratified 70/15/15 split ({exc})", field="labels") from None
     split = np.empty(len(bs), dtype="<U5")
@@ -33,20 +30,42 @@ def assign_split(bs: BagSet, seed: int, fractions=(0.70, 0.15, 0.15)) -> BagSet:
     return bs
 
 
+def stratified_split(index: np.ndarray, labels: np.ndarray, seed: int, **size):
+    """Bag positions ``index`` cut into (first, second), ``size`` the ``train_size`` (first) or ``test_size``
+    (second) share as scikit-learn's train_test_split takes it, each class in proportion: by class (labels
+    (B,)), or for a label matrix (B, K) by iterative stratification (Sechidis et al. 2011; the
+    iterative-stratification package), which keeps every label's share."""
+    from sklearn.model_selection import train_test_split  # not on the scoring path (arcmil.scoring)
+
+    if labels.ndim == 1:
+        return train_test_split(index, stratify=labels[index], random_state=seed, **size)
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    test_size = size["test_size"] if "test_size" in size else 1.0 - size["train_size"]
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    first, second = next(splitter.split(index, labels[index]))
+    return index[first], index[second]
+
+
 def cv_splits(labels: np.ndarray, folds: int, seeds: list[int], val_fraction: float = 0.2):
     """Yield (repeat, fold, seed, split) with split a (B,) array of train/val/test, one per fold;
-    ``labels``: the strata (LabelSpace.stratum: the class, or a multi-label bag's rarest label).
+    ``labels``: classes (B,) or a label matrix (B, K).
 
-    The folds of repeat r come from StratifiedKFold(shuffle=True, random_state=seeds[r]); the
-    validation part is a stratified ``val_fraction`` of that fold's training bags."""
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    The folds of repeat r come from StratifiedKFold(shuffle=True, random_state=seeds[r]) (label matrices:
+    MultilabelStratifiedKFold, iterative stratification); the validation part is a stratified
+    ``val_fraction`` of that fold's training bags (``stratified_split``)."""
+    from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels)
     for repeat, seed in enumerate(seeds):
-        kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        if labels.ndim == 1:
+            kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        else:
+            from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+            kfold = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
         for fold, (train_full, test) in enumerate(kfold.split(np.zeros(len(labels)), labels)):
-            train, val = train_test_split(train_full, test_size=val_fraction, stratify=labels[train_full],
-                                          random_state=seed)
+            train, val = stratified_split(train_full, labels, seed, test_size=val_fraction)
             split = np.empty(len(labels), dtype="<U5")
             split[train], split[val], split[test] = "train", "val", "test"
             yield repeat, fold, seed, split

@@ -1,0 +1,48 @@
+"""Checks of a run's input, made before anything is written or trained: the split or folds (the classes
+each part needs), a calibration the label space has no form of, and bags against the model."""
+from __future__ import annotations
+
+import numpy as np
+
+from arcmil.config import EvalConfig, TrainConfig
+from arcmil.data import BagSet, assign_split, split_parts
+from arcmil.errors import ConfigError, DataError
+from arcmil.models.registry import make_config
+from arcmil.scoring import check_fits
+
+
+def check_cv_inputs(bags: BagSet, folds: int) -> None:
+    """Labels with at least ``folds`` bags of each class (multi-label: with and without each label)."""
+    if bags.labels is None:
+        raise DataError(bags.source, "cross-validation needs labels", field="labels")
+    space = bags.label_space
+    counts = space.class_counts(bags.labels)
+    if space.kind == "multilabel":
+        without = len(bags.labels) - counts
+        k = int(np.argmin(np.minimum(counts, without)))
+        if min(counts[k], without[k]) < folds:
+            raise DataError(bags.source, f"{folds} folds need at least {folds} bags with and {folds} without each "
+                            f"label, label {space.classes[k]!r} is on {counts[k]} of {len(bags.labels)}",
+                            field="labels")
+        return
+    smallest = int(counts.min())
+    if smallest < folds:
+        what = "the smaller class" if space.binary else f"class {space.classes[int(counts.argmin())]!r}"
+        raise DataError(bags.source, f"{folds} folds need at least {folds} bags of each class, {what} "
+                        f"has {smallest}", field="labels")
+
+
+def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_overrides: dict,
+                 folds: int | None = None, evaluation: EvalConfig = EvalConfig()) -> None:
+    """What can be wrong with a run's input, checked before anything is written: the split (the classes
+    each part needs; with ``folds``, enough bags of each class for them), a calibration the label space
+    has no form of, and bag lengths against the model."""
+    if bags.label_space.kind == "multiclass" and evaluation.calibrate == "isotonic":
+        raise ConfigError("calibrate 'isotonic' has no multi-class form; use platt (vector scaling), temperature "
+                          "or none")
+    if folds:
+        check_cv_inputs(bags, folds)
+    else:
+        split_parts(assign_split(bags, cfg.seed))
+    check_fits(bags, make_config(model_name, input_dim=bags.dim, **bags.label_space.model_settings,
+                                 **model_overrides))
