@@ -229,7 +229,15 @@ def fit_calibrator(method: str, labels: np.ndarray, logits: np.ndarray, space: L
 
 
 def calibrator_from_dict(data: dict | None, space: LabelSpace = BINARY):
-    """The inverse of any calibrator's ``to_dict``, checked against ``space``; None is no calibration."""
+    """The inverse of any calibrator's ``to_dict``, checked against ``space``; None is no calibration.
+    A malformed record is an ArcmilError."""
+    try:
+        return _calibrator_from_dict(data, space)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArcmilError(f"calibration {data!r} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _calibrator_from_dict(data: dict | None, space: LabelSpace):
     if space.binary:
         if data is not None and "family" in data:
             raise ArcmilError(f"a {data['family']} calibration for a binary model")

@@ -86,8 +86,8 @@ def _rebuild(path: Path, payload: dict) -> nn.Module:
         raise ArcmilError(f"{path}: weights do not fit a {name} with the stored config ({detail})") from None
     try:  # absent in checkpoints from before label spaces: binary
         space = LabelSpace.from_dict(payload.get("label_space"))
-    except (ArcmilError, KeyError, TypeError) as exc:
-        raise ArcmilError(f"{path}: label_space {payload.get('label_space')!r} is not a label space ({exc})") from None
+    except ArcmilError as exc:
+        raise ArcmilError(f"{path}: {exc}") from None
     if model.config.n_outputs != space.n_outputs:
         raise ArcmilError(f"{path}: the model has {model.config.n_outputs} outputs, its {space.kind} label space "
                           f"{space.n_outputs}")

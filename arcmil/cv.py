@@ -17,6 +17,7 @@ from arcmil.checks import check_cv_inputs
 from arcmil.data import BagSet
 from arcmil.data.prepare import cv_splits
 from arcmil.distributed import SINGLE, World
+from arcmil.labels import LabelSpace
 from arcmil.outputs import write_text
 from arcmil.pipeline import EvalConfig, run_experiment
 from arcmil.report import clean_json, markdown_table, reported
@@ -43,14 +44,17 @@ class CVResult:
     eval_config: EvalConfig
 
     def table(self) -> str:
-        """metric | mean ± std at the validation threshold | at 0.5."""
+        """metric | mean ± std at the validation threshold | at 0.5 (multi-class: argmax decisions, one column)."""
         def pm(stat):
             return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
         s = self.summary
-        rows = [{"metric": m, "at validation threshold": pm(s["at_val_threshold"][m]), "at 0.5": pm(s["at_0.5"][m])}
+        columns = {"at validation threshold": "at_val_threshold", "at 0.5": "at_0.5"}
+        if "at_0.5" not in s:
+            columns = {"mean ± std": "at_val_threshold"}
+        rows = [{"metric": m, **{title: pm(s[key][m]) for title, key in columns.items()}}
                 for m in _summary_metrics(self.folds) if s["at_val_threshold"][m]["mean"] is not None]
-        return markdown_table(rows, ("metric", "at validation threshold", "at 0.5"))
+        return markdown_table(rows, ("metric", *columns))
 
     def search_table(self) -> str:
         """Nested CV: per fold, the search's best score and the configuration it chose."""
@@ -60,11 +64,13 @@ class CVResult:
 
     def fold_rows(self) -> list[dict]:
         """One flat row per fold: where it sits, its threshold, and test metrics at both thresholds."""
-        keep = ("repeat", "fold", "seed", "n_train", "n_val", "n_test", "threshold", "best_epoch")
+        keep = ("repeat", "fold", "seed", "n_train", "n_val", "n_test")
         metrics = _summary_metrics(self.folds)
-        return [{k: r[k] for k in keep} | {f"test_{m}": r["test"][m] for m in metrics}
-                | {f"test_{m}_at_0.5": r["test_at_0.5"][m] for m in metrics} | _search_columns(r)
-                for r in self.folds]
+        space = LabelSpace.from_dict(self.folds[0].get("label_space"))
+        return [{k: r[k] for k in keep} | space.threshold_columns(r["threshold"]) | {"best_epoch": r["best_epoch"]}
+                | {f"test_{m}": r["test"][m] for m in metrics}
+                | {f"test_{m}_at_0.5": r["test_at_0.5"][m] for m in metrics if "test_at_0.5" in r}
+                | _search_columns(r) for r in self.folds]
 
 
 def _search_columns(record: dict) -> dict:
@@ -111,10 +117,11 @@ def run_cv(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), *,
             "repeat": repeat, "fold": fold, "seed": seed, "tag": tag,
             "n_train": int((split == "train").sum()), "n_val": int((split == "val").sum()),
             "n_test": int((split == "test").sum()),
-            "threshold": result.threshold, "best_epoch": result.best_epoch,
+            "threshold": result.threshold, "best_epoch": result.best_epoch, "label_space": space.to_dict(),
             "test": result.test,
-            "test_at_0.5": space.metrics(test.labels, test.probs, space.tune_threshold(test.labels, test.probs,
-                                                                                        "fixed", 0.5)),
+            **({"test_at_0.5": space.metrics(test.labels, test.probs,
+                                             space.tune_threshold(test.labels, test.probs, "fixed", 0.5))}
+               if space.thresholded else {}),  # multi-class decides by argmax: no threshold to fix
             "validation": result.validation, "history": result.history,
             **({"search": found.summary()} if found else {}),
         })
@@ -159,6 +166,8 @@ def summarize(records: list[dict]) -> dict:
     the per-repeat means (the spread the ABMIL paper's protocol reports)."""
     out = {}
     for key, name in (("test", "at_val_threshold"), ("test_at_0.5", "at_0.5")):
+        if key not in records[0]:
+            continue
         out[name] = {}
         for metric in _summary_metrics(records):
             stat = mean_std(r[key][metric] for r in records)

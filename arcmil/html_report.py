@@ -25,6 +25,7 @@ from arcmil.errors import ArcmilError
 REPORT_FILE = "report.html"
 GALLERY = (("true positive", 1, 1, False), ("false positive", 0, 1, False), ("false negative", 1, 0, True),
            ("true negative", 0, 0, True))  # (kind, label, prediction, lowest probability first)
+GALLERY_MAX_CLASSES = 8  # beyond binary, the gallery shows the classes with the most test documents, at most this many
 GALLERY_MAX_WINDOWS = 512  # longer documents are left out of the gallery: one row of colours cannot show them
 
 
@@ -100,11 +101,14 @@ def _tables(directory: Path, command: str, runs: dict[str, Path]) -> list[dict]:
         return tables
     if command == "cv":
         summary = json.loads((directory / "cv_summary.json").read_text())["summary"]
+        columns = {"at validation threshold": "at_val_threshold", "at 0.5": "at_0.5"}
+        if "at_0.5" not in summary:  # multi-class: argmax decisions, no threshold
+            columns = {"mean ± std": "at_val_threshold"}
         rows = [[metric, *(f"{s[metric]['mean']:.4f} ± {s[metric]['std']:.4f}" if s[metric]["mean"] is not None
-                           else "" for s in (summary["at_val_threshold"], summary["at_0.5"]))]
+                           else "" for s in (summary[key] for key in columns.values()))]
                 for metric in summary["at_val_threshold"]]
         tables = [{"title": "Cross-validation, mean ± std over folds", "id": "comparison",
-                   "columns": ["metric", "at validation threshold", "at 0.5"], "rows": rows}]
+                   "columns": ["metric", *columns], "rows": rows}]
         return tables + [_frame_table("Folds", "folds", pd.read_csv(directory / "cv_folds.csv"))]
     run = next(iter(runs.values()))
     tables = [_frame_table("Result (test split)", "comparison", pd.read_csv(next(run.glob("stage3_*_results.csv"))))]
@@ -162,8 +166,8 @@ def _figures(runs: dict[str, Path]) -> list[dict]:
 def _gallery(config: dict, runs: dict[str, Path], bags=None) -> tuple[list[dict], str | None]:
     """Per model, test documents of each kind among those of at most GALLERY_MAX_WINDOWS windows, their
     windows coloured by each explanation method: binary, the most confident true/false positive and the
-    least confident false/true negative; beyond binary, per class, the most confident right and wrong
-    prediction of it (explaining that class's logit)."""
+    least confident false/true negative; beyond binary, per class (at most GALLERY_MAX_CLASSES, those with the
+    most test documents), the most confident right and wrong prediction of it (explaining that class's logit)."""
     if not runs:
         return [], "Cross-validation keeps no model, so there are no documents to show."
     from arcmil.calibration import calibrator_from_dict
@@ -219,7 +223,7 @@ def _gallery_picks(test: pd.DataFrame, space) -> list[tuple[str, str, str | None
             picks += [(kind, bag_id, None) for bag_id in cell.sort_values("prob", ascending=ascending)["bag_id"][:1]]
         return picks
     picks = []
-    for name in space.classes:
+    for name in _gallery_classes(test, space):
         if space.kind == "multiclass":
             if "label" not in test:
                 return []
@@ -232,6 +236,19 @@ def _gallery_picks(test: pd.DataFrame, space) -> list[tuple[str, str, str | None
             most_confident = cell.sort_values(f"prob_{name}", ascending=False)["bag_id"][:1]
             picks += [(kind, bag_id, name) for bag_id in most_confident]
     return picks
+
+
+def _gallery_classes(test: pd.DataFrame, space) -> list[str]:
+    """The GALLERY_MAX_CLASSES classes (labels) most often true among the test documents, in the space's order."""
+    if len(space.classes) <= GALLERY_MAX_CLASSES:
+        return list(space.classes)
+    if space.kind == "multiclass":
+        support = test["label"].value_counts() if "label" in test else pd.Series(dtype=int)
+    else:
+        support = pd.Series({name: test[f"label_{name}"].sum() for name in space.classes if f"label_{name}" in test})
+    top = set(support.reindex(space.classes, fill_value=0).sort_values(ascending=False, kind="stable")
+              .index[:GALLERY_MAX_CLASSES])
+    return [name for name in space.classes if name in top]
 
 
 def _data_summary(directory: Path, runs: dict[str, Path]) -> dict:

@@ -71,8 +71,14 @@ class LabelSpace:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "LabelSpace":
-        """None (a run or checkpoint from before label spaces) is binary."""
-        return cls() if data is None else cls(data["kind"], tuple(data["classes"]))
+        """None (a run or checkpoint from before label spaces) is binary; anything else malformed is an
+        ArcmilError."""
+        if data is None:
+            return cls()
+        try:
+            return cls(data["kind"], tuple(map(str, data["classes"])))
+        except (KeyError, TypeError) as exc:
+            raise ArcmilError(f"label_space {data!r} is not a label space (no {exc})") from None
 
     # ---- data -------------------------------------------------------------------------------------
 
@@ -218,6 +224,20 @@ class LabelSpace:
         if self.kind == "multiclass":
             return np.asarray(probs).argmax(axis=1)
         return (np.asarray(probs) >= np.asarray(threshold, dtype=np.float64)).astype(np.int64)
+
+    @property
+    def thresholded(self) -> bool:
+        """Whether decisions are made at thresholds (binary, multi-label), not by argmax (multi-class)."""
+        return self.kind != "multiclass"
+
+    def threshold_columns(self, threshold) -> dict:
+        """A table's threshold cells: ``threshold`` (binary), ``threshold_<label>`` per label (multi-label),
+        none for the argmax of classes."""
+        if not self.thresholded:
+            return {}
+        if self.binary:
+            return {"threshold": threshold}
+        return {f"threshold_{name}": t for name, t in zip(self.classes, threshold)}
 
     def check_threshold(self, threshold, where: str) -> None:
         """Refuse stored decision parameters that do not fit this space."""

@@ -95,7 +95,11 @@ class OnnxModel(nn.Module):
         for key in ("threshold", "model_config", "normalization", "calibration", "label_space"):
             if key in meta:  # label_space: absent in graphs from before label spaces (binary)
                 meta[key] = json.loads(meta[key])
-        space = LabelSpace.from_dict(meta.get("label_space"))
+        try:
+            space = LabelSpace.from_dict(meta.get("label_space"))
+            calibrator_from_dict(meta.get("calibration"), space)
+        except ArcmilError as exc:
+            raise ArcmilError(f"{path}: {exc}") from None
         space.check_threshold(meta["threshold"], str(path))
         config = make_config(meta["model_name"], **meta["model_config"])
         if config.n_outputs != space.n_outputs:

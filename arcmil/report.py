@@ -53,7 +53,8 @@ def reported(names, record: dict) -> list[str]:
 def results_row(result) -> dict:
     """The flat one-line summary of a RunResult used by the results CSV and the comparison table."""
     row = {"tag": result.tag, "model": result.model_name, "seed": result.train_config.seed,
-           "threshold": result.threshold, "threshold_method": result.eval_config.threshold_method,
+           **result.label_space.threshold_columns(result.threshold),
+           "threshold_method": result.eval_config.threshold_method,
            "best_epoch": result.best_epoch, "epochs_run": len(result.history)}
     row.update({f"val_{m}": result.validation[m] for m in result.label_space.row_metrics})
     row.update({f"test_{m}": result.test[m] for m in result.label_space.row_metrics})

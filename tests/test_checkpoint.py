@@ -51,6 +51,8 @@ def _tampered(tmp_path, **changes):
     ({"normalization": lambda _: {"kind": "zscore"}}, "unknown normalization"),
     ({"normalization": lambda _: {"kind": "standardize", "mean": [0.0] * 5, "std": [1.0] * 5}},
      "standardize statistics have 5 features, the model input_dim is 12"),
+    ({"label_space": lambda _: {"kind": "multiclass"}}, "m.pth: label_space .* is not a label space"),
+    ({"calibration": lambda _: {"method": "platt", "slope": "steep"}}, "m.pth: calibration .* is malformed"),
 ])
 def test_checkpoint_fields_are_checked_against_each_other(tmp_path, changes, message):
     with pytest.raises(ArcmilError, match=message):

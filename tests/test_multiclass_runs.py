@@ -1,7 +1,10 @@
 """Multi-class and multi-label documents end to end: every reader and the store, K-output models,
 the calibration families, and the commands a binary user runs (train, predict, export, compare, cv)."""
+import re
 import subprocess
 import sys
+from dataclasses import replace
+from html import unescape
 
 import numpy as np
 import pandas as pd
@@ -22,6 +25,7 @@ from arcmil.data import load_bags, save_bags
 from arcmil.data.store import convert_to_store
 from arcmil.errors import ConfigError
 from arcmil.explain import explain_bags, integrated_gradients, localisation_auc, occlusion
+from arcmil.html_report import GALLERY_MAX_CLASSES, _gallery_classes
 from arcmil.labels import LabelSpace
 from arcmil.models import build_model, model_names
 from arcmil.models.layers import AttentionPooler, BranchLinear
@@ -216,6 +220,8 @@ def test_multilabel_train_compare_and_cv(tags, tmp_path, capsys):
         assert {f"label_{name}", f"prob_{name}", f"pred_{name}"} <= set(predictions.columns)
     _, meta = load_checkpoint(run / "best_attention_mil.pth")
     assert len(meta["threshold"]) == 3
+    row = pd.read_csv(run / "stage3_attention_mil_results.csv").iloc[0]  # one number per cell
+    assert [row[f"threshold_{name}"] for name in tags.label_space.classes] == pytest.approx(meta["threshold"])
     results = meta["results"]["test"]
     assert set(results["per_label"]) == set(tags.label_space.classes) and 0 <= results["hamming_loss"] <= 1
     assert main(["compare", "--models", "attention_mil,instance_max", "--data", str(data), "--seeds", "0,1",
@@ -226,6 +232,18 @@ def test_multilabel_train_compare_and_cv(tags, tmp_path, capsys):
                  "--out", str(tmp_path / "cv"), *FAST]) == 0
     folds = pd.read_csv(tmp_path / "cv" / "cv_folds.csv")
     assert len(folds) == 3 and "test_precision" not in folds and folds["test_roc_auc"].between(0, 1).all()
+    assert folds[[f"threshold_{name}" for name in tags.label_space.classes]].apply(pd.api.types.is_float_dtype).all()
+
+
+def test_multiclass_cv_reports_argmax_decisions_once(classes, tmp_path, capsys):
+    data = save_bags(classes, tmp_path / "docs.npz")
+    assert main(["cv", "--model", "attention_mil", "--data", str(data), "--folds", "3", "--repeats", "1",
+                 "--hidden-dim", "16", "--out", str(tmp_path / "cv"), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "| metric | mean ± std |" in printed and "at 0.5" not in printed
+    folds = pd.read_csv(tmp_path / "cv" / "cv_folds.csv")
+    assert not [c for c in folds if c.startswith("threshold") or c.endswith("_at_0.5")]
+    assert "at 0.5" not in (tmp_path / "cv" / "report.html").read_text()
 
 
 def test_integrated_gradients_of_each_class_add_up_to_its_logit_difference():
@@ -261,7 +279,8 @@ def test_explain_rows_per_class(classes, tags):
     every = explain_bags(tagger, tags.subset(range(4)), steps=4)
     assert len(every) == 3 * int(tags.subset(range(4)).lengths.sum())
     scores = localisation_auc(every, ["weights", "occlusion"])
-    assert set(scores["per_class"]) <= set(tags.label_space.classes)
+    held = tags.subset(range(4)).labels.any(axis=0)  # the labels some of the four bags carry
+    assert set(scores["per_class"]) == {name for name, h in zip(tags.label_space.classes, held) if h}
 
 
 def test_explained_weights_are_the_explained_class_attention(classes):
@@ -310,15 +329,29 @@ def test_milclassifier_multilabel_round_trip(tags, tmp_path):
     np.testing.assert_allclose(again.predict_proba(bags[:8]), clf.predict_proba(bags[:8]), rtol=1e-6)
 
 
-def test_report_shows_the_confusion_matrix_and_per_class_gallery(classes, tmp_path):
-    data = save_bags(classes, tmp_path / "docs.npz")
+def test_report_shows_the_confusion_matrix_and_per_class_gallery_with_any_class_names(classes, tmp_path):
+    hostile = ("<b>bold</b>", "$x^2$", "a&b", "plain")  # HTML, mathtext and an ampersand in class names
+    data = save_bags(replace(classes, label_space=LabelSpace("multiclass", hostile)), tmp_path / "docs.npz")
     run = tmp_path / "run"
     assert main(["train", "--model", "attention_mil", "--data", str(data), "--out", str(run), *FAST]) == 0
     html = (run / "report.html").read_text()
     counts = load_checkpoint(run / "best_attention_mil.pth")[1]["results"]["test"]["confusion_matrix"]["counts"]
     assert "Confusion matrix" in html and sum(map(sum, counts)) == len(pd.read_csv(run / "split.csv").query(
         "split == 'test'"))
-    assert html.count("right ") + html.count("wrong ") >= 1  # gallery captions per class
+    assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html and "a&amp;b" in html
+    # the gallery: per class, its most confident right and wrong prediction, where the test split has one
+    test = pd.read_csv(run / "predictions.csv", dtype={"label": str, "pred": str}).query("split == 'test'")
+    expected = {("right", c) for c in hostile if ((test["label"] == c) & (test["pred"] == c)).any()}
+    expected |= {("wrong", c) for c in hostile if ((test["label"] != c) & (test["pred"] == c)).any()}
+    shown = {(kind, unescape(name)) for kind, name in re.findall(r"— (right|wrong) (.+?): doc", html)}
+    assert expected and shown == expected
+
+
+def test_the_gallery_keeps_the_classes_with_most_test_documents():
+    space = LabelSpace("multiclass", tuple(f"c{k}" for k in range(GALLERY_MAX_CLASSES + 3)))
+    labels = np.repeat(space.classes, np.arange(len(space.classes)) + 1)  # class k has k + 1 test documents
+    test = pd.DataFrame({"label": labels, "pred": labels})
+    assert _gallery_classes(test, space) == list(space.classes[3:])
 
 
 def test_a_binary_table_keeps_its_own_label_columns(tmp_path):
