@@ -28,8 +28,8 @@ PAIRED_METRICS = ("roc_auc", "f1", "accuracy")
 @dataclass
 class ModelRuns:
     """One model's runs: ``records`` holds the test metrics of each seed or fold, in a shared order;
-    ``row`` the first run's summary row, ``roc`` its test (labels, probs) (None in fold mode and beyond
-    binary).
+    ``row`` the first run's summary row, ``roc`` its test (labels, probs) (beyond binary every (bag, class)
+    pair: LabelSpace.pooled_one_vs_rest; None in fold mode).
     ``runs`` / ``cv`` hold the full results until they are written; a model read back from a
     resumed comparison has only its summary. ``searches``: with ``--tune``, each seed's search summary
     (fold mode: in each fold's record)."""
@@ -43,10 +43,11 @@ class ModelRuns:
     runs: list[RunResult] = field(default_factory=list)  # seed mode: full results, written as run dirs
     cv: CVResult | None = None  # fold mode
     searches: list[dict] = field(default_factory=list)
+    label_kind: str = "binary"  # the data's LabelSpace.kind: says what ``roc`` pools
 
     def summary(self) -> dict:
         return {"name": self.name, "tag": self.tag, "records": self.records, "row": self.row, "roc": self.roc,
-                "test_train_ratio": self.test_train_ratio, "searches": self.searches}
+                "test_train_ratio": self.test_train_ratio, "searches": self.searches, "label_kind": self.label_kind}
 
 
 @dataclass
@@ -119,10 +120,11 @@ def _seed_runs(bags, name, cfg, evaluation, overrides, seeds, world, search, sto
         searches.append({"seed": s, **found.summary()})
     records = [{"seed": s, **{m: r.test[m] for m in reported(METRICS, r.test)}} for s, r in zip(seeds, runs)]
     test = runs[0].evaluations["test"]
-    roc = (test.labels.tolist(), test.probs.tolist()) if runs[0].label_space.binary else None
+    roc = tuple(part.tolist() for part in runs[0].label_space.pooled_one_vs_rest(test.labels, test.probs))
     splits = runs[0].data["splits"]
     ratio = splits["test"]["n_bags"] / splits["train"]["n_bags"] if bags.split is None else None
-    return ModelRuns(name, runs[0].tag, records, results_row(runs[0]), roc, ratio, runs=runs, searches=searches)
+    return ModelRuns(name, runs[0].tag, records, results_row(runs[0]), roc, ratio, runs=runs, searches=searches,
+                     label_kind=runs[0].label_space.kind)
 
 
 def _fold_runs(bags, name, cfg, evaluation, overrides, seeds, folds, val_fraction, world, search, storage,
@@ -188,7 +190,7 @@ def read_model(directory: Path) -> ModelRuns:
     data = json.loads((directory / MODEL_SUMMARY).read_text())
     return ModelRuns(data["name"], data["tag"], data["records"], data["row"],
                      tuple(data["roc"]) if data["roc"] else None, data["test_train_ratio"],
-                     searches=data.get("searches", []))
+                     searches=data.get("searches", []), label_kind=data.get("label_kind", "binary"))
 
 
 def write_comparison(directory: Path, comparison: Comparison, source: str) -> None:
@@ -205,8 +207,9 @@ def write_comparison(directory: Path, comparison: Comparison, source: str) -> No
         text += f"\n## Paired tests ({_paired_name(comparison)})\n\n{comparison.paired_table()}\n"
     (directory / "comparison.md").write_text(text)
     if comparison.mode != "folds" and comparison.models[0].roc:  # one ROC curve per model: its first seed's test
+        pooled = "" if comparison.models[0].label_kind == "binary" else ", micro-average over classes"
         plot_roc({m.tag: m.roc for m in comparison.models}, directory / "roc.png",
-                 title="Test ROC" + ("" if comparison.mode == "single" else " (first seed)"))
+                 title="Test ROC" + ("" if comparison.mode == "single" else " (first seed)") + pooled)
 
 
 def _paired_name(comparison: Comparison) -> str:

@@ -147,11 +147,18 @@ def _figures(runs: dict[str, Path]) -> list[dict]:
     if len(runs) == 1:
         own = ("roc.png", "ROC"), ("pr.png", "precision-recall"), *own
     else:
+        from arcmil.labels import LabelSpace
+
         curves = {}
         for run in runs.values():
-            test = pd.read_csv(run / "predictions.csv").query("split == 'test'")
-            if "label" in test and "prob" in test and test["label"].nunique() == 2:  # binary runs
-                curves[_results(run)["tag"]] = (test["label"].to_numpy(), test["prob"].to_numpy())
+            results = _results(run)
+            space = LabelSpace.from_dict(results.get("label_space"))
+            test = pd.read_csv(run / "predictions.csv", dtype={"label": str} if space.kind == "multiclass" else None
+                               ).query("split == 'test'")
+            if {"label", f"label_{space.classes[0]}"} & set(test):  # labelled: every (bag, class) pair pooled
+                truth, scores = space.pooled_one_vs_rest(*space.table_scores(test))
+                if 0 < truth.sum() < len(truth):
+                    curves[results["tag"] if space.binary else f"{results['tag']} (micro-average)"] = (truth, scores)
         if curves:
             for plot, caption in ((plot_roc, "Test ROC of every model"),
                                   (plot_pr, "Test precision-recall of every model"),

@@ -279,6 +279,25 @@ class LabelSpace:
             return eye[labels], probs, eye[decision]
         return labels, probs, decision
 
+    def pooled_one_vs_rest(self, labels, probs) -> tuple[np.ndarray, np.ndarray]:
+        """Every (bag, class) pair as one binary problem, truth and score (B K',): the micro-averaged
+        curve beyond binary (binary: the labels and probabilities themselves)."""
+        labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+        if self.kind == "multiclass":
+            labels = np.eye(len(self.classes), dtype=np.int64)[labels]
+        return labels.ravel(), probs.ravel()
+
+    def table_scores(self, frame) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, probs) back from predictions.csv rows (``table_columns`` and ``prediction_columns``;
+        multi-class labels read as text)."""
+        if self.binary:
+            return frame["label"].to_numpy(np.int64), frame["prob"].to_numpy(np.float64)
+        probs = frame[[f"prob_{name}" for name in self.classes]].to_numpy(np.float64)
+        if self.kind == "multiclass":
+            position = {name: k for k, name in enumerate(self.classes)}
+            return np.array([position[name] for name in frame["label"].astype(str)], dtype=np.int64), probs
+        return frame[[f"label_{name}" for name in self.classes]].to_numpy(np.int64), probs
+
     def split_summary(self, labels) -> dict:
         """A split's size in results.json: bags and positives (binary) or bags per class/label."""
         counts = self.class_counts(labels)

@@ -1,6 +1,9 @@
 """Label spaces: how labels are read, encoded and recoded, and the loss, decisions and metrics each
 kind owns (checked against scikit-learn or by construction)."""
+import io
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import f1_score, hamming_loss, log_loss, roc_auc_score
@@ -252,3 +255,26 @@ def test_a_multilabel_model_refuses_label_columns_that_leave_out_one_of_its_labe
         load_bags(path).in_space(model)
     path.write_text("bag_id,label_a,label_b,label_c,emb_0\nx,1,0,0,0.5\ny,0,0,1,1.5\n")
     np.testing.assert_array_equal(load_bags(path).in_space(model).labels, [[1, 0, 0], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("space", [BINARY, LabelSpace("multiclass", ("07", "7", "b")),
+                                   LabelSpace("multilabel", ("x", "y", "z"))])
+def test_predictions_read_back_and_pool_into_scikit_learns_micro_average(space, rng):
+    n, k = 40, len(space.classes)
+    if space.binary:
+        labels, probs = rng.integers(0, 2, n), rng.random(n)
+    elif space.kind == "multiclass":
+        labels, probs = rng.integers(0, k, n), rng.dirichlet(np.ones(k), n)
+    else:
+        labels, probs = rng.integers(0, 2, (n, k)), rng.random((n, k))
+    threshold = None if space.kind == "multiclass" else (0.5 if space.binary else [0.5] * k)
+    frame = pd.DataFrame({**space.table_columns(labels), **space.prediction_columns(probs, threshold)})
+    back = pd.read_csv(io.StringIO(frame.to_csv(index=False)), dtype={"label": str} if space.kind == "multiclass"
+                       else None)  # as predictions.csv is read back
+    read_labels, read_probs = space.table_scores(back)
+    np.testing.assert_array_equal(read_labels, labels)
+    np.testing.assert_allclose(read_probs, probs, rtol=1e-12)
+    truth, scores = space.pooled_one_vs_rest(labels, probs)
+    onehot = np.eye(k, dtype=int)[labels] if space.kind == "multiclass" else labels
+    expected = roc_auc_score(onehot, probs, average="micro") if not space.binary else roc_auc_score(labels, probs)
+    assert roc_auc_score(truth, scores) == pytest.approx(expected, abs=1e-12)

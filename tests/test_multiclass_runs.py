@@ -226,6 +226,7 @@ def test_multilabel_train_compare_and_cv(tags, tmp_path, capsys):
     assert set(results["per_label"]) == set(tags.label_space.classes) and 0 <= results["hamming_loss"] <= 1
     assert main(["compare", "--models", "attention_mil,instance_max", "--data", str(data), "--seeds", "0,1",
                  "--out", str(tmp_path / "compare"), *FAST]) == 0
+    assert (tmp_path / "compare" / "roc.png").exists()  # every (bag, label) pair pooled per model
     paired = pd.read_csv(tmp_path / "compare" / "paired_tests.csv")
     assert set(paired["metric"]) == {"test_roc_auc", "test_f1", "test_accuracy"}
     assert main(["cv", "--model", "attention_mil", "--data", str(data), "--folds", "3", "--repeats", "1",
