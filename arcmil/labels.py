@@ -12,8 +12,9 @@ multilabel   (B, K) in {0, 1}            K logits   per-label BCE, per-label    
                                                     pos_weight n_neg / n_pos           that label's threshold
 ===========  ==========================  =========  =================================  ============================
 
-How labels as read become one of the three (``infer``): numbers all 0 or 1 stay binary (as before);
-other integers or any strings are classes (multi-class, named by the sorted distinct values); strings
+How labels as read become one of the three (``infer``): numbers all 0 or 1 (or all -1 or 1, -1 the
+negative class) stay binary (as before), numbers written as text included; other integers or any other
+strings ('07' and '7': two names) are classes (multi-class, named by the sorted distinct values); strings
 holding ``|`` are label sets (multi-label, ``"a|b"``, the empty string for none); a (B, K) 0/1 matrix is
 multi-label. Binary keeps its single logit, so every binary number is what it was.
 """
@@ -396,6 +397,16 @@ def _all_integers(names) -> bool:
     return all(plain(name) for name in names)
 
 
+def _plain_numbers(text: np.ndarray) -> bool:
+    """Whether every cell is a number and none is zero-padded: '07' and '7' are two class names, '1.0' and
+    '0' are numbers."""
+    try:
+        text.astype(np.float64)
+    except ValueError:
+        return False
+    return not any(t.lstrip("+-").startswith("0") and t.lstrip("+-")[1:2].isdigit() for t in text)
+
+
 def _ordered(names) -> tuple[str, ...]:
     """Class names in ``infer``'s order: numeric when every name is an integer, else lexicographic."""
     return tuple(sorted(names, key=int) if _all_integers(names) else sorted(names))
@@ -414,6 +425,8 @@ def infer(raw, src: str, bag_ids, names=None, label_sets: bool = False) -> tuple
         return _multilabel_matrix(raw, src, bag_ids, names)
     if raw.ndim != 1:
         raise DataError(src, f"labels must be (B,) or (B, K), found shape {raw.shape}", field="labels")
+    if raw.dtype.kind in "US" and not label_sets and _plain_numbers(np.char.strip(raw.astype(str))):
+        raw = np.char.strip(raw.astype(str)).astype(np.float64)  # numbers written as text (a CSV cell)
     if raw.dtype.kind in "biuf":
         bad = ~np.isfinite(raw.astype(np.float64)) | (raw != np.round(raw))
         if bad.any():
@@ -423,6 +436,8 @@ def infer(raw, src: str, bag_ids, names=None, label_sets: bool = False) -> tuple
         raw = raw.astype(np.int64)
         if np.isin(raw, (0, 1)).all():
             return LabelSpace(), raw
+        if set(np.unique(raw).tolist()) == {-1, 1}:  # the other binary convention: -1 is the negative class
+            return LabelSpace(), (raw == 1).astype(np.int64)
         values, ids = np.unique(raw, return_inverse=True)
         return _multiclass([str(v) for v in values], ids)
     if raw.dtype.kind not in "US":

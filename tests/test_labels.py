@@ -18,6 +18,10 @@ IDS = np.array([f"b{i}" for i in range(6)])
 
 def test_zero_one_numbers_stay_binary_and_other_labels_become_classes():
     assert infer(np.array([0, 1, 1, 0]), "f", IDS)[0] == BINARY
+    for written in (np.array(["0", "1", " 1", "0"]), np.array(["0.0", "1.0", "1.0", "0.0"])):  # text cells
+        assert infer(written, "f", IDS)[0] == BINARY and infer(written, "f", IDS)[1].tolist() == [0, 1, 1, 0]
+    space, signs = infer(np.array([-1, 1, 1, -1]), "f", IDS)  # the -1/1 convention: -1 is negative
+    assert space == BINARY and signs.tolist() == [0, 1, 1, 0]
     space, ids = infer(np.array([5, 1, 2, 5, 10, 2]), "f", IDS)
     assert space == LabelSpace("multiclass", ("1", "2", "5", "10"))  # numeric order, not "10" < "2"
     np.testing.assert_array_equal(ids, [2, 0, 1, 2, 3, 1])
@@ -241,7 +245,7 @@ def test_a_csv_label_column_keeps_names_that_look_like_numbers(tmp_path):
     assert written_as_floats.label_space == BINARY and written_as_floats.labels.tolist() == [1, 0, 1, 0, 0, 1]
     ids = load_bags(_table(tmp_path / "ids.csv", ["2", "10", "2", "10", "3", "3"]))
     assert ids.label_space.classes == ("2", "3", "10")
-    with pytest.raises(DataError, match="ids.csv: bag 'b4': field 'labels': missing label"):
+    with pytest.raises(DataError, match="ids.csv: bag 'b4': field 'labels': empty label"):
         load_bags(_table(tmp_path / "ids.csv", ["2", "10", "2", "10", "", "3"]))
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from arcmil.data.bagset import BagSet
 from arcmil.errors import DataError
 
-# read as text: ids and splits are names; labels become numbers only where every cell is one (_label_values)
+# read as text: ids and splits are names; labels become numbers only where every cell is one (labels.infer)
 CSV_TEXT_COLUMNS = {"bag_id": str, "split": str, "label": str}
 
 
@@ -61,8 +61,6 @@ def table_to_bagset(df: pd.DataFrame, src: str) -> BagSet:
         raise DataError(src, "no rows", field="bag_id")
     emb_cols = _emb_columns(df, src)
     df = df.assign(bag_id=df["bag_id"].astype(str))
-    if "label" in df.columns:
-        df = df.assign(label=_label_values(df["label"]))
     label_cols = _label_columns(df, src)
     has_labels = bool(label_cols)
 
@@ -105,18 +103,6 @@ def table_to_bagset(df: pd.DataFrame, src: str) -> BagSet:
         source=src,
         meta={"label_names": [c.removeprefix("label_") for c in label_cols]} if has_labels and multilabel else {},
     )
-
-
-def _label_values(values: pd.Series) -> pd.Series:
-    """The ``label`` column as numbers where every filled cell is a number and none is zero-padded, else as
-    text: '07' and '7' are two class names, not one class 7 (a CSV's column is read as text for this)."""
-    if pd.api.types.is_numeric_dtype(values):
-        return values
-    text = values.map(lambda v: v.strip() if isinstance(v, str) else v)
-    filled = text.dropna().astype(str)
-    if pd.to_numeric(filled, errors="coerce").notna().all() and not filled.str.match(r"[-+]?0\d").any():
-        return pd.to_numeric(text)
-    return values
 
 
 def _label_columns(df: pd.DataFrame, src: str) -> list[str]:
