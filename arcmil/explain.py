@@ -6,7 +6,9 @@
 * ``integrated_gradients`` (Sundararajan et al. 2017, eq. 3): (x_i − x'_i) · ∫ ∂F/∂x_i along the
   straight path from an all-zero baseline x', summed over features; midpoint Riemann sum. The
   attributions add up to F(x) − F(x') (completeness, Prop. 1), up to the sum's error.
-Positive occlusion / integrated-gradient values push the bag towards the positive class.
+Positive occlusion / integrated-gradient values push the bag towards the positive class. Every method is
+scored by faithfulness (arcmil.faithfulness: deletion curves, AOPC, AOPCR against random orders) and,
+where windows carry labels, by localisation.
 
 Beyond binary (arcmil.labels) each explanation is of one class's logit: ``explain_bags(..., classes=...)``
 gives one row per window and explained class (column ``class``): by default each bag's most probable
@@ -29,8 +31,10 @@ from sklearn.metrics import roc_auc_score
 from arcmil.data import BagSet, collate
 from arcmil.data.packed import PackedBags
 from arcmil.errors import ConfigError
+from arcmil.faithfulness import faithfulness_frame
+from arcmil.faithfulness import summarize as summarize_faithfulness
 from arcmil.labels import BINARY
-from arcmil.plots import plot_window_heatmap
+from arcmil.plots import plot_deletion_curves, plot_window_heatmap
 from arcmil.report import clean_json
 from arcmil.settings import IG_STEPS, N_PLOTS
 
@@ -160,11 +164,18 @@ def _localisation(positive: pd.DataFrame, method: str) -> dict:
 
 
 def write_explanations(directory: Path, frame: pd.DataFrame, methods=METHODS, *, n_plots: int = N_PLOTS,
-                       title: str = "") -> dict | None:
+                       title: str = "", faithfulness: tuple | None = None) -> dict | None:
     """importances.csv, one heatmap PNG per method (a seeded sample of bags, or of (bag, class) rows
-    beyond binary, positives first) and, when the data has per-window truth, localisation.json.
-    Returns the localisation scores."""
+    beyond binary, positives first), ``faithfulness`` ((per-bag rows, mean curves) of
+    arcmil.faithfulness.faithfulness_frame) as faithfulness.csv, faithfulness.json and deletion.png, and,
+    when the data has per-window truth, localisation.json. Returns the localisation scores."""
     frame.to_csv(directory / "importances.csv", index=False)
+    if faithfulness is not None:
+        per_bag, curves = faithfulness
+        per_bag.to_csv(directory / "faithfulness.csv", index=False)
+        pooled = summarize_faithfulness(per_bag, curves)
+        (directory / "faithfulness.json").write_text(json.dumps(clean_json(pooled), indent=2))
+        plot_deletion_curves(pooled, directory / "deletion.png", title=f"deletion curves — {title}")
     key = ["bag_id", "class"] if "class" in frame else ["bag_id"]
     groups = {k if isinstance(k, tuple) else (k,): g for k, g in frame.groupby(key, sort=False)}
     names = list(groups)
@@ -207,10 +218,17 @@ def explain_to_dir(checkpoint, data, out, methods=METHODS, *, steps: int = IG_ST
     s = Scorer.load(checkpoint, data, device, split=split)
     frame = explain_bags(s.model, s.bags, methods, normalizer=s.normalizer, calibrator=s.calibrator, steps=steps,
                          device=s.device, classes=classes)
+    faithfulness = faithfulness_frame(s.model, s.bags, frame, methods, s.normalizer, s.device)
     with staged_dir(out) as tmp:
-        scores = write_explanations(tmp, frame, methods, n_plots=n_plots, title=s.meta["tag"])
+        scores = write_explanations(tmp, frame, methods, n_plots=n_plots, title=s.meta["tag"],
+                                    faithfulness=faithfulness)
     windows = f"{len(frame)} windows" if "class" not in frame else f"{len(frame)} window-class rows"
     summary = f"explained {len(s.bags)} bags ({windows}) with {s.meta['tag']} -> {out}"
+    pooled = summarize_faithfulness(*faithfulness)["methods"]
+    summary += ("\nfaithfulness (drop of the explained logit as the top-ranked windows are removed, up to half the "
+                "bag; AOPCR = AOPC - AOPC of random orders):\n"
+                + markdown_table([{"method": m, **pooled[m]} for m in methods],
+                                 ("method", "aopc", "aopc_random", "aopcr", "beats_random", "n")))
     if scores:
         columns = ("method", "pooled", "per_bag_mean", "n_bags", "n_windows")
         summary += ("\ninstance-localisation ROC-AUC over the windows of positive bags:\n"

@@ -179,9 +179,10 @@ def _gallery(config: dict, runs: dict[str, Path], bags=None) -> tuple[list[dict]
         return [], "Cross-validation keeps no model, so there are no documents to show."
     from arcmil.calibration import calibrator_from_dict
     from arcmil.checkpoint import load_checkpoint
-    from arcmil.data import Normalizer, load_bags
+    from arcmil.data import Normalizer, collate, load_bags
     from arcmil.demo import make_demo_bags
     from arcmil.explain import METHODS, explain_bags
+    from arcmil.faithfulness import bag_faithfulness
     from arcmil.labels import LabelSpace
     from arcmil.plots import plot_document_explanations
 
@@ -214,8 +215,12 @@ def _gallery(config: dict, runs: dict[str, Path], bags=None) -> tuple[list[dict]
             title = f"{name} — {kind}: {bag_id}, p = {frame['prob'].iloc[0]:.3f}"
             marks = frame["instance_label"].to_numpy() if "instance_label" in frame else None
             importances = {m: frame[m].to_numpy() for m in METHODS}
+            x = collate(bags, [position[bag_id]], normalizer).x[0]
+            faithful, _ = bag_faithfulness(model, x, importances, None if target is None else
+                                           space.classes.index(target), seed=position[bag_id])
+            aopcr = ", ".join(f"{m.replace('_', ' ')} {faithful[m]['aopcr']:.3f}" for m in METHODS)
             gallery.append({"png": _drawn_png(plot_document_explanations, importances, title=title, marks=marks),
-                            "caption": title})
+                            "caption": f"{title}; AOPCR {aopcr}"})
     return gallery, None if gallery else "No test document could be shown (no checkpoint or labels)."
 
 

@@ -137,3 +137,18 @@ def plot_document_explanations(importances: dict[str, np.ndarray], path, title: 
     ax.set_xlabel("window" + ("  (red: true positive windows)" if marks is not None else ""))
     ax.set_title(title, fontsize=9)
     _save(fig, path)
+
+
+@_plain_text
+def plot_deletion_curves(summary: dict, path, title: str = "") -> None:
+    """Mean drop of the explained logit against the share of windows removed, for each method's ranking
+    and for random orders (``arcmil.faithfulness.summarize``'s record)."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    removed = 100 * np.asarray(summary["fractions"])
+    for method, scores in summary["methods"].items():
+        ax.plot(removed, scores["curve"], marker="o", ms=3, label=f"{method} (AOPCR {scores['aopcr']:.3f})")
+    ax.plot(removed, summary["random_curve"], ls="--", c="grey", label="random order")
+    ax.set(xlabel="windows removed, most important first (%)", ylabel="mean drop of the explained logit",
+           title=title)
+    ax.legend(fontsize=8)
+    _save(fig, path)

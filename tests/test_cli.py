@@ -188,6 +188,13 @@ def test_explain_command_scores_localisation(trained, data_file, tmp_path, capsy
     for method, score in scores.items():
         assert score["pooled"] == pytest.approx(roc_auc_score(positive["instance_label"], positive[method]))
     assert frame["bag_id"].nunique() == 120
+    # faithfulness beside localisation: one row per bag and method, pooled means in the JSON
+    per_bag = pd.read_csv(out / "faithfulness.csv")
+    assert len(per_bag) == 3 * 120 and (out / "deletion.png").exists()
+    np.testing.assert_allclose(per_bag["aopcr"], per_bag["aopc"] - per_bag["aopc_random"], atol=1e-9)
+    pooled = json.loads((out / "faithfulness.json").read_text())["methods"]
+    for method, rows in per_bag.groupby("method"):
+        assert pooled[method]["aopcr"] == pytest.approx(rows["aopcr"].mean())
     assert main(["explain", "--checkpoint", str(trained / "best_transmil.pth"), "--data", str(data_file),
                  "--out", str(tmp_path / "x"), "--methods", "weights,shap"]) == 2
     assert "unknown explanation method 'shap'" in capsys.readouterr().err
