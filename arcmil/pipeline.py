@@ -35,6 +35,7 @@ from arcmil.models import build_model
 from arcmil.scoring import Evaluation, check_fits, predictions_frame, score_bags, wide_weights
 from arcmil.train import (
     FitResult,
+    fit_closed_form,
     make_optimizer,
     runner_for,
     seed_dropout_for_rank,
@@ -192,6 +193,11 @@ def train_run(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), w
     seed_dropout_for_rank(cfg.seed, world)
     check_fits(bags, model.config)
     criterion = bags.label_space.criterion(data.parts["train"].labels)
+    if hasattr(model, "fit_features"):  # a classical model: fitted in closed form, every rank alike
+        train_bags = scoring_loader(data.parts["train"], cfg.batch_size, data.normalizer)
+        fit = fit_closed_form(model, train_bags, scoring_loader(data.parts["val"], cfg.batch_size, data.normalizer),
+                              criterion, cfg, device)
+        return Trained(model, data, criterion, fit, device)
     optimizer, scheduler = make_optimizer(model, cfg, len(loaders["train"]))
     fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,
                       desc=model.config.tag(), runner=runner_for(model, cfg, world, device), resume=resume,

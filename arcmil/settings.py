@@ -29,7 +29,7 @@ RUN_KEYS = {"model": str, "models": str, "data": str, "out": str, "seeds": str, 
             "val_fraction": float, "tracker": str, "trials": int, "timeout": float, "inner_folds": int,
             "storage": str, "space": str}
 SEARCH_KEYS = ("trials", "timeout", "inner_folds", "storage", "space")
-INFERRED = {"input_dim", "n_outputs"}  # taken from the data (its dimension, its label space), never set by hand
+INFERRED = {"input_dim", "n_outputs", "n_support"}  # from the data (dimension, label space) or the fit, never by hand
 
 
 def _settable(*classes) -> list[tuple[dataclasses.Field, type]]:

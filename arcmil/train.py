@@ -157,6 +157,30 @@ def _val_metrics(val: Evaluation) -> dict:
     return {"val_loss": val.loss, "val_roc_auc": metrics["roc_auc"], "val_pr_auc": metrics["pr_auc"]}
 
 
+def fit_closed_form(model, train_loader, val_loader, criterion, cfg: TrainConfig, device) -> FitResult:
+    """A model fitted in one go by scikit-learn (``model.fit_features``: arcmil.models.pooled_stats) on every
+    training bag's pooled features (``train_loader``: the training bags, scored in order); one history row
+    (epoch 1) in ``train_model``'s format, so reports, searches and comparisons read it as any run."""
+    from arcmil.models.pooled_stats import pooled_features
+
+    start = time.perf_counter()
+    features, labels, order = [], [], []
+    with torch.no_grad():
+        for batch in train_loader:
+            features.append(pooled_features(batch.x.float(), batch.mask)[0].numpy())
+            labels.append(batch.y.numpy())
+            order.append(batch.index.numpy())
+    rows = np.argsort(np.concatenate(order), kind="stable")  # bag order, whatever the batching
+    model.fit_features(np.concatenate(features)[rows], np.concatenate(labels)[rows],
+                       train_loader.bs.label_space.kind)
+    model.to(device)
+    train = evaluate(model, train_loader, criterion, device)
+    val = evaluate(model, val_loader, criterion, device)
+    row = {"epoch": 1, "train_loss": train.loss, **_val_metrics(val), "lr": 0.0,
+           "seconds": time.perf_counter() - start}
+    return FitResult(1, [row], stopped_early=False, seconds=row["seconds"])
+
+
 def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler, cfg: TrainConfig,
                 device, desc: str = "train", runner: nn.Module | None = None, resume: dict | None = None,
                 on_epoch=None) -> FitResult:

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import fitted_pooled
 from sklearn.metrics import roc_auc_score
 
 from arcmil.data import Normalizer, scoring_loader
@@ -11,6 +12,8 @@ from arcmil.scoring import evaluate
 
 
 def small_model(name):
+    if name.startswith("pooled"):  # a classical model: fitted, not initialised
+        return fitted_pooled(name, 8)
     torch.manual_seed(0)
     cfg = {"input_dim": 8}
     cfg.update({"d_model": 16, "nhead": 2, "dim_feedforward": 32} if name.startswith("trans") else {"hidden_dim": 16})

@@ -12,6 +12,7 @@ import onnxruntime
 import pandas as pd
 import pytest
 import torch
+from conftest import fitted_pooled
 
 from arcmil.calibration import Calibrator
 from arcmil.checkpoint import save_checkpoint
@@ -27,6 +28,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def small_model(name: str, dim: int = DIM):
+    if name.startswith("pooled"):  # a classical model: fitted, not initialised
+        return fitted_pooled(name, dim)
     torch.manual_seed(0)
     sizes = {"d_model": 16, "nhead": 2, "dim_feedforward": 32} if name.startswith("trans") else {"hidden_dim": 8}
     return build_model(name, input_dim=dim, **sizes).eval()

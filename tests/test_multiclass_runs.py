@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import fitted_pooled
 from scipy.special import softmax
 
 from arcmil.api import MILClassifier
@@ -73,7 +74,7 @@ def test_every_model_gives_k_logits_independent_of_padding(name):
     cfg = {"input_dim": 8, "n_outputs": 3, **(SMALL if name.startswith("trans") else {"hidden_dim": 16})}
     if name.startswith("transmil"):
         cfg.pop("pooler_hidden")
-    model = build_model(name, **cfg).eval()
+    model = fitted_pooled(name, 8, n_outputs=3) if name.startswith("pooled") else build_model(name, **cfg).eval()
     assert model.config.tag().endswith("_out3")
     x = torch.randn(2, 7, 8)
     mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])

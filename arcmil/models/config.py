@@ -16,6 +16,7 @@ POS_ENCODINGS = ("sin", "learned", "none")
 INITS = ("xavier", "torch")
 POS_SCALINGS = ("constant", "content")
 POOLS = ("attention", "topk")
+CLASSIFIERS = ("logistic", "svm")
 
 
 def _short(p: float) -> str:
@@ -173,3 +174,34 @@ class TransMILConfig(TransformerConfig):
 
     def tag(self) -> str:
         return f"transmil_{'dual' if self.dual else 'cls'}_{self.body_tag()}"
+
+
+@dataclass(frozen=True)
+class PooledStatsConfig:
+    """A classical bag model: each bag's windows pooled into statistics (``POOLED_STATS`` per feature),
+    standardised on the training bags, and a scikit-learn classifier on them: ``classifier`` 'logistic'
+    (L2 logistic regression, inverse strength ``C``) or 'svm' (RBF support vector machine, ``C`` and kernel
+    width ``gamma`` / number of pooled features). Fitted in closed form, not by epochs; ``n_support``: the
+    support vectors the fit kept (set by fitting, 0 before; a checkpoint's buffers have that many rows)."""
+
+    input_dim: int = 256
+    classifier: str = "logistic"
+    C: float = 1.0
+    gamma: float = 1.0
+    n_outputs: int = 1
+    n_support: int = 0
+
+    SEARCH_SPACE: ClassVar[dict] = {"C": {"low": 1e-3, "high": 1e3, "log": True},
+                                    "gamma": {"low": 0.1, "high": 10.0, "log": True}}
+    SEARCH_WHEN: ClassVar[dict] = {"gamma": lambda c: c.classifier == "svm"}
+    CLOSED_FORM: ClassVar[bool] = True  # no epochs: a search leaves the training settings alone
+
+    def __post_init__(self):
+        check_choices(self, {"classifier": CLASSIFIERS})
+        _check(self.input_dim > 0, "input_dim must be positive")
+        _check(self.C > 0 and self.gamma > 0, f"C and gamma must be positive, got {self.C} and {self.gamma}")
+        _check(self.n_outputs >= 1 and self.n_support >= 0, "n_outputs must be at least 1, n_support at least 0")
+
+    def tag(self) -> str:
+        gamma = f"_g{self.gamma:g}" if self.classifier == "svm" else ""
+        return f"pooled_{self.classifier}_C{self.C:g}{gamma}{_outputs(self.n_outputs)}"

@@ -11,7 +11,13 @@ import importlib
 from dataclasses import dataclass, fields
 
 from arcmil.errors import ConfigError
-from arcmil.models.config import AttentionMILConfig, InstanceMaxConfig, TransformerMILConfig, TransMILConfig
+from arcmil.models.config import (
+    AttentionMILConfig,
+    InstanceMaxConfig,
+    PooledStatsConfig,
+    TransformerMILConfig,
+    TransMILConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ for _name, _path, _config, _preset in [
     ("transmil", "transmil:TransMIL", TransMILConfig, {}),
     ("transmil_dual", "transmil:TransMIL", TransMILConfig, {"dual": True}),
     ("transmil_nystrom", "transmil:TransMIL", TransMILConfig, {"attention": "nystrom"}),
+    ("pooled_logistic", "pooled_stats:PooledStats", PooledStatsConfig, {"classifier": "logistic"}),
+    ("pooled_svm", "pooled_stats:PooledStats", PooledStatsConfig, {"classifier": "svm"}),
 ]:
     _REGISTRY[_name] = ModelEntry(_name, "arcmil.models." + _path, _config, _preset)
 

@@ -1,0 +1,122 @@
+"""PooledStats: a classical bag model, pooled window statistics and a scikit-learn classifier.
+
+The published leaders on small MIL sets (MUSK, ELEPHANT) are bag-level encodings with kernel machines,
+not deep models. This one pools each bag's windows into their per-feature mean, max, min and standard
+deviation (F = 4 D features), standardises them with the training bags' statistics and fits a
+scikit-learn classifier: L2 logistic regression, or an RBF support vector machine (one-vs-rest beyond
+binary), classes weighted by their balance as the neural losses are. The fitted parameters live in
+buffers and the decision function is computed in torch, so the model scores, explains (occlusion,
+integrated gradients), saves (no pickled estimator) and exports to ONNX like any other.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from arcmil.errors import ArcmilError
+from arcmil.models.config import PooledStatsConfig
+from arcmil.models.layers import float32_forward, full_mask
+
+POOLED_STATS = ("mean", "max", "min", "std")
+
+
+def pooled_features(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, N, D), mask (B, N) -> (features (B, 4 D): mean, max, min and std over each bag's real windows,
+    selections (B, N): each window's share of the max and min picks, summing to 1 over a bag's windows)."""
+    real = mask.unsqueeze(-1)
+    count = real.sum(dim=1).clamp(min=1)  # (B, 1)
+    x = torch.where(real, x, 0.0)
+    mean = x.sum(dim=1) / count
+    std = ((torch.where(real, x - mean.unsqueeze(1), 0.0) ** 2).sum(dim=1) / count).sqrt()
+    high, top = torch.where(real, x, float("-inf")).max(dim=1)  # (B, D) values and window positions
+    low, bottom = torch.where(real, x, float("inf")).min(dim=1)
+    picks = torch.cat([top, bottom], dim=1)  # (B, 2 D)
+    selections = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).scatter_add_(
+        1, picks, torch.full(picks.shape, 1.0 / picks.shape[1], dtype=x.dtype, device=x.device))
+    return torch.cat([mean, high, low, std], dim=1), selections
+
+
+class PooledStats(nn.Module):
+    """Pooled statistics -> standardise -> linear (logistic) or RBF-kernel (svm) decision function.
+
+    forward(x (B, N, D), mask (B, N)) -> (logits (B,) or (B, K), weights (B, N)): the weights are each
+    window's share of the per-feature max and min picks (which windows set the pooled extremes)."""
+
+    def __init__(self, config: PooledStatsConfig = PooledStatsConfig()):
+        super().__init__()
+        self.config = config
+        self._make_buffers(config)
+
+    def _make_buffers(self, c: PooledStatsConfig) -> None:
+        f, k = len(POOLED_STATS) * c.input_dim, c.n_outputs
+        self.register_buffer("center", torch.zeros(f))
+        self.register_buffer("scale", torch.ones(f))
+        # logistic: coef (K, F); svm: support vectors (S, F) and dual coefficients (K, S), one row per output
+        self.register_buffer("coef", torch.zeros(k, f if c.classifier == "logistic" else 0))
+        self.register_buffer("support", torch.zeros(c.n_support, f))
+        self.register_buffer("dual_coef", torch.zeros(k, c.n_support))
+        self.register_buffer("intercept", torch.zeros(k))
+
+    @float32_forward  # a fitted decision function: never bf16-rounded
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = full_mask(x) if mask is None else mask
+        features, weights = pooled_features(x, mask)
+        z = (features - self.center) / self.scale  # (B, F)
+        if self.config.classifier == "logistic":
+            logits = z @ self.coef.T + self.intercept
+        else:
+            gamma = self.config.gamma / z.shape[1]
+            kernel = torch.exp(-gamma * torch.cdist(z, self.support).square())  # (B, S)
+            logits = kernel @ self.dual_coef.T + self.intercept
+        return (logits.squeeze(-1) if logits.shape[-1] == 1 else logits), weights
+
+    @torch.no_grad()
+    def fit_features(self, features: np.ndarray, labels: np.ndarray, kind: str) -> None:
+        """Fit on the training bags' pooled ``features`` (B, F) and ``labels`` of label-space ``kind``;
+        the buffers (and ``config.n_support``) then hold the fitted classifier."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.svm import SVC
+
+        c = self.config
+        center, scale = features.mean(axis=0), features.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)  # a constant feature is left unscaled
+        z = (features - center) / scale
+        if c.classifier == "logistic" and kind == "multiclass":  # one softmax over the classes
+            fitted = [LogisticRegression(C=c.C, class_weight="balanced", max_iter=5000).fit(z, labels)]
+        else:  # one binary problem per output: the label, each label, or each class against the rest
+            targets = [labels] if kind == "binary" else [(labels == k) if kind == "multiclass" else labels[:, k]
+                                                         for k in range(c.n_outputs)]
+            make = (lambda: LogisticRegression(C=c.C, class_weight="balanced", max_iter=5000)) if c.classifier == \
+                "logistic" else (lambda: SVC(C=c.C, kernel="rbf", gamma=c.gamma / z.shape[1], class_weight="balanced"))
+            fitted = [make().fit(z, np.asarray(t, dtype=np.int64)) for t in targets]
+        self._set(fitted, center, scale)
+
+    def _set(self, fitted: list, center: np.ndarray, scale: np.ndarray) -> None:
+        """The fitted estimators' parameters into fresh buffers (their sizes follow the fit)."""
+        from dataclasses import replace
+
+        as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+        if self.config.classifier == "logistic":
+            coef = np.concatenate([m.coef_ for m in fitted])  # (K, F)
+            intercept = np.concatenate([m.intercept_ for m in fitted])
+            self.config = replace(self.config, n_support=0)
+            self._make_buffers(self.config)
+            self.coef.copy_(as_tensor(coef))
+        else:
+            support = np.concatenate([m.support_vectors_ for m in fitted])  # every output's support vectors
+            dual = np.zeros((len(fitted), len(support)))
+            start = 0
+            for k, m in enumerate(fitted):
+                dual[k, start:start + len(m.support_vectors_)] = m.dual_coef_[0]
+                start += len(m.support_vectors_)
+            intercept = np.concatenate([m.intercept_ for m in fitted])
+            self.config = replace(self.config, n_support=len(support))
+            self._make_buffers(self.config)
+            self.support.copy_(as_tensor(support))
+            self.dual_coef.copy_(as_tensor(dual))
+        if len(intercept) != self.config.n_outputs:
+            raise ArcmilError(f"the fit gave {len(intercept)} outputs, the model has {self.config.n_outputs}")
+        self.intercept.copy_(as_tensor(intercept))
+        self.center.copy_(as_tensor(center))
+        self.scale.copy_(as_tensor(scale))
