@@ -35,8 +35,11 @@ def check_cv_inputs(bags: BagSet, folds: int) -> None:
 def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_overrides: dict,
                  folds: int | None = None, evaluation: EvalConfig = EvalConfig()) -> None:
     """What can be wrong with a run's input, checked before anything is written: the split (the classes
-    each part needs; with ``folds``, enough bags of each class for them), a calibration the label space
-    has no form of, and bag lengths against the model."""
+    each part needs; with ``folds``, enough bags of each class for them), a calibration or a per-class
+    attention the label space has no form of, and bag lengths against the model."""
+    if bags.label_space.binary and model_overrides.get("class_attention"):
+        raise ConfigError("class_attention is for multi-class and multi-label data (one attention per class); "
+                          "binary labels have one output")
     if bags.label_space.kind == "multiclass" and evaluation.calibrate == "isotonic":
         raise ConfigError("calibrate 'isotonic' has no multi-class form; use platt (vector scaling), temperature "
                           "or none")

@@ -206,7 +206,7 @@ def write_comparison(directory: Path, comparison: Comparison, source: str) -> No
         pd.DataFrame(comparison.paired_rows()).to_csv(directory / "paired_tests.csv", index=False)
         text += f"\n## Paired tests ({_paired_name(comparison)})\n\n{comparison.paired_table()}\n"
     (directory / "comparison.md").write_text(text)
-    if comparison.mode != "folds" and comparison.models[0].roc:  # one ROC curve per model: its first seed's test
+    if comparison.mode != "folds" and all(m.roc for m in comparison.models):  # one curve per model: first seed
         pooled = "" if comparison.models[0].label_kind == "binary" else ", micro-average over classes"
         plot_roc({m.tag: m.roc for m in comparison.models}, directory / "roc.png",
                  title="Test ROC" + ("" if comparison.mode == "single" else " (first seed)") + pooled)

@@ -49,9 +49,7 @@ class CVResult:
             return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
         s = self.summary
-        columns = {"at validation threshold": "at_val_threshold", "at 0.5": "at_0.5"}
-        if "at_0.5" not in s:
-            columns = {"mean ± std": "at_val_threshold"}
+        columns = summary_columns(s)
         rows = [{"metric": m, **{title: pm(s[key][m]) for title, key in columns.items()}}
                 for m in _summary_metrics(self.folds) if s["at_val_threshold"][m]["mean"] is not None]
         return markdown_table(rows, ("metric", *columns))
@@ -71,6 +69,14 @@ class CVResult:
                 | {f"test_{m}": r["test"][m] for m in metrics}
                 | {f"test_{m}_at_0.5": r["test_at_0.5"][m] for m in metrics if "test_at_0.5" in r}
                 | _search_columns(r) for r in self.folds]
+
+
+def summary_columns(summary: dict) -> dict[str, str]:
+    """A cv table's column titles -> their ``summarize`` keys: at the validation threshold and at 0.5, or
+    one column where decisions are an argmax (multi-class: no threshold)."""
+    if "at_0.5" in summary:
+        return {"at validation threshold": "at_val_threshold", "at 0.5": "at_0.5"}
+    return {"mean ± std": "at_val_threshold"}
 
 
 def _search_columns(record: dict) -> dict:
@@ -166,7 +172,7 @@ def summarize(records: list[dict]) -> dict:
     the per-repeat means (the spread the ABMIL paper's protocol reports)."""
     out = {}
     for key, name in (("test", "at_val_threshold"), ("test_at_0.5", "at_0.5")):
-        if key not in records[0]:
+        if any(key not in r for r in records):  # multi-class folds (a resumed run may mix in older records)
             continue
         out[name] = {}
         for metric in _summary_metrics(records):

@@ -101,9 +101,9 @@ def _tables(directory: Path, command: str, runs: dict[str, Path]) -> list[dict]:
         return tables
     if command == "cv":
         summary = json.loads((directory / "cv_summary.json").read_text())["summary"]
-        columns = {"at validation threshold": "at_val_threshold", "at 0.5": "at_0.5"}
-        if "at_0.5" not in summary:  # multi-class: argmax decisions, no threshold
-            columns = {"mean ± std": "at_val_threshold"}
+        from arcmil.cv import summary_columns
+
+        columns = summary_columns(summary)
         rows = [[metric, *(f"{s[metric]['mean']:.4f} ± {s[metric]['std']:.4f}" if s[metric]["mean"] is not None
                            else "" for s in (summary[key] for key in columns.values()))]
                 for metric in summary["at_val_threshold"]]

@@ -13,7 +13,7 @@ multilabel   (B, K) in {0, 1}            K logits   per-label BCE, per-label    
 ===========  ==========================  =========  =================================  ============================
 
 How labels as read become one of the three (``infer``): numbers all 0 or 1 (or all -1 or 1, -1 the
-negative class) stay binary (as before), numbers written as text included; other integers or any other
+negative class; or true/false) stay binary (as before), numbers written as text included; other integers or any other
 strings ('07' and '7': two names) are classes (multi-class, named by the sorted distinct values); strings
 holding ``|`` are label sets (multi-label, ``"a|b"``, the empty string for none); a (B, K) 0/1 matrix is
 multi-label. Binary keeps its single logit, so every binary number is what it was.
@@ -79,7 +79,7 @@ class LabelSpace:
         try:
             return cls(data["kind"], tuple(map(str, data["classes"])))
         except (KeyError, TypeError) as exc:
-            raise ArcmilError(f"label_space {data!r} is not a label space (no {exc})") from None
+            raise ArcmilError(f"label_space {data!r} is not a label space ({type(exc).__name__}: {exc})") from None
 
     # ---- data -------------------------------------------------------------------------------------
 
@@ -425,8 +425,12 @@ def infer(raw, src: str, bag_ids, names=None, label_sets: bool = False) -> tuple
         return _multilabel_matrix(raw, src, bag_ids, names)
     if raw.ndim != 1:
         raise DataError(src, f"labels must be (B,) or (B, K), found shape {raw.shape}", field="labels")
-    if raw.dtype.kind in "US" and not label_sets and _plain_numbers(np.char.strip(raw.astype(str))):
-        raw = np.char.strip(raw.astype(str)).astype(np.float64)  # numbers written as text (a CSV cell)
+    if raw.dtype.kind in "US" and not label_sets:  # numbers or booleans written as text (a CSV cell)
+        text = np.char.lower(np.char.strip(raw.astype(str)))
+        if np.isin(text, ("true", "false")).all():
+            raw = text == "true"
+        elif _plain_numbers(text):
+            raw = text.astype(np.float64)
     if raw.dtype.kind in "biuf":
         bad = ~np.isfinite(raw.astype(np.float64)) | (raw != np.round(raw))
         if bad.any():
@@ -436,7 +440,7 @@ def infer(raw, src: str, bag_ids, names=None, label_sets: bool = False) -> tuple
         raw = raw.astype(np.int64)
         if np.isin(raw, (0, 1)).all():
             return LabelSpace(), raw
-        if set(np.unique(raw).tolist()) == {-1, 1}:  # the other binary convention: -1 is the negative class
+        if np.isin(raw, (-1, 1)).all():  # the other binary convention: -1 is the negative class
             return LabelSpace(), (raw == 1).astype(np.int64)
         values, ids = np.unique(raw, return_inverse=True)
         return _multiclass([str(v) for v in values], ids)

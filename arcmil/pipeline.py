@@ -35,7 +35,7 @@ from arcmil.models import build_model
 from arcmil.scoring import Evaluation, check_fits, predictions_frame, score_bags, wide_weights
 from arcmil.train import (
     FitResult,
-    fit_closed_form,
+    fit_estimator,
     make_optimizer,
     runner_for,
     seed_dropout_for_rank,
@@ -188,16 +188,15 @@ def train_run(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), w
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     data = prepare_data(bags, cfg, evaluation, splits)
-    loaders = make_loaders(data, cfg, world)
     model = build_model(model_name, input_dim=bags.dim, **bags.label_space.model_settings, **model_overrides).to(device)
     seed_dropout_for_rank(cfg.seed, world)
     check_fits(bags, model.config)
     criterion = bags.label_space.criterion(data.parts["train"].labels)
-    if hasattr(model, "fit_features"):  # a classical model: fitted in closed form, every rank alike
-        train_bags = scoring_loader(data.parts["train"], cfg.batch_size, data.normalizer)
-        fit = fit_closed_form(model, train_bags, scoring_loader(data.parts["val"], cfg.batch_size, data.normalizer),
-                              criterion, cfg, device)
+    if hasattr(model, "fit_features"):  # a classical model: fitted by scikit-learn on every bag, every rank alike
+        fit = fit_estimator(model, *(scoring_loader(data.parts[name], cfg.batch_size, data.normalizer)
+                                     for name in ("train", "val")), criterion, device)
         return Trained(model, data, criterion, fit, device)
+    loaders = make_loaders(data, cfg, world)
     optimizer, scheduler = make_optimizer(model, cfg, len(loaders["train"]))
     fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,
                       desc=model.config.tag(), runner=runner_for(model, cfg, world, device), resume=resume,

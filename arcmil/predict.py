@@ -65,7 +65,8 @@ ATTENTION_CELLS = 2**22  # bags x windows^2 per onnxruntime call: a 4-head float
 
 class OnnxModel(nn.Module):
     """An exported graph (arcmil export) behind the model interface the scoring path calls:
-    forward(x (B, N, D) raw windows, mask (B, N)) -> logit (B,) or (B, K), weights (B, N), by onnxruntime."""
+    forward(x (B, N, D) raw windows, mask (B, N)) -> logit (B,) or (B, K), weights (B, N) (or (B, K, N) with one
+    attention per class), by onnxruntime."""
 
     def __init__(self, session, config):
         super().__init__()

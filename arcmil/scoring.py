@@ -86,9 +86,13 @@ def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32
         if batch.y is not None and criterion is not None:
             total += criterion.to(device)(logits, batch.y).item() * len(batch.y)
     model.train(was_training)
-    if loader.world.active:  # every rank filled its own bags: merge
+    if loader.world.active:  # every rank filled its own bags: merge (a rank may have had none)
         parts = loader.world.gather((logits_out, flat, scored, total))
         for part_logits, part_flat, part_scored, _ in parts:
+            if part_flat is None:
+                continue
+            if flat is None:
+                flat = np.zeros_like(part_flat)
             logits_out[part_scored] = part_logits[part_scored]
             rows = _window_rows(starts[part_scored], lengths[part_scored])
             flat[rows] = part_flat[rows]

@@ -157,7 +157,7 @@ def _val_metrics(val: Evaluation) -> dict:
     return {"val_loss": val.loss, "val_roc_auc": metrics["roc_auc"], "val_pr_auc": metrics["pr_auc"]}
 
 
-def fit_closed_form(model, train_loader, val_loader, criterion, cfg: TrainConfig, device) -> FitResult:
+def fit_estimator(model, train_loader, val_loader, criterion, device) -> FitResult:
     """A model fitted in one go by scikit-learn (``model.fit_features``: arcmil.models.pooled_stats) on every
     training bag's pooled features (``train_loader``: the training bags, scored in order); one history row
     (epoch 1) in ``train_model``'s format, so reports, searches and comparisons read it as any run."""

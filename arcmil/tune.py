@@ -47,22 +47,24 @@ def make_pruner():
 
 
 def search_space(model_name: str, overrides: dict, space_file: str | None = None) -> dict[str, dict]:
-    """The parameters searched for ``model_name``: the training ranges (not for a model fitted in closed
-    form) and the model's (beside its config), less the variant's preset and those that do not matter for
+    """The parameters searched for ``model_name``: the training ranges (not for a model fitted by
+    scikit-learn) and the model's (beside its config), less the variant's preset and those that do not matter for
     this config, then the ``space_file`` YAML (name: {low, high[, log | step]} or {choices}; null removes a parameter; a
     setting of other models only, or one the variant fixes (its preset, e.g. pool for
     transformer_mil_topk), is skipped, so one file can serve a comparison)."""
     entry, config = get_entry(model_name), make_config(model_name, **overrides)
     model_space = {name: spec for name, spec in config.SEARCH_SPACE.items()
                    if name not in entry.preset and config.SEARCH_WHEN.get(name, lambda c: True)(config)}
-    space = {**({} if getattr(config, "CLOSED_FORM", False) else TRAIN_SEARCH_SPACE), **model_space}
+    by_estimator = getattr(config, "FITTED_BY_ESTIMATOR", False)  # no epochs, no learning rate to search
+    space = {**({} if by_estimator else TRAIN_SEARCH_SPACE), **model_space}
     if space_file:
         own = {f.name for f in dataclasses.fields(config)}
         for name, spec in read_mapping(space_file, "search space", "setting: {low, high[, log]} or {choices}").items():
             if name not in TRAIN_FIELDS and name not in MODEL_FIELDS:
                 raise ConfigError(f"{space_file}: {name!r} is not a training or model setting"
                                   f"{closest(str(name), [*TRAIN_FIELDS, *MODEL_FIELDS])}")
-            if name in MODEL_FIELDS and (name not in own or name in entry.preset):
+            if (name in MODEL_FIELDS and (name not in own or name in entry.preset)) or (
+                    by_estimator and name in TRAIN_FIELDS):
                 continue
             if spec is None:
                 space.pop(name, None)

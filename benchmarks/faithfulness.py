@@ -11,7 +11,7 @@ random. Tasks (``arcmil.tasks``): sparse_presence (a witness window), cooccurren
 order (one window before another) and the demo. Cells are written to the JSON as they finish; a rerun with
 the same ``--out`` skips them.
 
-    python benchmarks/faithfulness.py --seeds 0-4 --workers 2 --out benchmarks/results/faithfulness.json
+    python benchmarks/faithfulness.py --seeds 0-2 --workers 1 --out benchmarks/results/faithfulness.json
 """
 from __future__ import annotations
 

@@ -22,6 +22,9 @@ def test_zero_one_numbers_stay_binary_and_other_labels_become_classes():
         assert infer(written, "f", IDS)[0] == BINARY and infer(written, "f", IDS)[1].tolist() == [0, 1, 1, 0]
     space, signs = infer(np.array([-1, 1, 1, -1]), "f", IDS)  # the -1/1 convention: -1 is negative
     assert space == BINARY and signs.tolist() == [0, 1, 1, 0]
+    assert infer(np.array([-1, -1]), "f", IDS)[1].tolist() == [0, 0]  # a store chunk of negatives alone
+    truth = infer(np.array(["True", "false", " TRUE", "False"]), "f", IDS)  # pandas' booleans, read as text
+    assert truth[0] == BINARY and truth[1].tolist() == [1, 0, 1, 0]
     space, ids = infer(np.array([5, 1, 2, 5, 10, 2]), "f", IDS)
     assert space == LabelSpace("multiclass", ("1", "2", "5", "10"))  # numeric order, not "10" < "2"
     np.testing.assert_array_equal(ids, [2, 0, 1, 2, 3, 1])
@@ -243,6 +246,10 @@ def test_a_csv_label_column_keeps_names_that_look_like_numbers(tmp_path):
     assert load_bags(tmp_path / "store").label_space.classes == ("07", "7")
     written_as_floats = load_bags(_table(tmp_path / "floats.csv", ["1.0", "0.0", "1.0", "0.0", "0.0", "1.0"]))
     assert written_as_floats.label_space == BINARY and written_as_floats.labels.tolist() == [1, 0, 1, 0, 0, 1]
+    convert_to_store(_table(tmp_path / "signs.csv", ["-1", "-1", "1", "-1", "1", "-1"]), tmp_path / "signs",
+                     chunk_windows=2)  # a chunk of -1 alone and chunks of both: one binary space
+    signs = load_bags(tmp_path / "signs")
+    assert signs.label_space == BINARY and signs.labels.tolist() == [0, 0, 1, 0, 1, 0]
     ids = load_bags(_table(tmp_path / "ids.csv", ["2", "10", "2", "10", "3", "3"]))
     assert ids.label_space.classes == ("2", "3", "10")
     with pytest.raises(DataError, match="ids.csv: bag 'b4': field 'labels': empty label"):

@@ -21,6 +21,7 @@ from arcmil.calibration import (
     fit_calibrator,
 )
 from arcmil.checkpoint import load_checkpoint
+from arcmil.checks import check_inputs
 from arcmil.cli import main
 from arcmil.data import load_bags, save_bags
 from arcmil.data.store import convert_to_store
@@ -30,7 +31,8 @@ from arcmil.html_report import GALLERY_MAX_CLASSES, _gallery_classes
 from arcmil.labels import LabelSpace
 from arcmil.models import build_model, model_names
 from arcmil.models.layers import AttentionPooler, BranchLinear
-from arcmil.tasks import make_multiclass_task, make_multilabel_task
+from arcmil.tasks import make_multiclass_task, make_multilabel_task, make_task
+from arcmil.train import TrainConfig
 
 FAST = ["--epochs", "1", "--n-bootstrap", "20", "--no-progress"]
 SMALL = {"d_model": 16, "nhead": 2, "dim_feedforward": 32, "pooler_hidden": 16}
@@ -126,9 +128,14 @@ def test_each_class_attention_branch_is_a_one_branch_pooler_and_its_own_linear_h
             torch.testing.assert_close(logits[:, k], z_k @ head.weight[k] + head.bias[k])
 
 
-def test_class_attention_needs_an_attention_pooler():
+def test_class_attention_needs_an_attention_pooler_and_several_outputs():
     with pytest.raises(ConfigError, match="class_attention needs pool='attention'"):
         build_model("transformer_mil_topk", input_dim=8, n_outputs=3, class_attention=True)
+    binary = make_task("sparse_presence", n_bags=60, dim=8, seed=0)
+    with pytest.raises(ConfigError, match="class_attention is for multi-class and multi-label data"):
+        check_inputs(binary, "attention_mil", TrainConfig(), {"class_attention": True})
+    one = build_model("attention_mil", input_dim=8, class_attention=True)  # the library: one output, one attention
+    assert one(torch.randn(1, 5, 8))[0].shape == (1,)
 
 
 def _nll(labels, probs):

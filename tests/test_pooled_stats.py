@@ -67,9 +67,33 @@ def test_beyond_binary_each_output_is_its_own_problem():
         np.testing.assert_allclose(logits[:, k], one.decision_function(z), rtol=1e-3, atol=1e-3)
 
 
-def test_a_search_of_a_closed_form_model_leaves_the_training_settings_alone():
+def test_a_search_of_a_model_fitted_by_scikit_learn_leaves_the_training_settings_alone(tmp_path):
     assert set(search_space("pooled_logistic", {})) == {"C"}
     assert set(search_space("pooled_svm", {})) == {"C", "gamma"}
+    shared = tmp_path / "space.yaml"  # a space file written for a comparison with neural models
+    shared.write_text("lr: {low: 0.0001, high: 0.01, log: true}\nC: {low: 0.1, high: 10, log: true}\n")
+    assert search_space("pooled_svm", {}, str(shared)) == {"C": {"low": 0.1, "high": 10, "log": True},
+                                                         "gamma": {"low": 0.1, "high": 10.0, "log": True}}
+
+
+def test_two_named_classes_are_one_softmax_equal_to_scikit_learns_probabilities(rng):
+    model = build_model("pooled_logistic", input_dim=3, n_outputs=2)
+    features, labels = rng.normal(size=(40, 12)), np.arange(40) % 2
+    model.fit_features(features, labels, "multiclass")
+    z = (features - features.mean(0)) / features.std(0)
+    reference = LogisticRegression(class_weight="balanced", max_iter=5000).fit(z, labels)
+    logits = torch.as_tensor(z, dtype=torch.float32) @ model.coef.T + model.intercept
+    np.testing.assert_allclose(torch.softmax(logits, 1).numpy(), reference.predict_proba(z), atol=1e-5)
+
+
+def test_integrated_gradients_stay_finite_on_a_one_window_bag():
+    from conftest import fitted_pooled
+
+    from arcmil.explain import integrated_gradients
+
+    model = fitted_pooled("pooled_svm", 4)
+    attributions = integrated_gradients(model, torch.randn(1, 4), steps=8)
+    assert torch.isfinite(attributions).all()
 
 
 def test_train_predict_export_and_cv_like_any_model(tmp_path, capsys):

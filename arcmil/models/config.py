@@ -181,7 +181,7 @@ class PooledStatsConfig:
     """A classical bag model: each bag's windows pooled into statistics (``POOLED_STATS`` per feature),
     standardised on the training bags, and a scikit-learn classifier on them: ``classifier`` 'logistic'
     (L2 logistic regression, inverse strength ``C``) or 'svm' (RBF support vector machine, ``C`` and kernel
-    width ``gamma`` / number of pooled features). Fitted in closed form, not by epochs; ``n_support``: the
+    width ``gamma`` / number of pooled features). Fitted by scikit-learn, not by epochs; ``n_support``: the
     support vectors the fit kept (set by fitting, 0 before; a checkpoint's buffers have that many rows)."""
 
     input_dim: int = 256
@@ -194,7 +194,7 @@ class PooledStatsConfig:
     SEARCH_SPACE: ClassVar[dict] = {"C": {"low": 1e-3, "high": 1e3, "log": True},
                                     "gamma": {"low": 0.1, "high": 10.0, "log": True}}
     SEARCH_WHEN: ClassVar[dict] = {"gamma": lambda c: c.classifier == "svm"}
-    CLOSED_FORM: ClassVar[bool] = True  # no epochs: a search leaves the training settings alone
+    FITTED_BY_ESTIMATOR: ClassVar[bool] = True  # no epochs: a search leaves the training settings alone
 
     def __post_init__(self):
         check_choices(self, {"classifier": CLASSIFIERS})

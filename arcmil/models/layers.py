@@ -174,10 +174,10 @@ class BranchLinear(nn.Module):
 def attention_head(d_model: int, hidden: int, n_outputs: int, per_class: bool, dropout_p: float = 0.0,
                    gated: bool = False) -> tuple[AttentionPooler, nn.Module]:
     """The pooler and classifier of an attention model: one shared attention and a Linear(d -> K), or
-    (``per_class``) one attention and one linear map per output."""
+    (``per_class``, K > 1) one attention and one linear map per output."""
     branches = n_outputs if per_class else 1
     pooler = AttentionPooler(d_model, hidden=hidden, dropout_p=dropout_p, gated=gated, branches=branches)
-    return pooler, BranchLinear(d_model, branches) if per_class else Float32Linear(d_model, n_outputs)
+    return pooler, BranchLinear(d_model, branches) if branches > 1 else Float32Linear(d_model, n_outputs)
 
 
 class TopKPooler(nn.Module):

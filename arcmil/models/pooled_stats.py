@@ -28,7 +28,8 @@ def pooled_features(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     count = real.sum(dim=1).clamp(min=1)  # (B, 1)
     x = torch.where(real, x, 0.0)
     mean = x.sum(dim=1) / count
-    std = ((torch.where(real, x - mean.unsqueeze(1), 0.0) ** 2).sum(dim=1) / count).sqrt()
+    variance = (torch.where(real, x - mean.unsqueeze(1), 0.0) ** 2).sum(dim=1) / count
+    std = variance.clamp(min=1e-12).sqrt()  # finite gradients where a feature is constant (a 1-window bag)
     high, top = torch.where(real, x, float("-inf")).max(dim=1)  # (B, D) values and window positions
     low, bottom = torch.where(real, x, float("inf")).min(dim=1)
     picks = torch.cat([top, bottom], dim=1)  # (B, 2 D)
@@ -100,6 +101,9 @@ class PooledStats(nn.Module):
         if self.config.classifier == "logistic":
             coef = np.concatenate([m.coef_ for m in fitted])  # (K, F)
             intercept = np.concatenate([m.intercept_ for m in fitted])
+            if self.config.n_outputs == 2 and len(coef) == 1:  # two classes: scikit-learn fits one logit s;
+                # as the logits (-s/2, s/2) its softmax is sigmoid(s)
+                coef, intercept = np.stack([-coef[0], coef[0]]) / 2, np.array([-intercept[0], intercept[0]]) / 2
             self.config = replace(self.config, n_support=0)
             self._make_buffers(self.config)
             self.coef.copy_(as_tensor(coef))

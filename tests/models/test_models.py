@@ -9,7 +9,7 @@ from arcmil.models.layers import PositionalEncoding, TopKPooler, sinusoidal_tabl
 
 ALL = model_names()
 TRANSFORMERS = [n for n in ALL if n.startswith("trans")]
-TRAINED_BY_GRADIENT = [n for n in ALL if not getattr(get_entry(n).config_cls, "CLOSED_FORM", False)]
+TRAINED_BY_GRADIENT = [n for n in ALL if not getattr(get_entry(n).config_cls, "FITTED_BY_ESTIMATOR", False)]
 D = 32
 
 
