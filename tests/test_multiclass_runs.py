@@ -135,7 +135,7 @@ def test_class_attention_needs_an_attention_pooler_and_several_outputs():
     with pytest.raises(ConfigError, match="class_attention is for multi-class and multi-label data"):
         check_inputs(binary, "attention_mil", TrainConfig(), {"class_attention": True})
     one = build_model("attention_mil", input_dim=8, class_attention=True)  # the library: one output, one attention
-    assert one(torch.randn(1, 5, 8))[0].shape == (1,)
+    assert one(torch.randn(1, 5, 8))[0].shape == (1,) and one.config.tag() == "abmil_h128_drop01"
 
 
 def _nll(labels, probs):

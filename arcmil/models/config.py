@@ -30,6 +30,7 @@ def _outputs(n_outputs: int) -> str:
 
 
 def _class_attention(on: bool) -> str:
+    """The tag suffix of one attention per class (which exists only with several outputs)."""
     return "_clsatt" if on else ""
 
 
@@ -77,7 +78,7 @@ class AttentionMILConfig(WindowMLPConfig):
 
     def tag(self) -> str:
         return (f"abmil{'_gated' if self.gated else ''}_h{self.hidden_dim}_drop{_short(self.dropout_p)}"
-                f"{_outputs(self.n_outputs)}{_class_attention(self.class_attention)}")
+                f"{_outputs(self.n_outputs)}{_class_attention(self.class_attention and self.n_outputs > 1)}")
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ class TransformerMILConfig(TransformerConfig):
 
     def tag(self) -> str:
         pool = f"topk{self.k}_" if self.pool == "topk" else ""
-        return f"tmil_{pool}{self.body_tag()}{_class_attention(self.class_attention)}"
+        return f"tmil_{pool}{self.body_tag()}{_class_attention(self.class_attention and self.n_outputs > 1)}"
 
 
 @dataclass(frozen=True)
