@@ -1,6 +1,7 @@
 """A scikit-learn-shaped estimator for notebooks, over the same pipeline as the command line."""
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -99,8 +100,7 @@ class MILClassifier:
 
         self._check_fitted()
         check_fits(bags, self.model_.config)
-        device = next(self.model_.parameters()).device
-        return score_bags(self.model_, bags, self.normalizer_, batch_size=batch_size, device=device,
+        return score_bags(self.model_, bags, self.normalizer_, batch_size=batch_size, device=self._device,
                           calibrator=self.calibrator_, space=self.label_space_)
 
     def explain(self, X, methods=("weights", "occlusion", "integrated_gradients"), steps: int = IG_STEPS
@@ -110,9 +110,13 @@ class MILClassifier:
 
         self._check_fitted()
         bags = as_bags(X).in_space(self.label_space_)
-        device = next(self.model_.parameters()).device
         return explain_bags(self.model_, bags, list(methods), normalizer=self.normalizer_, calibrator=self.calibrator_,
-                            steps=steps, device=device)
+                            steps=steps, device=self._device)
+
+    @property
+    def _device(self):
+        """Where the fitted model's tensors live (a classical model has buffers only, no parameters)."""
+        return next(itertools.chain(self.model_.parameters(), self.model_.buffers())).device
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         """A checkpoint that ``MILClassifier.load`` and ``arcmil predict`` read, written whole; an existing

@@ -119,3 +119,17 @@ def test_train_predict_export_and_cv_like_any_model(tmp_path, capsys):
     assert main(["cv", "--model", "pooled_logistic", "--data", str(data), "--folds", "3", "--repeats", "1",
                  "--out", str(tmp_path / "cv"), *FAST]) == 0
     assert pd.read_csv(tmp_path / "cv" / "cv_folds.csv")["test_roc_auc"].between(0.5, 1).all()
+
+
+def test_the_python_estimator_fits_scores_explains_and_reloads_a_classical_model(tmp_path):
+    from arcmil.api import MILClassifier
+
+    bags = make_task("sparse_presence", n_bags=160, dim=16, seed=0)
+    windows = [bags.bags[i] for i in range(len(bags))]
+    clf = MILClassifier("pooled_logistic").fit(windows, bags.labels)  # buffers only: no parameters
+    probs = clf.predict_proba(windows[:5])
+    assert probs.shape == (5, 2)  # scikit-learn's two columns
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    assert set(clf.explain(windows[:2], methods=("weights", "occlusion"))["bag_id"]) == {"0", "1"}
+    clf.save(tmp_path / "clf.pth")
+    np.testing.assert_allclose(MILClassifier.load(tmp_path / "clf.pth").predict_proba(windows[:5]), probs)
