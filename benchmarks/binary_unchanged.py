@@ -1,8 +1,9 @@
 """Binary runs, recorded whole, to check that a change leaves every binary number as it was.
 
 Runs the demo and imbalanced tasks (400 documents, seed 1) with attention_mil, transformer_mil,
-transformer_mil_topk and transmil for 3 epochs (200 bootstrap resamples, one torch thread) and writes each run's results (metrics,
-history, calibration, threshold, intervals; not timings, dates or the model config) and predictions.
+transformer_mil_topk and transmil for 3 epochs (200 bootstrap resamples, one torch thread) and writes each
+run's results (metrics, history, calibration, threshold, intervals; not timings, dates or the model config)
+and predictions.
 Run it in two checkouts, then compare:
 
     python benchmarks/binary_unchanged.py --out before.json          # in a checkout of the older commit

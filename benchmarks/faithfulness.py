@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +25,11 @@ import torch
 
 from arcmil.explain import METHODS, explain_bags, localisation_auc
 from arcmil.faithfulness import faithfulness_frame, summarize
-from arcmil.pipeline import EvalConfig, environment, run_experiment
+from arcmil.pipeline import EvalConfig, run_experiment
 from arcmil.tasks import make_task
 from arcmil.train import TrainConfig
 
-from recipe import parse_seeds  # beside this script
+from recipe import run_cell_grid  # beside this script
 
 TASKS = ("sparse_presence", "cooccurrence", "order", "demo")
 MODELS = ("attention_mil", "transformer_mil", "transmil")
@@ -90,20 +89,11 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/faithfulness.json")
     parser.add_argument("--from", dest="stored", action="store_true", help="print the stored table of --out only")
     args = parser.parse_args()
-    out = Path(args.out)
-    stored = json.loads(out.read_text()) if out.exists() else {"cells": []}
-    done = {(c["task"], c["model"], c["seed"]) for c in stored["cells"]}
-    todo = [] if args.stored else [(t, m, s) for t in args.tasks.split(",") for m in args.models.split(",")
-                                   for s in parse_seeds(args.seeds) if (t, m, s) not in done]
-    start = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(args.workers) as pool:
-        for cell in pool.map(run_cell, *zip(*todo)) if todo else ():
-            stored["cells"].append(cell)
-            stored.update(environment=environment(), summary=summarize_cells(stored["cells"]))
-            out.write_text(json.dumps(stored, indent=2))
-    print(f"{len(stored['cells'])} cells ({len(todo)} run now in {time.perf_counter() - start:.0f} s, "
-          f"{args.workers} one-thread processes)\n")
+    if args.stored:
+        stored = json.loads(Path(args.out).read_text())
+    else:
+        stored = run_cell_grid(run_cell, args.tasks, args.models, args.seeds, Path(args.out), args.workers,
+                               summarize_cells)
     print_table(summarize_cells(stored["cells"]))
 
 

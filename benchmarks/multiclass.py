@@ -21,20 +21,18 @@ Cells are written to the JSON as they finish; a rerun with the same ``--out`` sk
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from arcmil.explain import explain_bags, localisation_auc
-from arcmil.pipeline import EvalConfig, environment, run_experiment
+from arcmil.pipeline import EvalConfig, run_experiment
 from arcmil.tasks import MULTI_TASKS, make_task
 from arcmil.train import TrainConfig
 
-from recipe import parse_seeds  # beside this script
+from recipe import run_cell_grid  # beside this script
 
 MODELS = ("attention_mil", "transformer_mil", "transmil")  # and any of them with PER_CLASS
 METRICS = ("roc_auc", "f1", "accuracy")
@@ -123,20 +121,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="one-thread processes side by side")
     parser.add_argument("--out", default="benchmarks/results/multiclass.json")
     args = parser.parse_args()
-    out = Path(args.out)
-    stored = json.loads(out.read_text()) if out.exists() else {"cells": []}
-    done = {(c["task"], c["model"], c["seed"]) for c in stored["cells"]}
-    todo = [(t, m, s) for t in args.tasks.split(",") for m in args.models.split(",") for s in parse_seeds(args.seeds)
-            if (t, m, s) not in done]
-    start = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(args.workers) as pool:
-        for cell in pool.map(run_cell, *zip(*todo)) if todo else ():
-            stored["cells"].append(cell)
-            stored.update(environment=environment(), summary=summarize(stored["cells"]))
-            out.write_text(json.dumps(stored, indent=2))
-    print(f"{len(stored['cells'])} cells ({len(todo)} run now in {time.perf_counter() - start:.0f} s, "
-          f"{args.workers} one-thread processes)\n")
+    stored = run_cell_grid(run_cell, args.tasks, args.models, args.seeds, Path(args.out), args.workers, summarize)
     print_tables(summarize(stored["cells"]))
 
 

@@ -176,6 +176,27 @@ def parse_seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
+def run_cell_grid(run_cell, tasks: str, models: str, seeds: str, out: Path, workers: int, summarize) -> dict:
+    """``run_cell(task, model, seed)`` for every cell of the comma lists ``tasks`` and ``models`` and the
+    ``seeds`` range that the JSON ``out`` does not hold yet, as ``workers`` one-thread processes side by
+    side; ``out`` is rewritten after each cell with its 'cells' and their ``summarize`` (a rerun resumes).
+    Returns the stored record."""
+    stored = json.loads(out.read_text()) if out.exists() else {"cells": []}
+    done = {(c["task"], c["model"], c["seed"]) for c in stored["cells"]}
+    todo = [(t, m, s) for t in tasks.split(",") for m in models.split(",") for s in parse_seeds(seeds)
+            if (t, m, s) not in done]
+    start = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(workers) as pool:
+        for cell in pool.map(run_cell, *zip(*todo)) if todo else ():
+            stored["cells"].append(cell)
+            stored.update(environment=environment(), summary=summarize(stored["cells"]))
+            out.write_text(json.dumps(stored, indent=2))
+    print(f"{len(stored['cells'])} cells ({len(todo)} run now in {time.perf_counter() - start:.0f} s, "
+          f"{workers} one-thread processes)\n")
+    return stored
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
