@@ -110,7 +110,7 @@ def explain_bags(model, bags: BagSet, methods=METHODS, *, normalizer=None, calib
                 frame["instance_label"] = bags.instance_labels[i]
             frame["prob"] = scored.probs[i] if k is None else scored.probs[i][k]
             if "weights" in methods:  # per-class weights: the explained class's
-                frame["weights"] = scored.weights[i] if scored.weights[i].ndim == 1 else scored.weights[i][:, k]
+                frame["weights"] = scored.class_weights(i, k)
             if drops is not None:
                 frame["occlusion"] = drops if k is None else drops[:, k]
             if "integrated_gradients" in methods:
@@ -166,14 +166,13 @@ def _localisation(positive: pd.DataFrame, method: str) -> dict:
 def write_explanations(directory: Path, frame: pd.DataFrame, methods=METHODS, *, n_plots: int = N_PLOTS,
                        title: str = "", faithfulness: tuple | None = None) -> dict | None:
     """importances.csv, one heatmap PNG per method (a seeded sample of bags, or of (bag, class) rows
-    beyond binary, positives first), ``faithfulness`` ((per-bag rows, mean curves) of
-    arcmil.faithfulness.faithfulness_frame) as faithfulness.csv, faithfulness.json and deletion.png, and,
-    when the data has per-window truth, localisation.json. Returns the localisation scores."""
+    beyond binary, positives first), ``faithfulness`` ((per-bag rows, pooled record) of
+    arcmil.faithfulness.faithfulness_frame and summarize) as faithfulness.csv, faithfulness.json and
+    deletion.png, and, when the data has per-window truth, localisation.json. Returns the localisation scores."""
     frame.to_csv(directory / "importances.csv", index=False)
     if faithfulness is not None:
-        per_bag, curves = faithfulness
+        per_bag, pooled = faithfulness
         per_bag.to_csv(directory / "faithfulness.csv", index=False)
-        pooled = summarize_faithfulness(per_bag, curves)
         (directory / "faithfulness.json").write_text(json.dumps(clean_json(pooled), indent=2))
         plot_deletion_curves(pooled, directory / "deletion.png", title=f"deletion curves — {title}")
     key = ["bag_id", "class"] if "class" in frame else ["bag_id"]
@@ -218,13 +217,14 @@ def explain_to_dir(checkpoint, data, out, methods=METHODS, *, steps: int = IG_ST
     s = Scorer.load(checkpoint, data, device, split=split)
     frame = explain_bags(s.model, s.bags, methods, normalizer=s.normalizer, calibrator=s.calibrator, steps=steps,
                          device=s.device, classes=classes)
-    faithfulness = faithfulness_frame(s.model, s.bags, frame, methods, s.normalizer, s.device)
+    per_bag, curves = faithfulness_frame(s.model, s.bags, frame, methods, s.normalizer, s.device)
+    pooled = summarize_faithfulness(per_bag, curves)
     with staged_dir(out) as tmp:
         scores = write_explanations(tmp, frame, methods, n_plots=n_plots, title=s.meta["tag"],
-                                    faithfulness=faithfulness)
+                                    faithfulness=(per_bag, pooled))
     windows = f"{len(frame)} windows" if "class" not in frame else f"{len(frame)} window-class rows"
     summary = f"explained {len(s.bags)} bags ({windows}) with {s.meta['tag']} -> {out}"
-    pooled = summarize_faithfulness(*faithfulness)["methods"]
+    pooled = pooled["methods"]
     summary += ("\nfaithfulness (drop of the explained logit as the top-ranked windows are removed, up to half the "
                 "bag; AOPCR = AOPC - AOPC of random orders):\n"
                 + markdown_table([{"method": m, **pooled[m]} for m in methods],

@@ -192,7 +192,7 @@ def train_run(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), w
     seed_dropout_for_rank(cfg.seed, world)
     check_fits(bags, model.config)
     criterion = bags.label_space.criterion(data.parts["train"].labels)
-    if hasattr(model, "fit_features"):  # a classical model: fitted by scikit-learn on every bag, every rank alike
+    if hasattr(model, "fit_bags"):  # a classical model: fitted by scikit-learn on every bag, every rank alike
         fit = fit_estimator(model, *(scoring_loader(data.parts[name], cfg.batch_size, data.normalizer)
                                      for name in ("train", "val")), criterion, device)
         return Trained(model, data, criterion, fit, device)

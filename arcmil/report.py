@@ -123,7 +123,7 @@ def write_attention_plot(path: Path, result, n_bags: int) -> None:
     chosen = space.display_sample(part.labels, n_bags)
     by_position = {int(i): k for k, i in enumerate(ev.index)}  # BagSet position -> evaluation row
     rows = [by_position[int(i)] for i in chosen]
-    plot_window_heatmap([ev.shown_weights(r) for r in rows], [space.caption(part.labels[i], ev.probs[r])
+    plot_window_heatmap([ev.class_weights(r) for r in rows], [space.caption(part.labels[i], ev.probs[r])
                                                         for i, r in zip(chosen, rows)], part.bag_ids[chosen], path,
                    instance_labels=None if part.instance_labels is None else [part.instance_labels[i] for i in chosen],
                    title=f"window weights, test bags — {result.tag}")

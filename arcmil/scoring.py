@@ -42,11 +42,13 @@ class Evaluation:
     logits: np.ndarray | None = None
     space: LabelSpace = BINARY
 
-    def shown_weights(self, row: int) -> np.ndarray:
-        """Row ``row``'s window weights for a figure (n_i,): per-class weights of its most probable class,
-        the one ``LabelSpace.caption`` names."""
+    def class_weights(self, row: int, k: int | None = None) -> np.ndarray:
+        """Row ``row``'s window weights (n_i,): per-class weights of class ``k``, or (None) of its most
+        probable class, the one ``LabelSpace.caption`` names; one attention's weights whatever ``k``."""
         weights = self.weights[row]
-        return weights if weights.ndim == 1 else weights[:, int(np.argmax(self.probs[row]))]
+        if weights.ndim == 1:
+            return weights
+        return weights[:, int(np.argmax(self.probs[row])) if k is None else k]
 
 
 def _window_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

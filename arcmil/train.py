@@ -158,21 +158,11 @@ def _val_metrics(val: Evaluation) -> dict:
 
 
 def fit_estimator(model, train_loader, val_loader, criterion, device) -> FitResult:
-    """A model fitted in one go by scikit-learn (``model.fit_features``: arcmil.models.pooled_stats) on every
-    training bag's pooled features (``train_loader``: the training bags, scored in order); one history row
-    (epoch 1) in ``train_model``'s format, so reports, searches and comparisons read it as any run."""
-    from arcmil.models.pooled_stats import pooled_features
-
+    """A model fitted in one go by scikit-learn (``model.fit_bags``: arcmil.models.pooled_stats) on every
+    training bag (``train_loader``: the training bags, scored in order); one history row (epoch 1) in
+    ``train_model``'s format, so reports, searches and comparisons read it as any run."""
     start = time.perf_counter()
-    features, labels, order = [], [], []
-    with torch.no_grad():
-        for batch in train_loader:
-            features.append(pooled_features(batch.x.float(), batch.mask)[0].numpy())
-            labels.append(batch.y.numpy())
-            order.append(batch.index.numpy())
-    rows = np.argsort(np.concatenate(order), kind="stable")  # bag order, whatever the batching
-    model.fit_features(np.concatenate(features)[rows], np.concatenate(labels)[rows],
-                       train_loader.bs.label_space.kind)
+    model.fit_bags(train_loader)
     model.to(device)
     train = evaluate(model, train_loader, criterion, device)
     val = evaluate(model, val_loader, criterion, device)

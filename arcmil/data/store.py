@@ -39,8 +39,7 @@ def open_store(path: str | os.PathLike, *, require_labels: bool = True) -> BagSe
     path, src = Path(path), str(path)
     try:
         meta = json.loads((path / "store.json").read_text())
-        index = pd.read_csv(path / "index.csv", dtype={"bag_id": str, "label": str, "split": str},
-                            keep_default_na=False)
+        index = pd.read_csv(path / "index.csv", dtype=CSV_TEXT_COLUMNS, keep_default_na=False)
     except (OSError, ValueError) as exc:
         raise DataError(src, f"not a readable arcmil store ({exc})") from None
     if meta.get("format") != STORE_FORMAT:

@@ -73,6 +73,18 @@ class PooledStats(nn.Module):
         return (logits.squeeze(-1) if logits.shape[-1] == 1 else logits), weights
 
     @torch.no_grad()
+    def fit_bags(self, loader) -> None:
+        """Fit on every bag of ``loader`` (a scoring loader over the training bags: normalised windows,
+        labels): their pooled features, in bag order whatever the batching."""
+        features, labels, order = [], [], []
+        for batch in loader:
+            features.append(pooled_features(batch.x.float(), batch.mask)[0].numpy())
+            labels.append(batch.y.numpy())
+            order.append(batch.index.numpy())
+        rows = np.argsort(np.concatenate(order), kind="stable")
+        self.fit_features(np.concatenate(features)[rows], np.concatenate(labels)[rows], loader.bs.label_space.kind)
+
+    @torch.no_grad()
     def fit_features(self, features: np.ndarray, labels: np.ndarray, kind: str) -> None:
         """Fit on the training bags' pooled ``features`` (B, F) and ``labels`` of label-space ``kind``;
         the buffers (and ``config.n_support``) then hold the fitted classifier."""
