@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--from", dest="stored", action="store_true", help="print the stored table of --out only")
     args = parser.parse_args()
     if args.stored:
+        if not Path(args.out).exists():
+            parser.error(f"{args.out}: no stored results to print")
         stored = json.loads(Path(args.out).read_text())
     else:
         stored = run_cell_grid(run_cell, args.tasks, args.models, args.seeds, Path(args.out), args.workers,

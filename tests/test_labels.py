@@ -250,6 +250,12 @@ def test_a_csv_label_column_keeps_names_that_look_like_numbers(tmp_path):
                      chunk_windows=2)  # a chunk of -1 alone and chunks of both: one binary space
     signs = load_bags(tmp_path / "signs")
     assert signs.label_space == BINARY and signs.labels.tolist() == [0, 0, 1, 0, 1, 0]
+    # sorted -1, 0, 1: the first chunk holds -1 alone, yet the store reads three classes, as the file does
+    sorted_path = _table(tmp_path / "sorted.csv", ["-1"] * 4 + ["0"] * 4 + ["1"] * 4)
+    convert_to_store(sorted_path, tmp_path / "sorted", chunk_windows=4)
+    whole, stored = load_bags(sorted_path), load_bags(tmp_path / "sorted")
+    assert whole.label_space.classes == stored.label_space.classes == ("-1", "0", "1")
+    np.testing.assert_array_equal(stored.labels, whole.labels)
     ids = load_bags(_table(tmp_path / "ids.csv", ["2", "10", "2", "10", "3", "3"]))
     assert ids.label_space.classes == ("2", "3", "10")
     with pytest.raises(DataError, match="ids.csv: bag 'b4': field 'labels': empty label"):

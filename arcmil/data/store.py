@@ -58,11 +58,8 @@ def open_store(path: str | os.PathLike, *, require_labels: bool = True) -> BagSe
     bag_ids = index["bag_id"].to_numpy(dtype=str)
     space = LabelSpace.from_dict(meta.get("label_space"))  # absent in stores from before label spaces: binary
     if labels is not None:  # validated when written: only expressed in the recorded space here
-        if space.binary:
-            labels = labels.astype(np.int64)
-        else:
-            read_as, labels = infer(labels, src, bag_ids, label_sets=space.kind == "multilabel")
-            labels = space.recode(labels, read_as, src, bag_ids)
+        read_as, labels = infer(labels, src, bag_ids, label_sets=space.kind == "multilabel")
+        labels = space.recode(labels, read_as, src, bag_ids)
     split = None if (index["split"] == "").all() else index["split"].to_numpy(dtype=str)
     instance_labels = None
     if (path / "instance_labels.bin").exists():
@@ -117,7 +114,15 @@ def iter_bag_chunks(path: str | os.PathLike, chunk_windows: int = 2**16) -> Iter
 
     if not str(path).startswith("mil:") and Path(path).suffix.lower() in TABLE_SUFFIXES and Path(path).is_file():
         for frame in _complete_bag_frames(Path(path), chunk_windows):
-            yield validate(table_to_bagset(frame, str(path)), require_labels=False)
+            chunk = table_to_bagset(frame, str(path))
+            # a chunk cannot know the whole file's label space (-1 alone: binary or a class?): the store
+            # keeps a label column's cells as read and infers the space once over all of them
+            as_read = None if chunk.labels is None or chunk.labels.ndim != 1 else np.array(
+                ["" if pd.isna(v) else str(v) for v in chunk.labels])
+            chunk = validate(chunk, require_labels=False)
+            if as_read is not None:
+                chunk.meta["labels_as_read"] = as_read
+            yield chunk
         return
     bags = load_bags(path, require_labels=False)
     for index in bag_chunks(bags.lengths, chunk_windows):
@@ -134,6 +139,7 @@ class _StoreWriter:
         self.index, self.seen, self.n_windows, self.dim = [], set(), 0, None
         self.has_labels = self.has_split = self.has_instances = None
         self.spaces = []  # each chunk's label space and the labels a binary chunk holds, merged on close
+        self.as_read = True  # every chunk's label cells as read (a label column): inferred whole on close
 
     def _same(self, name: str, value: bool, chunk: BagSet) -> None:
         if getattr(self, name) is None:
@@ -170,8 +176,10 @@ class _StoreWriter:
             self.instance = self.instance or open(self.directory / "instance_labels.bin", "wb")
             self.instance.write(np.concatenate(chunk.instance_labels).astype(np.int8).tobytes())
         offsets = self.n_windows + np.concatenate([[0], np.cumsum(packed.lengths)[:-1]])
+        self.as_read &= "labels_as_read" in chunk.meta
+        labels = "" if chunk.labels is None else chunk.meta.get("labels_as_read", chunk.label_space.names(chunk.labels))
         self.index.append(pd.DataFrame({
-            "bag_id": chunk.bag_ids, "label": chunk.label_space.names(chunk.labels) if chunk.labels is not None else "",
+            "bag_id": chunk.bag_ids, "label": labels,
             "split": chunk.split if chunk.split is not None else "", "offset": offsets, "length": packed.lengths}))
         self.n_windows += int(packed.lengths.sum())
         if chunk.labels is not None:
@@ -188,7 +196,10 @@ class _StoreWriter:
         index.to_csv(self.directory / "index.csv", index=False)
         meta = {"format": STORE_FORMAT, "dtype": self.dtype.name, "shape": [self.n_windows, self.dim],
                 "n_bags": len(index), "source": self.source, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        if self.spaces:
+        if self.spaces and self.as_read:  # the cells of the whole file, read as loading it at once reads them
+            meta["label_space"] = infer(index["label"].to_numpy(dtype=str), self.source,
+                                        index["bag_id"].to_numpy())[0].to_dict()
+        elif self.spaces:
             try:
                 meta["label_space"] = merge(self.spaces).to_dict()
             except ArcmilError as exc:
