@@ -18,7 +18,7 @@ from torch import nn
 
 from arcmil import __version__
 from arcmil.calibration import calibration_metrics, fit_calibrator
-from arcmil.config import EvalConfig, TrainConfig
+from arcmil.config import SCORE_BATCH_SIZE, EvalConfig, TrainConfig
 from arcmil.data import (
     SPLITS,
     BagSet,
@@ -66,10 +66,12 @@ def prepare_data(bags: BagSet, cfg: TrainConfig, evaluation: EvalConfig = EvalCo
 
 
 def make_loaders(data: PreparedData, cfg: TrainConfig, world: World = SINGLE) -> dict:
-    """'train' is shuffled with the run's seed; val and test are scored (see scoring_loader)."""
+    """'train' is shuffled with the run's seed in batches of ``cfg.batch_size``; val and test are scored
+    (see scoring_loader) in batches of up to SCORE_BATCH_SIZE bags, as ``predict`` scores, whatever the
+    training batch (larger batches score faster; a bag's score moves only by float rounding)."""
     return {name: make_loader(part, cfg.batch_size, shuffle=True, seed=cfg.seed, normalizer=data.normalizer,
                               bucket=cfg.bucket_by_length, world=world)
-            if name == "train" else scoring_loader(part, cfg.batch_size, data.normalizer, world)
+            if name == "train" else scoring_loader(part, SCORE_BATCH_SIZE, data.normalizer, world)
             for name, part in data.parts.items()}
 
 
@@ -135,7 +137,7 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     """Calibrate and tune the threshold on validation, report test metrics (with bootstrap intervals);
     predictions of the validation and test bags (and the training bags with ``evaluation.score_train``)."""
     scored = [name for name in SPLITS if name != "train" or evaluation.score_train]
-    raw = {name: score_bags(model, data.parts[name], data.normalizer, batch_size=cfg.batch_size, device=device,
+    raw = {name: score_bags(model, data.parts[name], data.normalizer, device=device,
                             precision=cfg.precision, world=world, criterion=criterion)
            for name in scored}
     space = data.bags.label_space
@@ -193,7 +195,7 @@ def train_run(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), w
     check_fits(bags, model.config)
     criterion = bags.label_space.criterion(data.parts["train"].labels)
     if hasattr(model, "fit_bags"):  # a classical model: fitted by scikit-learn on every bag, every rank alike
-        fit = fit_estimator(model, *(scoring_loader(data.parts[name], cfg.batch_size, data.normalizer)
+        fit = fit_estimator(model, *(scoring_loader(data.parts[name], SCORE_BATCH_SIZE, data.normalizer)
                                      for name in ("train", "val")), criterion, device)
         return Trained(model, data, criterion, fit, device)
     loaders = make_loaders(data, cfg, world)
