@@ -21,6 +21,7 @@ from arcmil.data.prepare import Normalizer
 from arcmil.errors import ArcmilError
 from arcmil.labels import BINARY, LabelSpace
 from arcmil.models import build_model, model_names
+from arcmil.models.ensemble import Ensemble, model_tag
 
 FORMAT = "arcmil-checkpoint-1"
 REQUIRED = ("format", "model_name", "model_config", "state_dict", "threshold", "normalization")
@@ -29,20 +30,23 @@ REQUIRED = ("format", "model_name", "model_config", "state_dict", "threshold", "
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, model_name: str, *, threshold,
                     threshold_method: str, normalizer: Normalizer, calibrator=Calibrator(),
                     label_space: LabelSpace = BINARY, extra: dict | None = None) -> Path:
-    """``threshold``: LabelSpace.tune_threshold's (a float for binary); ``calibrator``: the space's family."""
+    """``threshold``: LabelSpace.tune_threshold's (a float for binary); ``calibrator``: the space's family.
+    An ensemble is saved as its members' model (name, config) with its ``ensemble`` record (seeds, member
+    calibrations) beside the members' weights."""
     path = Path(path)
     payload = {
         "format": FORMAT,
         "arcmil_version": __version__,
         "model_name": model_name,
         "model_config": asdict(model.config),
-        "tag": model.config.tag(),
+        "tag": model_tag(model),
         "label_space": label_space.to_dict(),
         "threshold": threshold if threshold is None or isinstance(threshold, list) else float(threshold),
         "threshold_method": threshold_method,
         "normalization": normalizer.to_dict(),
         "calibration": calibrator.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **({"ensemble": model.record()} if isinstance(model, Ensemble) else {}),
         **(extra or {}),
     }
     torch.save(payload, path)
@@ -75,19 +79,21 @@ def _rebuild(path: Path, payload: dict) -> nn.Module:
     if name not in model_names():
         raise ArcmilError(f"{path}: model {name!r} is not a registered model of this arcmil "
                           f"({', '.join(model_names())})")
+    try:  # absent in checkpoints from before label spaces: binary
+        space = LabelSpace.from_dict(payload.get("label_space"))
+    except ArcmilError as exc:
+        raise ArcmilError(f"{path}: {exc}") from None
     try:
         model = build_model(name, **config)
-    except (ArcmilError, TypeError) as exc:
+        if "ensemble" in payload:
+            model = _ensemble(payload["ensemble"], name, config, space)
+    except (ArcmilError, TypeError, ValueError, KeyError) as exc:
         raise ArcmilError(f"{path}: model_config does not describe a {name} ({exc})") from None
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())[:300]
         raise ArcmilError(f"{path}: weights do not fit a {name} with the stored config ({detail})") from None
-    try:  # absent in checkpoints from before label spaces: binary
-        space = LabelSpace.from_dict(payload.get("label_space"))
-    except ArcmilError as exc:
-        raise ArcmilError(f"{path}: {exc}") from None
     if model.config.n_outputs != space.n_outputs:
         raise ArcmilError(f"{path}: the model has {model.config.n_outputs} outputs, its {space.kind} label space "
                           f"{space.n_outputs}")
@@ -104,3 +110,13 @@ def _rebuild(path: Path, payload: dict) -> nn.Module:
     except ArcmilError as exc:
         raise ArcmilError(f"{path}: {exc}") from None
     return model
+
+
+def _ensemble(record: dict, name: str, config: dict, space: LabelSpace) -> Ensemble:
+    """The ensemble a checkpoint's ``ensemble`` record describes (weights not loaded yet)."""
+    calibrations, seeds, size = record["calibrations"], record["seeds"], record["size"]
+    if not (isinstance(calibrations, list) and len(calibrations) == len(seeds) == size):
+        raise ArcmilError(f"an ensemble record of {size} members has {len(calibrations)} calibrations and "
+                          f"{len(seeds)} seeds")
+    return Ensemble([build_model(name, **config) for _ in calibrations],
+                    [calibrator_from_dict(c, space) for c in calibrations], space, list(seeds))

@@ -7,7 +7,7 @@ import numpy as np
 from arcmil.config import EvalConfig, TrainConfig
 from arcmil.data import BagSet, assign_split, split_parts
 from arcmil.errors import ConfigError, DataError
-from arcmil.models.registry import make_config
+from arcmil.models.registry import fitted_by_estimator, make_config
 from arcmil.scoring import check_fits
 
 
@@ -36,7 +36,11 @@ def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_override
                  folds: int | None = None, evaluation: EvalConfig = EvalConfig()) -> None:
     """What can be wrong with a run's input, checked before anything is written: the split (the classes
     each part needs; with ``folds``, enough bags of each class for them), a calibration or a per-class
-    attention the label space has no form of, and bag lengths against the model."""
+    attention the label space has no form of, an ensemble of a deterministic model, and bag lengths
+    against the model."""
+    if cfg.ensemble > 1 and fitted_by_estimator(model_name):
+        raise ConfigError(f"{model_name} is fitted deterministically by scikit-learn: an ensemble of "
+                          f"{cfg.ensemble} seeds would hold {cfg.ensemble} identical members")
     if bags.label_space.binary and model_overrides.get("class_attention"):
         raise ConfigError("class_attention is for multi-class and multi-label data (one attention per class); "
                           "binary labels have one output")

@@ -190,7 +190,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from arcmil.compare import MODEL_SUMMARY, compare_models, read_model, write_comparison, write_model
+    from arcmil.compare import MODEL_SUMMARY, compare_models, compared, read_model, write_comparison, write_model
     from arcmil.outputs import staged_dir
 
     run = _open_run(args, "compare")
@@ -198,8 +198,8 @@ def cmd_compare(args) -> None:
         return
     config, bags = run.config, run.load_bags()
     with run.started():
-        done = {name: read_model(run.out / name) for name in config.models
-                if (run.out / name / MODEL_SUMMARY).exists()}
+        done = {entry: read_model(run.out / entry) for entry, _, _ in compared(list(config.models), config.train)
+                if (run.out / entry / MODEL_SUMMARY).exists()}
 
         def finished(m):  # each model's outputs appear whole, so a resumed comparison skips it
             with staged_dir(run.out / m.name) as tmp:

@@ -11,6 +11,7 @@ import pandas as pd
 from arcmil.cv import CVResult, run_cv, write_cv
 from arcmil.data import BagSet
 from arcmil.distributed import SINGLE, World
+from arcmil.models.registry import fitted_by_estimator
 from arcmil.pipeline import EvalConfig, RunResult, run_experiment
 from arcmil.plots import plot_roc
 from arcmil.report import SINGLE_COLUMNS, clean_json, markdown_table, reported, results_row, write_run
@@ -136,6 +137,18 @@ def _fold_runs(bags, name, cfg, evaluation, overrides, seeds, folds, val_fractio
     return ModelRuns(name, cv.tag, records, test_train_ratio=cv.test_train_ratio, cv=cv)
 
 
+def compared(names: list[str], cfg: TrainConfig) -> list[tuple[str, str, TrainConfig]]:
+    """(entry, model name, training settings) of each model a comparison runs: with ``cfg.ensemble`` K > 1,
+    every model trained by gradient both alone and as an ensemble of K (entry ``<name>_ens<K>``, whose
+    member 0 is the single model), so that the paired tests say whether ensembling pays on the data."""
+    out = []
+    for name in names:
+        out.append((name, name, replace(cfg, ensemble=1)))
+        if cfg.ensemble > 1 and not fitted_by_estimator(name):
+            out.append((f"{name}_ens{cfg.ensemble}", name, cfg))
+    return out
+
+
 def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: dict[str, dict], *,
                    evaluation: EvalConfig = EvalConfig(), seeds: list[int] | None = None, folds: int | None = None,
                    val_fraction: float = 0.2, world: World = SINGLE, done: dict[str, ModelRuns] | None = None,
@@ -145,16 +158,19 @@ def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: 
     repeated stratified folds. ``overrides``: model name -> its hyper-parameters. ``done``: models
     finished by an interrupted comparison (not rerun); ``on_model(ModelRuns)`` is called as each
     model finishes. ``search``: each model is first tuned on the training part of every seed's split
-    (or every fold: nested CV), its studies in ``storage`` (see arcmil.tune)."""
+    (or every fold: nested CV), its studies in ``storage`` (see arcmil.tune). ``cfg.ensemble`` > 1: each
+    model alone and as an ensemble (``compared``)."""
     seeds, done = list(seeds or [cfg.seed]), done or {}
     models = []
-    for name in names:
-        if name in done:
-            models.append(done[name])
+    for entry, name, entry_cfg in compared(names, cfg):
+        if entry in done:
+            models.append(done[entry])
             continue
         tuning = (search, storage, resuming)
-        m = (_fold_runs(bags, name, cfg, evaluation, overrides[name], seeds, folds, val_fraction, world, *tuning)
-             if folds else _seed_runs(bags, name, cfg, evaluation, overrides[name], seeds, world, *tuning))
+        m = (_fold_runs(bags, name, entry_cfg, evaluation, overrides[name], seeds, folds, val_fraction, world,
+                        *tuning)
+             if folds else _seed_runs(bags, name, entry_cfg, evaluation, overrides[name], seeds, world, *tuning))
+        m.name = entry
         if on_model is not None:
             on_model(m)
         models.append(m)

@@ -39,11 +39,12 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     progress: bool = True
+    ensemble: int = 1  # > 1: that many members, seeds seed .. seed + ensemble - 1, averaged (arcmil.models.ensemble)
 
     def __post_init__(self):
         check_choices(self, {"monitor": tuple(MONITORS), "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES,
                              "weight_decay_on": DECAY_SCOPES})
-        for name in ("epochs", "batch_size", "patience"):
+        for name in ("epochs", "batch_size", "patience", "ensemble"):
             if getattr(self, name) < 1:
                 hint = " (to train every epoch, set it to epochs or more)" if name == "patience" else ""
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}{hint}")

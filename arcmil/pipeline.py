@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -29,9 +29,11 @@ from arcmil.data import (
     split_parts,
 )
 from arcmil.distributed import SINGLE, World, select_device
+from arcmil.errors import ArcmilError
 from arcmil.labels import LabelSpace
 from arcmil.metrics import bootstrap_ci
 from arcmil.models import build_model
+from arcmil.models.ensemble import Ensemble, model_tag
 from arcmil.scoring import Evaluation, check_fits, predictions_frame, score_bags, wide_weights
 from arcmil.train import (
     FitResult,
@@ -80,7 +82,9 @@ class RunResult:
     """One trained and evaluated model. ``validation`` / ``test``: metrics at ``threshold`` (tuned on
     validation) and the loss, ``test['ci']`` the bootstrap intervals; ``history``: one row per epoch;
     ``parts``: each split's bags; ``evaluations``: each scored split's scores (see ``finalize``);
-    ``predictions``: one row per scored bag.
+    ``predictions``: one row per scored bag. An ensemble (``model`` an arcmil.models.ensemble.Ensemble)
+    has one ``best_epoch`` and ``stopped_early`` per member and its members' epochs in ``history``
+    (each row with its ``member``).
     ``to_dict()`` is what stage3_<model>_results.json holds."""
 
     model_name: str
@@ -91,8 +95,8 @@ class RunResult:
     validation: dict
     test: dict
     history: list[dict]
-    best_epoch: int
-    stopped_early: bool
+    best_epoch: int | list[int]
+    stopped_early: bool | list[bool]
     train_seconds: float
     train_config: TrainConfig
     eval_config: EvalConfig
@@ -105,7 +109,14 @@ class RunResult:
 
     @property
     def tag(self) -> str:
-        return self.model.config.tag()
+        return model_tag(self.model)
+
+    @property
+    def epochs_run(self) -> int | list[int]:
+        """Epochs trained (one count per member for an ensemble)."""
+        if isinstance(self.model, Ensemble):
+            return [sum(row["member"] == i for row in self.history) for i in range(len(self.model.members))]
+        return len(self.history)
 
     @property
     def label_space(self) -> LabelSpace:
@@ -120,9 +131,10 @@ class RunResult:
             **({} if self.label_space.binary else {"label_space": self.label_space.to_dict()}),
             "calibration": self.calibrator.to_dict(),
             "validation": self.validation, "test": self.test, "best_epoch": self.best_epoch,
-            "epochs_run": len(self.history), "stopped_early": self.stopped_early, "train_seconds": self.train_seconds,
+            "epochs_run": self.epochs_run, "stopped_early": self.stopped_early, "train_seconds": self.train_seconds,
             "n_parameters": sum(p.numel() for p in self.model.parameters()), "history": self.history,
             "environment": self.environment,
+            **({"ensemble": self.model.record()} if isinstance(self.model, Ensemble) else {}),
         }
 
 
@@ -141,7 +153,9 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
                             precision=cfg.precision, world=world, criterion=criterion)
            for name in scored}
     space = data.bags.label_space
-    calibrator = fit_calibrator(evaluation.calibrate, raw["val"].labels, raw["val"].logits, space)
+    # an ensemble's members are calibrated each, its mean is not mapped again
+    method = "none" if getattr(model, "calibrated", False) else evaluation.calibrate
+    calibrator = fit_calibrator(method, raw["val"].labels, raw["val"].logits, space)
     evaluations = {name: calibrator.apply(ev) for name, ev in raw.items()}
     val, test = evaluations["val"], evaluations["test"]
     threshold = space.tune_threshold(val.labels, val.probs, evaluation.threshold_method, evaluation.fixed_threshold)
@@ -184,12 +198,14 @@ class Trained:
 
 def train_run(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), world: World = SINGLE, *,
               evaluation: EvalConfig = EvalConfig(), splits: tuple[str, ...] = SPLITS, resume: dict | None = None,
-              on_epoch=None, **model_overrides) -> Trained:
+              on_epoch=None, data: PreparedData | None = None, **model_overrides) -> Trained:
     """Train one registered model on ``bags``' training part, stopped early on validation (nothing
-    scored past validation: ``splits=('train', 'val')`` runs without a test part)."""
+    scored past validation: ``splits=('train', 'val')`` runs without a test part). ``data``: the split
+    and normaliser to train on (default: drawn with ``cfg.seed``)."""
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
-    data = prepare_data(bags, cfg, evaluation, splits)
+    if data is None:
+        data = prepare_data(bags, cfg, evaluation, splits)
     model = build_model(model_name, input_dim=bags.dim, **bags.label_space.model_settings, **model_overrides).to(device)
     seed_dropout_for_rank(cfg.seed, world)
     check_fits(bags, model.config)
@@ -206,12 +222,42 @@ def train_run(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), w
     return Trained(model, data, criterion, fit, device)
 
 
+def train_ensemble(bags: BagSet, model_name: str, cfg: TrainConfig, world: World = SINGLE, *,
+                   evaluation: EvalConfig = EvalConfig(), **model_overrides) -> Trained:
+    """``cfg.ensemble`` members of one model on the run's one split (drawn with ``cfg.seed``), member i
+    trained as ``train_run`` trains it with seed ``cfg.seed + i`` (member 0 is the single model of the
+    same seed) and calibrated on its own validation scores (``evaluation.calibrate``)."""
+    data = prepare_data(bags, cfg, evaluation)
+    seeds = [cfg.seed + i for i in range(cfg.ensemble)]
+    members, calibrators, fits = [], [], []
+    for seed in seeds:
+        t = train_run(bags, model_name, replace(cfg, seed=seed, ensemble=1), world, evaluation=evaluation, data=data,
+                      **model_overrides)
+        val = score_bags(t.model, data.parts["val"], data.normalizer, device=t.device, precision=cfg.precision,
+                         world=world)
+        calibrators.append(fit_calibrator(evaluation.calibrate, val.labels, val.logits, bags.label_space))
+        members.append(t.model)
+        fits.append(t.fit)
+    model = Ensemble(members, calibrators, bags.label_space, seeds)
+    history = [{"member": i, **row} for i, f in enumerate(fits) for row in f.history]
+    fit = FitResult([f.best_epoch for f in fits], history, [f.stopped_early for f in fits],
+                    sum(f.seconds for f in fits))
+    return Trained(model, data, t.criterion, fit, t.device)
+
+
 def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), world: World = SINGLE, *,
                    evaluation: EvalConfig = EvalConfig(), resume: dict | None = None, on_epoch=None,
                    **model_overrides) -> RunResult:
-    """Train and evaluate one registered model on ``bags`` (the whole pipeline, nothing written).
+    """Train and evaluate one registered model on ``bags`` (the whole pipeline, nothing written), or an
+    ensemble of ``cfg.ensemble`` of its members (``train_ensemble``).
     ``world``: under torchrun, this rank's place; every rank returns the same result.
-    ``resume`` / ``on_epoch``: continue from, and report, per-epoch training states (see train_model)."""
-    t = train_run(bags, model_name, cfg, world, evaluation=evaluation, resume=resume, on_epoch=on_epoch,
-                  **model_overrides)
+    ``resume`` / ``on_epoch``: continue from, and report, per-epoch training states (see train_model);
+    an ensemble's members write none (its run, resumed, trains again from its first member)."""
+    if cfg.ensemble > 1:
+        if resume is not None:
+            raise ArcmilError("an ensemble's training has no per-epoch states to resume from")
+        t = train_ensemble(bags, model_name, cfg, world, evaluation=evaluation, **model_overrides)
+    else:
+        t = train_run(bags, model_name, cfg, world, evaluation=evaluation, resume=resume, on_epoch=on_epoch,
+                      **model_overrides)
     return finalize(model_name, t.model, t.data, t.criterion, t.fit, cfg, evaluation, t.device, world)

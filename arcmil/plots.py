@@ -74,17 +74,31 @@ def plot_calibration(curves: dict[str, tuple[np.ndarray, np.ndarray]], path, tit
 
 
 @_plain_text
-def plot_training_curves(history: list[dict], path, best_epoch: int, title: str = "") -> None:
-    epochs = [row["epoch"] for row in history]
+def plot_training_curves(history: list[dict], path, best_epoch: int | list[int], title: str = "") -> None:
+    """Loss and validation ROC-AUC per epoch, the best epoch marked; an ensemble's history (rows with a
+    ``member``, ``best_epoch`` one per member) draws each member's curves, its best epoch as a star."""
+    members = sorted({row["member"] for row in history}) if history and "member" in history[0] else [None]
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
-    ax_loss.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
+    for member in members:
+        rows = [row for row in history if row.get("member") == member]
+        epochs = [row["epoch"] for row in rows]
+        name = "" if member is None else f", member {member}"
+        lines = {"train": ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train" + name),
+                 "val": ax_loss.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="validation" + name),
+                 "auc": ax_auc.plot(epochs, [r["val_roc_auc"] for r in rows], marker="o", label=f"member {member}")}
+        if member is not None:  # its best epoch, on each of its lines
+            best = rows[best_epoch[member] - 1]
+            for key, ax, value in (("train", ax_loss, "train_loss"), ("val", ax_loss, "val_loss"),
+                                   ("auc", ax_auc, "val_roc_auc")):
+                ax.plot(best["epoch"], best[value], marker="*", ms=12, c=lines[key][0].get_color())
     ax_loss.set(xlabel="epoch", ylabel="weighted loss", title="loss")
-    ax_auc.plot(epochs, [row["val_roc_auc"] for row in history], marker="o", c="C2")
     ax_auc.set(xlabel="epoch", ylabel="ROC-AUC", title="validation ROC-AUC")
-    for ax in (ax_loss, ax_auc):
-        ax.axvline(best_epoch, ls=":", c="grey", label="best epoch")
-    ax_loss.legend()
+    if members == [None]:
+        for ax in (ax_loss, ax_auc):
+            ax.axvline(best_epoch, ls=":", c="grey", label="best epoch")
+    else:
+        ax_auc.legend(fontsize=7, title="stars: best epochs", title_fontsize=7)
+    ax_loss.legend(fontsize=7 if members != [None] else None)
     fig.suptitle(title)
     _save(fig, path)
 

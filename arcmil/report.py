@@ -55,7 +55,7 @@ def results_row(result) -> dict:
     row = {"tag": result.tag, "model": result.model_name, "seed": result.train_config.seed,
            **result.label_space.threshold_columns(result.threshold),
            "threshold_method": result.eval_config.threshold_method,
-           "best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+           "best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
     row.update({f"val_{m}": result.validation[m] for m in result.label_space.row_metrics})
     row.update({f"test_{m}": result.test[m] for m in result.label_space.row_metrics})
     ci = result.test["ci"] or {}

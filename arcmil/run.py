@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -141,9 +142,10 @@ class Run:
 
         config = self.config
         bags = load_bags(config.data) if config.data else make_demo_bags()
+        # compare makes ensembles only of the models that can have them (arcmil.compare.compared)
+        train = replace(config.train, ensemble=1) if config.command == "compare" else config.train
         for name in config.models:
-            check_inputs(bags, name, config.train, config.overrides(name), folds=config.folds,
-                         evaluation=config.evaluation)
+            check_inputs(bags, name, train, config.overrides(name), folds=config.folds, evaluation=config.evaluation)
         if config.search is not None:
             from arcmil.tune import check_search
 

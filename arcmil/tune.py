@@ -141,7 +141,8 @@ def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchCo
     An existing study of that name in ``storage`` is continued; ``fail_running``: its trials still
     marked running were left by a killed process (a resumed run's own storage) and are marked failed.
     ``on_trial(trial_number, value)`` after each completed trial. Trials train and normalise as the
-    final run will (``cfg``, ``evaluation``), less calibration and bootstrap: the score is a ranking."""
+    final run will (``cfg``, ``evaluation``), less calibration and bootstrap (and as single models where
+    the final one is an ensemble): the score is a ranking."""
     optuna = _import_optuna()
     from optuna.trial import TrialState
 
@@ -152,7 +153,7 @@ def run_search(bags: BagSet, model_name: str, cfg: TrainConfig, search: SearchCo
 
     def objective(trial) -> float:
         trial_cfg, trial_overrides = split_settings({n: _suggest(trial, n, s) for n, s in space.items()},
-                                                    replace(cfg, progress=False), overrides)
+                                                    replace(cfg, progress=False, ensemble=1), overrides)
         if not search.inner_folds:
             def report(state):  # step = epochs finished before this one, as the inner folds' steps are 0-based
                 trial.report(state["history"][-1]["val_roc_auc"], state["epoch"] - 1)

@@ -18,6 +18,8 @@ sees a test fold. ``--workers`` runs (dataset, model) cells as one-thread proces
 
     python benchmarks/quality.py --tune 10 --folds 10 --repeats 1 --models attention_mil,transmil \
         --workers 2 --out benchmarks/results/quality_tuned.json
+
+``--ensemble K``: each model also as an ensemble of K seeds (arcmil.models.ensemble), on the same folds.
 """
 from __future__ import annotations
 
@@ -46,8 +48,9 @@ PUBLISHED = {  # accuracy, MUSK1 / MUSK2 / ELEPHANT
 
 
 def run_cell(dataset: str, name: str, folds: int, repeats: int, trials: int | None, threads: int | None,
-             space: str | None = None, calibrate: str | None = None) -> dict:
-    """One (dataset, model) cross-validation (nested when ``trials``): its summary cell."""
+             space: str | None = None, calibrate: str | None = None, ensemble: int = 1) -> dict:
+    """One (dataset, model) cross-validation (nested when ``trials``; each final model an ensemble of
+    ``ensemble`` seeds when > 1, the cell then named ``<model>_ens<K>``): its summary cell."""
     if threads:
         torch.set_num_threads(threads)
     tic = time.perf_counter()
@@ -55,7 +58,8 @@ def run_cell(dataset: str, name: str, folds: int, repeats: int, trials: int | No
     settings = {"pos_enc": "none"} if name.startswith("trans") else {}
     search = SearchConfig(trials=trials, space=space) if trials else None
     preset = {**PRESET, **({"calibrate": calibrate} if calibrate else {})}
-    cv = run_cv(bags, name, train_config({"progress": False, **preset}), evaluation=eval_config(preset),
+    cv = run_cv(bags, name, train_config({"progress": False, "ensemble": ensemble, **preset}),
+                evaluation=eval_config(preset),
                 folds=folds, seeds=list(range(repeats)), search=search, **settings)
     s = cv.summary
     cell = {"tag": cv.tag, "seconds": time.perf_counter() - tic,
@@ -63,6 +67,7 @@ def run_cell(dataset: str, name: str, folds: int, repeats: int, trials: int | No
             "roc_auc": s["at_0.5"]["roc_auc"], "f1_at_val_threshold": s["at_val_threshold"]["f1"]}
     if search:
         cell["chosen"] = [{"repeat": r["repeat"], "fold": r["fold"], **r["search"]} for r in cv.folds]
+    name = f"{name}_ens{ensemble}" if ensemble > 1 else name
     print(f"{dataset:9s} {name:22s} acc@0.5 {cell['accuracy_at_0.5']['mean']:.3f} ± "
           f"{cell['accuracy_at_0.5']['std']:.3f}  acc@val-thr {cell['accuracy_at_val_threshold']['mean']:.3f}  "
           f"AUC {cell['roc_auc']['mean']:.3f}  ({cell['seconds']:.0f} s)", flush=True)
@@ -81,6 +86,8 @@ def main() -> None:
     parser.add_argument("--space", help="with --tune: a search-space YAML (e.g. benchmarks/classic_mil_space.yaml)")
     parser.add_argument("--calibrate", help="the calibration (default: the preset's platt); 'none' decides at 0.5 on "
                         "the model's own sigmoid, a kernel machine's sign rule")
+    parser.add_argument("--ensemble", type=int, default=1, help="K > 1: each model also as an ensemble of K seeds "
+                        "(cell <model>_ens<K>; its search repeats the single model's, same seeds)")
     parser.add_argument("--out", default="benchmarks/results/quality.json")
     args = parser.parse_args()
     folds, repeats = (5, 1) if args.quick else (args.folds, args.repeats)
@@ -93,11 +100,12 @@ def main() -> None:
               "preset": preset, "repeats": repeats, "trials": args.tune, "published_accuracy": PUBLISHED,
               "environment": environment(), "results": {}}
     start = time.perf_counter()
-    cells = [(d, m) for d in args.datasets.split(",") for m in args.models.split(",")]
+    sizes = (1, args.ensemble) if args.ensemble > 1 else (1,)
+    cells = [(d, m, k) for d in args.datasets.split(",") for m in args.models.split(",") for k in sizes]
     threads = 1 if args.workers > 1 else None
     with ProcessPoolExecutor(args.workers) as pool:
-        jobs = [pool.submit(run_cell, d, m, folds, repeats, args.tune, threads, args.space, args.calibrate)
-                for d, m in cells]
+        jobs = [pool.submit(run_cell, d, m, folds, repeats, args.tune, threads, args.space, args.calibrate, k)
+                for d, m, k in cells]
         for job in as_completed(jobs):  # the JSON is rewritten as each cell finishes
             cell = job.result()
             report["results"].setdefault(cell.pop("dataset"), {})[cell.pop("model")] = cell

@@ -91,6 +91,11 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
+def fitted_by_estimator(name: str) -> bool:
+    """Whether model ``name`` is fitted in one go by scikit-learn (no epochs, no seed that changes it)."""
+    return getattr(get_entry(name).config_cls, "FITTED_BY_ESTIMATOR", False)
+
+
 def make_config(name: str, **overrides):
     """The frozen config of model ``name``: defaults, then the variant's preset, then ``overrides``
     (which may repeat a preset value but not contradict it: that would train another model under

@@ -1,0 +1,195 @@
+"""Ensembles of seeds: the mean of the members' calibrated probabilities, thresholded on its own
+validation scores, through every command (train, predict, explain, export, compare, cv)."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import onnxruntime
+import pandas as pd
+import pytest
+import torch
+
+from arcmil.calibration import calibrator_from_dict, fit_calibrator
+from arcmil.checkpoint import load_checkpoint
+from arcmil.cli import main
+from arcmil.config import EvalConfig, TrainConfig
+from arcmil.data import Normalizer, save_bags
+from arcmil.demo import make_demo_bags
+from arcmil.export import ScoringGraph
+from arcmil.models.ensemble import Ensemble
+from arcmil.pipeline import run_experiment
+from arcmil.scoring import score_bags
+from arcmil.tasks import make_multiclass_task
+
+SMALL = {"hidden_dim": 16}
+CFG = TrainConfig(seed=3, epochs=3, progress=False, ensemble=3)
+EVAL = EvalConfig(n_bootstrap=20)
+FAST = ["--epochs", "2", "--n-bootstrap", "20", "--no-progress", "--hidden-dim", "16"]
+
+
+@pytest.fixture(scope="module")
+def bags():
+    return make_demo_bags(n_bags=120, seed=4)
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(bags):
+    return run_experiment(bags, "attention_mil", CFG, evaluation=EVAL, **SMALL)
+
+
+def test_member_zero_is_the_single_model_of_the_run_seed(bags, ensemble_run):
+    single = run_experiment(bags, "attention_mil", replace(CFG, ensemble=1), evaluation=EVAL, **SMALL)
+    model = ensemble_run.model
+    assert isinstance(model, Ensemble) and model.seeds == [3, 4, 5] and ensemble_run.tag.endswith("_ens3")
+    test = ensemble_run.parts["test"]
+    first = score_bags(model.members[0], test, ensemble_run.normalizer)
+    np.testing.assert_array_equal(first.logits, score_bags(single.model, test, single.normalizer).logits)
+    other = score_bags(model.members[1], test, ensemble_run.normalizer)
+    assert np.abs(first.logits - other.logits).max() > 1e-3, "members differ by their seeds"
+
+
+def test_probabilities_are_the_mean_of_the_members_calibrated_ones(ensemble_run):
+    run, space = ensemble_run, ensemble_run.label_space
+    expected = {}
+    for name in ("val", "test"):
+        member_probs = []
+        for member in run.model.members:
+            val = score_bags(member, run.parts["val"], run.normalizer)
+            calibrator = fit_calibrator(EVAL.calibrate, val.labels, val.logits, space)  # fitted on validation only
+            member_probs.append(calibrator(score_bags(member, run.parts[name], run.normalizer).logits))
+        expected[name] = np.mean(member_probs, axis=0)
+        np.testing.assert_allclose(run.evaluations[name].probs, expected[name], atol=1e-6)
+    # the threshold is tuned on the ensemble's validation probabilities, with nothing fitted on top
+    assert run.calibrator.method == "none"
+    assert run.threshold == pytest.approx(space.tune_threshold(run.evaluations["val"].labels, expected["val"],
+                                                               EVAL.threshold_method, None), abs=1e-6)
+    record = run.to_dict()
+    assert record["ensemble"]["seeds"] == [3, 4, 5] and len(record["ensemble"]["calibrations"]) == 3
+    assert record["ensemble"]["calibrations"][0]["method"] == "platt"
+    assert len(record["best_epoch"]) == 3 and record["epochs_run"] == [3, 3, 3]  # patience 3: no early stop
+    assert [row["member"] for row in record["history"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_weights_are_the_members_mean(ensemble_run):
+    ensemble_run.model.eval()
+    x = torch.randn(4, 7, ensemble_run.parts["test"].dim)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 1, 5])[:, None]
+    with torch.no_grad():
+        _, weights = ensemble_run.model(x, mask)
+        members = torch.stack([m(x, mask)[1] for m in ensemble_run.model.members])
+    torch.testing.assert_close(weights, members.mean(0))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(4))
+
+
+def test_multiclass_ensemble_averages_distributions():
+    bags = make_multiclass_task(3, n_bags=150, seed=2)
+    run = run_experiment(bags, "attention_mil", replace(CFG, ensemble=2, epochs=2), evaluation=EVAL, **SMALL)
+    probs = run.evaluations["test"].probs
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    members = []
+    for member in run.model.members:
+        val = score_bags(member, run.parts["val"], run.normalizer)
+        calibrator = fit_calibrator(EVAL.calibrate, val.labels, val.logits, run.label_space)
+        members.append(calibrator(score_bags(member, run.parts["test"], run.normalizer).logits))
+    np.testing.assert_allclose(probs, np.mean(members, axis=0), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def data_file(bags, tmp_path_factory):
+    return save_bags(bags, tmp_path_factory.mktemp("data") / "bags.npz")
+
+
+@pytest.fixture(scope="module")
+def trained(data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "ens"
+    assert main(["train", "--model", "attention_mil", "--data", str(data_file), "--out", str(out), "--ensemble", "2",
+                 *FAST]) == 0
+    return out
+
+
+def test_train_writes_one_checkpoint_that_predict_and_export_reproduce(trained, data_file, tmp_path):
+    results = json.loads((trained / "stage3_attention_mil_results.json").read_text())
+    assert results["tag"].endswith("_ens2") and results["ensemble"]["size"] == 2
+    assert (trained / "training_curves.png").stat().st_size > 0
+    model, meta = load_checkpoint(trained / "best_attention_mil.pth")
+    assert isinstance(model, Ensemble) and meta["ensemble"]["seeds"] == [0, 1]
+    assert main(["predict", "--checkpoint", str(trained / "best_attention_mil.pth"), "--data", str(data_file),
+                 "--out", str(tmp_path / "scores.csv")]) == 0
+    run = pd.read_csv(trained / "predictions.csv").set_index("bag_id")
+    scored = pd.read_csv(tmp_path / "scores.csv").set_index("bag_id").loc[run.index]
+    np.testing.assert_allclose(scored["prob"], run["prob"], atol=1e-6)
+    np.testing.assert_array_equal(scored["pred"], run["pred"])
+    assert main(["export", "--checkpoint", str(trained / "best_attention_mil.pth"), "--out",
+                 str(tmp_path / "m.onnx")]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(0).normal(size=(3, 9, model.config.input_dim)).astype(np.float32)
+    mask = np.arange(9)[None, :] < np.array([9, 2, 5])[:, None]
+    probability, *_ = session.run(None, {"embeddings": x, "mask": mask})
+    graph = ScoringGraph(model, Normalizer.from_dict(meta["normalization"]), calibrator_from_dict(meta["calibration"]))
+    with torch.no_grad():
+        expected = graph(torch.from_numpy(x), torch.from_numpy(mask))[0].numpy()
+    np.testing.assert_allclose(probability, expected, atol=1e-5)
+
+
+def test_explain_averages_the_members_weights(trained, data_file, tmp_path):
+    out = tmp_path / "explained"
+    assert main(["explain", "--checkpoint", str(trained / "best_attention_mil.pth"), "--data", str(data_file),
+                 "--out", str(out)]) == 0
+    importances = pd.read_csv(out / "importances.csv")
+    assert {"weights", "occlusion", "integrated_gradients"} <= set(importances.columns)
+    assert np.isfinite(importances[["weights", "occlusion", "integrated_gradients"]].to_numpy()).all()
+    run = pd.read_csv(trained / "predictions.csv").set_index("bag_id")
+    bag = run.index[0]  # a validation or test bag: its weights are in predictions.csv
+    explained = importances[importances.bag_id == bag]
+    np.testing.assert_allclose(explained["weights"], run.loc[bag].filter(like="w_").dropna().astype(float), atol=1e-6)
+    assert (out / "faithfulness.json").exists()
+
+
+def test_compare_shows_each_model_alone_and_as_an_ensemble(data_file, tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--models", "attention_mil,pooled_logistic", "--data", str(data_file), "--out", str(out),
+                 "--seeds", "0,1", "--ensemble", "2", *FAST]) == 0
+    summary = pd.read_csv(out / "comparison.csv")
+    assert list(summary.model) == ["attention_mil", "attention_mil_ens2", "pooled_logistic"]
+    assert summary.tag[1] == summary.tag[0] + "_ens2"
+    pairs = pd.read_csv(out / "paired_tests.csv")
+    assert {("attention_mil", "attention_mil_ens2")} <= set(zip(pairs.model_a, pairs.model_b))
+    single = json.loads((out / "attention_mil" / "seed_0" / "stage3_attention_mil_results.json").read_text())
+    assert "ensemble" not in single and single["train_config"]["ensemble"] == 1
+    ens = json.loads((out / "attention_mil_ens2" / "seed_1" / "stage3_attention_mil_results.json").read_text())
+    assert ens["ensemble"]["seeds"] == [1, 2]
+
+
+def test_cv_trains_an_ensemble_per_fold(data_file, tmp_path):
+    out = tmp_path / "cv"
+    assert main(["cv", "--model", "attention_mil", "--data", str(data_file), "--out", str(out), "--folds", "3",
+                 "--repeats", "1", "--ensemble", "2", *FAST]) == 0
+    folds = pd.read_csv(out / "cv_folds.csv")
+    assert len(folds) == 3 and folds.best_epoch.astype(str).str.startswith("[").all()
+
+
+def test_an_ensemble_of_a_deterministic_model_is_refused(data_file, tmp_path, capsys):
+    assert main(["train", "--model", "pooled_svm", "--data", str(data_file), "--out", str(tmp_path / "r"),
+                 "--ensemble", "3", "--no-progress"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pooled_svm" in err[0] and "identical members" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_whose_ensemble_record_is_inconsistent_is_refused(trained, tmp_path):
+    payload = torch.load(trained / "best_attention_mil.pth", weights_only=True)
+    payload["ensemble"]["calibrations"] = payload["ensemble"]["calibrations"][:1]
+    torch.save(payload, tmp_path / "bad.pth")
+    with pytest.raises(Exception, match=r"bad\.pth: .*2 members has 1 calibrations"):
+        load_checkpoint(tmp_path / "bad.pth")
+
+
+def test_the_python_api_fits_saves_and_loads_an_ensemble(bags, tmp_path):
+    from arcmil.api import MILClassifier
+
+    clf = MILClassifier("attention_mil", ensemble=2, epochs=2, n_bootstrap=0, **SMALL).fit(bags)
+    assert isinstance(clf.model_, Ensemble) and clf.results_["ensemble"]["size"] == 2
+    clf.save(tmp_path / "m.pth")
+    again = MILClassifier.load(tmp_path / "m.pth")
+    assert again.get_params()["ensemble"] == 2
+    np.testing.assert_array_equal(again.predict_proba(bags), clf.predict_proba(bags))
