@@ -170,7 +170,7 @@ def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: 
         m = (_fold_runs(bags, name, entry_cfg, evaluation, overrides[name], seeds, folds, val_fraction, world,
                         *tuning)
              if folds else _seed_runs(bags, name, entry_cfg, evaluation, overrides[name], seeds, world, *tuning))
-        m.name = entry
+        m.name = entry  # <model>_ens<K> for an ensemble: its directory and its row
         if on_model is not None:
             on_model(m)
         models.append(m)

@@ -60,10 +60,13 @@ def write_report(directory: str | Path, bags=None) -> Path:
 
 
 def _first_run_per_model(directory: Path) -> dict[str, Path]:
-    """model name -> the directory of its first trained run (its first seed in a comparison)."""
+    """model name (``<model>_ens<K>`` for an ensemble, as compare names it) -> the directory of its first
+    trained run (its first seed in a comparison)."""
     runs = {}
-    for results in sorted(directory.rglob("stage3_*_results.json")):
-        runs.setdefault(json.loads(results.read_text())["model"], results.parent)
+    for path in sorted(directory.rglob("stage3_*_results.json")):
+        results = json.loads(path.read_text())
+        ensemble = results.get("ensemble")
+        runs.setdefault(results["model"] + (f"_ens{ensemble['size']}" if ensemble else ""), path.parent)
     return runs
 
 

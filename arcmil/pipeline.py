@@ -153,8 +153,9 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
                             precision=cfg.precision, world=world, criterion=criterion)
            for name in scored}
     space = data.bags.label_space
-    # an ensemble's members are calibrated each, its mean is not mapped again
-    method = "none" if getattr(model, "calibrated", False) else evaluation.calibrate
+    # an ensemble's members are calibrated each, its mean is not mapped again (nor reported as uncalibrated)
+    ensemble = getattr(model, "calibrated", False)
+    method = "none" if ensemble else evaluation.calibrate
     calibrator = fit_calibrator(method, raw["val"].labels, raw["val"].logits, space)
     evaluations = {name: calibrator.apply(ev) for name, ev in raw.items()}
     val, test = evaluations["val"], evaluations["test"]
@@ -170,19 +171,22 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     return RunResult(
         model_name, model, data.normalizer, calibrator, threshold,
         validation={**space.metrics(val.labels, val.probs, threshold), "loss": val.loss,
-                    **_calibration_report(raw["val"], val)},
-        test={**test_metrics, "loss": test.loss, **_calibration_report(raw["test"], test)},
+                    **_calibration_report(raw["val"], val, not ensemble)},
+        test={**test_metrics, "loss": test.loss, **_calibration_report(raw["test"], test, not ensemble)},
         history=fit.history, best_epoch=fit.best_epoch, stopped_early=fit.stopped_early, train_seconds=fit.seconds,
         train_config=cfg, eval_config=evaluation, data=summary,
         environment={**environment(), "processes": world.size, "device": str(device), "precision": cfg.precision},
         predictions=predictions, evaluations=evaluations, parts=data.parts)
 
 
-def _calibration_report(raw: Evaluation, calibrated: Evaluation) -> dict:
-    """brier and ece of the calibrated probabilities, and of the raw sigmoid ones (``*_uncalibrated``)."""
+def _calibration_report(raw: Evaluation, calibrated: Evaluation, with_raw: bool = True) -> dict:
+    """brier and ece of the calibrated probabilities, and (``with_raw``) of the raw sigmoid ones
+    (``*_uncalibrated``)."""
+    after = calibration_metrics(calibrated.labels, calibrated.probs, calibrated.space)
+    if not with_raw:
+        return after
     before = calibration_metrics(raw.labels, raw.probs, raw.space)
-    return {**calibration_metrics(calibrated.labels, calibrated.probs, calibrated.space),
-            **{f"{key}_uncalibrated": value for key, value in before.items()}}
+    return {**after, **{f"{key}_uncalibrated": value for key, value in before.items()}}
 
 
 @dataclass

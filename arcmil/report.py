@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from arcmil.checkpoint import save_checkpoint
+from arcmil.models.ensemble import Ensemble
 from arcmil.plots import plot_calibration, plot_pr, plot_roc, plot_training_curves, plot_window_heatmap
 from arcmil.scoring import window_weights_frame
 
@@ -94,11 +95,14 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
     plot_roc(curves, directory / "roc.png", title=f"ROC — {tag}")
     plot_pr(curves, directory / "pr.png", title=f"Precision-recall — {tag}")
     method = result.calibrator.method
+    # an ensemble's probabilities are its members' calibrated ones, averaged: one curve, named so
+    raw = (f"mean of {result.model.calibrators[0].method}-calibrated members"
+           if isinstance(result.model, Ensemble) else "uncalibrated")
     reliability = {f"{name}, {kind}": space.reliability_pairs(ev.labels, probs)
                    for name, ev in result.evaluations.items() if name in ("val", "test")
-                   for kind, probs in (("uncalibrated", space.probabilities(torch.from_numpy(ev.logits)).numpy()),
+                   for kind, probs in ((raw, space.probabilities(torch.from_numpy(ev.logits)).numpy()),
                                        (method, ev.probs))
-                   if kind == "uncalibrated" or method != "none"}
+                   if kind == raw or method != "none"}
     plot_calibration(reliability, directory / "calibration.png", title=f"Reliability — {tag}")
     plot_training_curves(result.history, directory / "training_curves.png", result.best_epoch, title=tag)
     write_attention_plot(directory / "attention.png", result, n_attention_bags)

@@ -23,7 +23,7 @@ from arcmil.data.prepare import cv_splits
 from arcmil.distributed import SINGLE, World
 from arcmil.errors import ArcmilError, ConfigError
 from arcmil.models import get_entry, make_config
-from arcmil.models.registry import closest
+from arcmil.models.registry import closest, fitted_by_estimator
 from arcmil.pipeline import EvalConfig, RunResult, run_experiment, train_run
 from arcmil.settings import COMMAND_KEYS, EVAL_FIELDS, MODEL_FIELDS, TRAIN_FIELDS, SearchConfig, read_mapping, resolve
 from arcmil.train import TRAIN_SEARCH_SPACE, TrainConfig
@@ -55,7 +55,7 @@ def search_space(model_name: str, overrides: dict, space_file: str | None = None
     entry, config = get_entry(model_name), make_config(model_name, **overrides)
     model_space = {name: spec for name, spec in config.SEARCH_SPACE.items()
                    if name not in entry.preset and config.SEARCH_WHEN.get(name, lambda c: True)(config)}
-    by_estimator = getattr(config, "FITTED_BY_ESTIMATOR", False)  # no epochs, no learning rate to search
+    by_estimator = fitted_by_estimator(model_name)  # no epochs, no learning rate to search
     space = {**({} if by_estimator else TRAIN_SEARCH_SPACE), **model_space}
     if space_file:
         own = {f.name for f in dataclasses.fields(config)}
@@ -63,6 +63,8 @@ def search_space(model_name: str, overrides: dict, space_file: str | None = None
             if name not in TRAIN_FIELDS and name not in MODEL_FIELDS:
                 raise ConfigError(f"{space_file}: {name!r} is not a training or model setting"
                                   f"{closest(str(name), [*TRAIN_FIELDS, *MODEL_FIELDS])}")
+            if name == "ensemble":  # trials are single models; only the final model is an ensemble
+                raise ConfigError(f"{space_file}: ensemble is not searched; give --ensemble K for the final model")
             if (name in MODEL_FIELDS and (name not in own or name in entry.preset)) or (
                     by_estimator and name in TRAIN_FIELDS):
                 continue

@@ -68,6 +68,7 @@ def test_probabilities_are_the_mean_of_the_members_calibrated_ones(ensemble_run)
     assert record["ensemble"]["calibrations"][0]["method"] == "platt"
     assert len(record["best_epoch"]) == 3 and record["epochs_run"] == [3, 3, 3]  # patience 3: no early stop
     assert [row["member"] for row in record["history"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert "ece" in record["test"] and "ece_uncalibrated" not in record["test"]  # its members are calibrated
 
 
 def test_weights_are_the_members_mean(ensemble_run):
@@ -158,6 +159,8 @@ def test_compare_shows_each_model_alone_and_as_an_ensemble(data_file, tmp_path):
     assert "ensemble" not in single and single["train_config"]["ensemble"] == 1
     ens = json.loads((out / "attention_mil_ens2" / "seed_1" / "stage3_attention_mil_results.json").read_text())
     assert ens["ensemble"]["seeds"] == [1, 2]
+    report = (out / "report.html").read_text()
+    assert "attention_mil_ens2: training curves" in report and "attention_mil: training curves" in report
 
 
 def test_cv_trains_an_ensemble_per_fold(data_file, tmp_path):
@@ -193,3 +196,28 @@ def test_the_python_api_fits_saves_and_loads_an_ensemble(bags, tmp_path):
     again = MILClassifier.load(tmp_path / "m.pth")
     assert again.get_params()["ensemble"] == 2
     np.testing.assert_array_equal(again.predict_proba(bags), clf.predict_proba(bags))
+
+
+def test_a_search_space_cannot_search_the_ensemble_size(tmp_path):
+    from arcmil.errors import ConfigError
+    from arcmil.tune import search_space
+
+    (tmp_path / "space.yaml").write_text("ensemble: {choices: [1, 3]}\n")
+    with pytest.raises(ConfigError, match="ensemble is not searched"):
+        search_space("attention_mil", {}, tmp_path / "space.yaml")
+
+
+def test_tune_searches_single_models_and_ensembles_the_final_one(data_file, tmp_path):
+    import yaml
+
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"epochs": {"low": 1, "high": 2}, "patience": None,
+                                     "hidden_dim": {"choices": [8, 16]}}))
+    out = tmp_path / "tune"
+    assert main(["tune", "--data", str(data_file), "--trials", "2", "--space", str(space), "--ensemble", "2",
+                 "--n-bootstrap", "0", "--no-progress", "--out", str(out)]) == 0
+    results = json.loads((out / "best" / "stage3_attention_mil_results.json").read_text())
+    assert results["ensemble"]["size"] == 2 and results["tag"].endswith("_ens2")
+    assert yaml.safe_load((out / "best_config.yaml").read_text())["ensemble"] == 2  # train --config repeats it
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 2

@@ -8,11 +8,12 @@ from sklearn.metrics import roc_auc_score
 from arcmil.data import Normalizer, scoring_loader
 from arcmil.explain import explain_bags, integrated_gradients, localisation_auc, occlusion
 from arcmil.models import build_model, model_names
+from arcmil.models.registry import fitted_by_estimator
 from arcmil.scoring import evaluate
 
 
 def small_model(name):
-    if name.startswith("pooled"):  # a classical model: fitted, not initialised
+    if fitted_by_estimator(name):  # a classical model: fitted, not initialised
         return fitted_pooled(name, 8)
     torch.manual_seed(0)
     cfg = {"input_dim": 8}

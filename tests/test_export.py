@@ -21,6 +21,7 @@ from arcmil.data import BagSet, Normalizer, save_bags
 from arcmil.demo import make_demo_bags
 from arcmil.export import ScoringGraph, export_onnx
 from arcmil.models import build_model, model_names
+from arcmil.models.registry import fitted_by_estimator
 from arcmil.scoring import score_bags
 
 DIM = 12
@@ -28,7 +29,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def small_model(name: str, dim: int = DIM):
-    if name.startswith("pooled"):  # a classical model: fitted, not initialised
+    if fitted_by_estimator(name):  # a classical model: fitted, not initialised
         return fitted_pooled(name, dim)
     torch.manual_seed(0)
     sizes = {"d_model": 16, "nhead": 2, "dim_feedforward": 32} if name.startswith("trans") else {"hidden_dim": 8}

@@ -31,6 +31,7 @@ from arcmil.html_report import GALLERY_MAX_CLASSES, _gallery_classes
 from arcmil.labels import LabelSpace
 from arcmil.models import build_model, model_names
 from arcmil.models.layers import AttentionPooler, BranchLinear
+from arcmil.models.registry import fitted_by_estimator
 from arcmil.tasks import make_multiclass_task, make_multilabel_task, make_task
 from arcmil.train import TrainConfig
 
@@ -76,7 +77,7 @@ def test_every_model_gives_k_logits_independent_of_padding(name):
     cfg = {"input_dim": 8, "n_outputs": 3, **(SMALL if name.startswith("trans") else {"hidden_dim": 16})}
     if name.startswith("transmil"):
         cfg.pop("pooler_hidden")
-    model = fitted_pooled(name, 8, n_outputs=3) if name.startswith("pooled") else build_model(name, **cfg).eval()
+    model = fitted_pooled(name, 8, n_outputs=3) if fitted_by_estimator(name) else build_model(name, **cfg).eval()
     assert model.config.tag().endswith("_out3")
     x = torch.randn(2, 7, 8)
     mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])

@@ -4,17 +4,18 @@ import torch
 from conftest import fitted_pooled
 
 from arcmil.errors import ConfigError
-from arcmil.models import build_model, get_entry, make_config, model_names
+from arcmil.models import build_model, make_config, model_names
 from arcmil.models.layers import PositionalEncoding, TopKPooler, sinusoidal_table, window_positions
+from arcmil.models.registry import fitted_by_estimator
 
 ALL = model_names()
 TRANSFORMERS = [n for n in ALL if n.startswith("trans")]
-TRAINED_BY_GRADIENT = [n for n in ALL if not getattr(get_entry(n).config_cls, "FITTED_BY_ESTIMATOR", False)]
+TRAINED_BY_GRADIENT = [n for n in ALL if not fitted_by_estimator(n)]
 D = 32
 
 
 def small(name, **overrides):
-    if name.startswith("pooled"):  # a classical model: fitted, not initialised
+    if fitted_by_estimator(name):  # a classical model: fitted, not initialised
         return fitted_pooled(name, D, **overrides)
     cfg = {"input_dim": D}
     if name in TRANSFORMERS:
