@@ -221,3 +221,18 @@ def test_tune_searches_single_models_and_ensembles_the_final_one(data_file, tmp_
     assert yaml.safe_load((out / "best_config.yaml").read_text())["ensemble"] == 2  # train --config repeats it
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 2
+
+
+def test_an_interrupted_ensemble_run_resumes_by_training_again(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    kept = {"config.yaml", "run_info.json", "run_state.json"}  # what a run killed before publishing holds
+    for path in run.iterdir():
+        if path.name not in kept:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    state = json.loads((run / "run_state.json").read_text())
+    (run / "run_state.json").write_text(json.dumps({**state, "status": "running"}))
+    assert main(["train", "--resume", str(run)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(run / "predictions.csv"), pd.read_csv(trained / "predictions.csv"))
