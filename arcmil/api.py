@@ -138,7 +138,8 @@ class MILClassifier:
 
         model, meta = load_checkpoint(path, device)
         clf = cls(meta["model_name"], **{k: v for k, v in meta["model_config"].items() if k not in INFERRED},
-                  **({"ensemble": meta["ensemble"]["size"]} if "ensemble" in meta else {}))
+                  **({"ensemble": meta["ensemble"]["size"], "seed": meta["ensemble"]["seeds"][0]}
+                     if "ensemble" in meta else {}))
         clf.model_, clf.threshold_ = model, meta["threshold"]
         clf.label_space_ = LabelSpace.from_dict(meta.get("label_space"))
         clf.normalizer_, clf.classes_ = Normalizer.from_dict(meta["normalization"]), _classes(clf.label_space_)

@@ -38,6 +38,7 @@ from arcmil.labels import BINARY, LabelSpace
 ECE_BINS = 15  # equal-width probability bins of the expected calibration error
 LOG_TEMPERATURE_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: wider never helps a validation NLL fit
 MIN_PLATT_SLOPE = float(np.exp(-LOG_TEMPERATURE_BOUNDS[1]))  # the flattest map temperature scaling can fit
+LOGIT_FLOOR = 1e-7  # an isotonic probability of exactly 0 or 1 keeps finite log-odds (calibrated_logits)
 PLATT_C = 1.0  # scikit-learn's default inverse L2 strength on Platt's slope (README: calibration table)
 
 
@@ -94,16 +95,23 @@ class Calibrator(_LogitMap):
             return cls()
         raise ArcmilError(f"calibrate must be one of {', '.join(CALIBRATIONS)}, got {method!r}")
 
+    def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (any shape) -> the logits of the calibrated probabilities (log-odds; the isotonic map's
+        probabilities kept within LOGIT_FLOOR of 0 and 1)."""
+        if self.method == "platt":
+            return logits * self.slope + self.bias
+        if self.method == "temperature":
+            return logits / self.temperature
+        if self.method == "isotonic":
+            return torch.logit(self.probabilities(logits), eps=LOGIT_FLOOR)
+        return logits
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (any shape) -> calibrated probabilities, in torch ops an ONNX graph can hold: the
         isotonic map interpolates between its knots with comparisons and gathers (np.interp's result)."""
-        if self.method == "platt":
-            return torch.sigmoid(logits * self.slope + self.bias)
-        if self.method == "temperature":
-            return torch.sigmoid(logits / self.temperature)
-        probs = torch.sigmoid(logits)
         if self.method != "isotonic":
-            return probs
+            return torch.sigmoid(self.calibrated_logits(logits))
+        probs = torch.sigmoid(logits)
         x = torch.tensor(self.knots_x, dtype=probs.dtype, device=probs.device)
         y = torch.tensor(self.knots_y, dtype=probs.dtype, device=probs.device)
         if len(x) == 1:
@@ -153,6 +161,10 @@ class PerLabelCalibrator(_LogitMap):
     @property
     def method(self) -> str:
         return self.members[0].method
+
+    def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, K) logits -> (B, K) calibrated log-odds, column k by label k's map."""
+        return torch.stack([m.calibrated_logits(logits[..., k]) for k, m in enumerate(self.members)], dim=-1)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, K) logits -> (B, K) probabilities, column k by label k's map."""
@@ -207,11 +219,15 @@ class SoftmaxCalibrator(_LogitMap):
         fit = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 1000})
         return cls("platt", tuple(map(float, fit.x[:k])), tuple(map(float, fit.x[k:])))
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, K) logits -> (B, K) probabilities, rows summing to 1."""
+    def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, K) logits -> (B, K) logits whose softmax is the calibrated distribution."""
         slopes = torch.tensor(self.slopes, dtype=logits.dtype, device=logits.device)
         biases = torch.tensor(self.biases, dtype=logits.dtype, device=logits.device)
-        return torch.softmax((logits * slopes + biases) / self.temperature, dim=-1)
+        return (logits * slopes + biases) / self.temperature
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, K) logits -> (B, K) probabilities, rows summing to 1."""
+        return torch.softmax(self.calibrated_logits(logits), dim=-1)
 
     def to_dict(self) -> dict:
         return {"method": self.method, "family": "softmax", "slopes": list(self.slopes), "biases": list(self.biases),

@@ -85,10 +85,10 @@ def _rebuild(path: Path, payload: dict) -> nn.Module:
         raise ArcmilError(f"{path}: {exc}") from None
     try:
         model = build_model(name, **config)
-        if "ensemble" in payload:
-            model = _ensemble(payload["ensemble"], name, config, space)
     except (ArcmilError, TypeError, ValueError, KeyError) as exc:
         raise ArcmilError(f"{path}: model_config does not describe a {name} ({exc})") from None
+    if "ensemble" in payload:
+        model = _ensemble(path, payload["ensemble"], name, config, space)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
@@ -112,11 +112,20 @@ def _rebuild(path: Path, payload: dict) -> nn.Module:
     return model
 
 
-def _ensemble(record: dict, name: str, config: dict, space: LabelSpace) -> Ensemble:
+def _ensemble(path: Path, record, name: str, config: dict, space: LabelSpace) -> Ensemble:
     """The ensemble a checkpoint's ``ensemble`` record describes (weights not loaded yet)."""
-    calibrations, seeds, size = record["calibrations"], record["seeds"], record["size"]
-    if not (isinstance(calibrations, list) and len(calibrations) == len(seeds) == size):
-        raise ArcmilError(f"an ensemble record of {size} members has {len(calibrations)} calibrations and "
-                          f"{len(seeds)} seeds")
-    return Ensemble([build_model(name, **config) for _ in calibrations],
-                    [calibrator_from_dict(c, space) for c in calibrations], space, list(seeds))
+    fields = ("size", "seeds", "calibrations")
+    if not (isinstance(record, dict) and all(key in record for key in fields)):
+        raise ArcmilError(f"{path}: the ensemble record must be a mapping with {', '.join(fields)}, "
+                          f"got {record!r:.200}")
+    size, seeds, calibrations = (record[key] for key in fields)
+    if not (isinstance(size, int) and size >= 2 and isinstance(seeds, list) and isinstance(calibrations, list)
+            and len(seeds) == len(calibrations) == size and all(isinstance(s, int) for s in seeds)):
+        raise ArcmilError(f"{path}: the ensemble record needs size >= 2 and that many integer seeds and "
+                          f"calibrations, got size {size!r}, seeds {seeds!r:.100}, {type(calibrations).__name__} "
+                          "calibrations")
+    try:
+        calibrators = [calibrator_from_dict(c, space) for c in calibrations]
+    except (ArcmilError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ArcmilError(f"{path}: an ensemble member's calibration is not valid ({exc})") from None
+    return Ensemble([build_model(name, **config) for _ in calibrations], calibrators, space, seeds)

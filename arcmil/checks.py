@@ -32,15 +32,20 @@ def check_cv_inputs(bags: BagSet, folds: int) -> None:
                         f"has {smallest}", field="labels")
 
 
+def check_ensemble(model_name: str, size: int) -> None:
+    """An ensemble needs members that differ: a model fitted deterministically (classical) is refused."""
+    if size > 1 and fitted_by_estimator(model_name):
+        raise ConfigError(f"{model_name} is fitted deterministically by scikit-learn: an ensemble of "
+                          f"{size} seeds would hold {size} identical members")
+
+
 def check_inputs(bags: BagSet, model_name: str, cfg: TrainConfig, model_overrides: dict,
                  folds: int | None = None, evaluation: EvalConfig = EvalConfig()) -> None:
     """What can be wrong with a run's input, checked before anything is written: the split (the classes
     each part needs; with ``folds``, enough bags of each class for them), a calibration or a per-class
     attention the label space has no form of, an ensemble of a deterministic model, and bag lengths
     against the model."""
-    if cfg.ensemble > 1 and fitted_by_estimator(model_name):
-        raise ConfigError(f"{model_name} is fitted deterministically by scikit-learn: an ensemble of "
-                          f"{cfg.ensemble} seeds would hold {cfg.ensemble} identical members")
+    check_ensemble(model_name, cfg.ensemble)
     if bags.label_space.binary and model_overrides.get("class_attention"):
         raise ConfigError("class_attention is for multi-class and multi-label data (one attention per class); "
                           "binary labels have one output")

@@ -171,6 +171,12 @@ def cmd_train(args) -> None:
     config, bags = run.config, run.load_bags()
     with run.started():
         def on_epoch(state):
+            if "member" in state:  # an ensemble's member: nothing to resume from; one step count for all members
+                member, row = state["member"], state["history"][-1]
+                run.progress(member=member, epoch=state["epoch"])
+                run.log_epoch(member * config.train.epochs + state["epoch"],
+                              {f"member{member}/{key}": value for key, value in row.items()})
+                return
             save_resume(run.out, state)
             run.progress(epoch=state["epoch"])
             run.log_epoch(state["epoch"], state["history"][-1])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from arcmil.config import ensemble_name
 from arcmil.cv import CVResult, run_cv, write_cv
 from arcmil.data import BagSet
 from arcmil.distributed import SINGLE, World
@@ -145,7 +146,7 @@ def compared(names: list[str], cfg: TrainConfig) -> list[tuple[str, str, TrainCo
     for name in names:
         out.append((name, name, replace(cfg, ensemble=1)))
         if cfg.ensemble > 1 and not fitted_by_estimator(name):
-            out.append((f"{name}_ens{cfg.ensemble}", name, cfg))
+            out.append((ensemble_name(name, cfg.ensemble), name, cfg))
     return out
 
 

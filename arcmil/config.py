@@ -17,6 +17,12 @@ THRESHOLD_METHODS = ("f1", "youden", "fixed")
 SCORE_BATCH_SIZE = 64  # bags per scoring batch at most (predict, the Python API; arcmil.data.batching)
 
 
+
+def ensemble_name(name: str, size: int) -> str:
+    """A model's name in runs and tables as an ensemble of ``size`` (``<name>_ens<size>``; itself alone)."""
+    return f"{name}_ens{size}" if size > 1 else name
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a model is trained (the model block and the evaluation aside: see ``EvalConfig``); identical for
@@ -39,7 +45,7 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     progress: bool = True
-    ensemble: int = 1  # > 1: that many members, seeds seed .. seed + ensemble - 1, averaged (arcmil.models.ensemble)
+    ensemble: int = 1  # > 1: that many members, one seed each (member 0: seed), averaged (arcmil.models.ensemble)
 
     def __post_init__(self):
         check_choices(self, {"monitor": tuple(MONITORS), "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES,

@@ -95,7 +95,8 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, *, overwr
                 "model_name": meta["model_name"], "tag": meta["tag"], "model_config": json.dumps(meta["model_config"]),
                 "normalization": json.dumps(meta["normalization"]),
                 "calibration": json.dumps(calibrator.to_dict()), "label_space": json.dumps(space.to_dict()),
-                "arcmil_version": __version__}
+                "arcmil_version": __version__,
+                **({"ensemble": json.dumps(meta["ensemble"])} if "ensemble" in meta else {})}
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = f"arcmil.{key}", value

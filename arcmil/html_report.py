@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from arcmil import __version__
+from arcmil.config import ensemble_name
 from arcmil.errors import ArcmilError
 
 REPORT_FILE = "report.html"
@@ -66,7 +67,7 @@ def _first_run_per_model(directory: Path) -> dict[str, Path]:
     for path in sorted(directory.rglob("stage3_*_results.json")):
         results = json.loads(path.read_text())
         ensemble = results.get("ensemble")
-        runs.setdefault(results["model"] + (f"_ens{ensemble['size']}" if ensemble else ""), path.parent)
+        runs.setdefault(ensemble_name(results["model"], ensemble["size"] if ensemble else 1), path.parent)
     return runs
 
 
@@ -142,7 +143,8 @@ def _drawn_png(plot, data, **kwargs) -> str:
 
 def _figures(runs: dict[str, Path]) -> list[dict]:
     """All models' test curves on one ROC, PR and reliability figure each (one model: the ROC and PR
-    figures its run drew); each run's training curves and reliability before and after calibration."""
+    figures its run drew); each run's training curves and reliability before and after calibration (an
+    ensemble's: of its members' mean calibrated probability)."""
     from arcmil.plots import plot_calibration, plot_pr, plot_roc
 
     own = ("training_curves.png", "training curves"), ("calibration.png", "reliability before and after calibration")
@@ -168,7 +170,9 @@ def _figures(runs: dict[str, Path]) -> list[dict]:
                                   (plot_calibration, "Test reliability of every model (calibrated probabilities)")):
                 figures.append({"png": _drawn_png(plot, curves, title=caption), "caption": caption})
     for name, run in runs.items():
-        figures += [{"png": _file_png(run / file), "caption": f"{name}: {caption}"}
+        ensemble = {"calibration.png": "reliability of the members' mean calibrated probability"}
+        figures += [{"png": _file_png(run / file),
+                     "caption": f"{name}: {ensemble.get(file, caption) if 'ensemble' in _results(run) else caption}"}
                     for file, caption in own if (run / file).exists()]
     return figures
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from arcmil import __version__
 from arcmil.calibration import calibration_metrics, fit_calibrator
+from arcmil.checks import check_ensemble
 from arcmil.config import SCORE_BATCH_SIZE, EvalConfig, TrainConfig
 from arcmil.data import (
     SPLITS,
@@ -33,7 +34,7 @@ from arcmil.errors import ArcmilError
 from arcmil.labels import LabelSpace
 from arcmil.metrics import bootstrap_ci
 from arcmil.models import build_model
-from arcmil.models.ensemble import Ensemble, model_tag
+from arcmil.models.ensemble import Ensemble, member_seeds, model_tag
 from arcmil.scoring import Evaluation, check_fits, predictions_frame, score_bags, wide_weights
 from arcmil.train import (
     FitResult,
@@ -227,16 +228,19 @@ def train_run(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), w
 
 
 def train_ensemble(bags: BagSet, model_name: str, cfg: TrainConfig, world: World = SINGLE, *,
-                   evaluation: EvalConfig = EvalConfig(), **model_overrides) -> Trained:
-    """``cfg.ensemble`` members of one model on the run's one split (drawn with ``cfg.seed``), member i
-    trained as ``train_run`` trains it with seed ``cfg.seed + i`` (member 0 is the single model of the
-    same seed) and calibrated on its own validation scores (``evaluation.calibrate``)."""
+                   evaluation: EvalConfig = EvalConfig(), on_epoch=None, **model_overrides) -> Trained:
+    """``cfg.ensemble`` members of one model on the run's one split (drawn with ``cfg.seed``), each trained
+    as ``train_run`` trains it with its own seed (``member_seeds``: member 0 is the single model of the
+    same seed) and calibrated on its own validation scores (``evaluation.calibrate``). ``on_epoch`` receives
+    each member's per-epoch states with its index (``"member"``)."""
+    check_ensemble(model_name, cfg.ensemble)
     data = prepare_data(bags, cfg, evaluation)
-    seeds = [cfg.seed + i for i in range(cfg.ensemble)]
+    seeds = member_seeds(cfg.seed, cfg.ensemble)
     members, calibrators, fits = [], [], []
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
+        member_epoch = None if on_epoch is None else (lambda state, i=i: on_epoch({**state, "member": i}))
         t = train_run(bags, model_name, replace(cfg, seed=seed, ensemble=1), world, evaluation=evaluation, data=data,
-                      **model_overrides)
+                      on_epoch=member_epoch, **model_overrides)
         val = score_bags(t.model, data.parts["val"], data.normalizer, device=t.device, precision=cfg.precision,
                          world=world)
         calibrators.append(fit_calibrator(evaluation.calibrate, val.labels, val.logits, bags.label_space))
@@ -256,11 +260,13 @@ def run_experiment(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig
     ensemble of ``cfg.ensemble`` of its members (``train_ensemble``).
     ``world``: under torchrun, this rank's place; every rank returns the same result.
     ``resume`` / ``on_epoch``: continue from, and report, per-epoch training states (see train_model);
-    an ensemble's members write none (its run, resumed, trains again from its first member)."""
+    an ensemble reports its members' (``train_ensemble``) and cannot resume (trained again from its first
+    member)."""
     if cfg.ensemble > 1:
         if resume is not None:
             raise ArcmilError("an ensemble's training has no per-epoch states to resume from")
-        t = train_ensemble(bags, model_name, cfg, world, evaluation=evaluation, **model_overrides)
+        t = train_ensemble(bags, model_name, cfg, world, evaluation=evaluation, on_epoch=on_epoch,
+                           **model_overrides)
     else:
         t = train_run(bags, model_name, cfg, world, evaluation=evaluation, resume=resume, on_epoch=on_epoch,
                       **model_overrides)

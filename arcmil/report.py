@@ -96,8 +96,11 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
     plot_pr(curves, directory / "pr.png", title=f"Precision-recall — {tag}")
     method = result.calibrator.method
     # an ensemble's probabilities are its members' calibrated ones, averaged: one curve, named so
-    raw = (f"mean of {result.model.calibrators[0].method}-calibrated members"
-           if isinstance(result.model, Ensemble) else "uncalibrated")
+    if isinstance(result.model, Ensemble):
+        members = result.model.calibrators[0].method
+        raw = f"mean of {'uncalibrated' if members == 'none' else members + '-calibrated'} members"
+    else:
+        raw = "uncalibrated"
     reliability = {f"{name}, {kind}": space.reliability_pairs(ev.labels, probs)
                    for name, ev in result.evaluations.items() if name in ("val", "test")
                    for kind, probs in ((raw, space.probabilities(torch.from_numpy(ev.logits)).numpy()),

@@ -20,6 +20,7 @@ from arcmil.config import (
     THRESHOLD_METHODS,
     EvalConfig,
     TrainConfig,
+    ensemble_name,
 )
 from arcmil.errors import ConfigError
 from arcmil.models.config import ATTENTIONS, INITS, POOLS, POS_ENCODINGS, POS_SCALINGS
@@ -186,10 +187,13 @@ class ExperimentConfig:
         return model_overrides(model_name, self.model_settings, strict=self.command != "compare")
 
     def run_name(self) -> str:
-        """The default output directory's stem: the model tag, 'compare' or 'cv_<model>'."""
+        """The default output directory's stem: the model tag (``_ens<K>`` for an ensemble), 'compare' or
+        'cv_<model>'."""
         if self.command == "train":
-            return make_config(self.model, **self.overrides(self.model)).tag()
-        return "compare" if self.command == "compare" else f"{self.command}_{self.model}"
+            return ensemble_name(make_config(self.model, **self.overrides(self.model)).tag(), self.train.ensemble)
+        if self.command == "compare":
+            return "compare"
+        return f"{self.command}_{ensemble_name(self.model, self.train.ensemble)}"
 
     def to_dict(self) -> dict:
         """The flat mapping config.yaml holds and ``--config`` reads back: every setting of the run."""

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 from arcmil import load_bags
+from arcmil.compare import compared
+from arcmil.config import TrainConfig, ensemble_name
 from arcmil.cv import run_cv
 from arcmil.pipeline import environment
 from arcmil.settings import SearchConfig, eval_config, train_config
@@ -67,7 +69,7 @@ def run_cell(dataset: str, name: str, folds: int, repeats: int, trials: int | No
             "roc_auc": s["at_0.5"]["roc_auc"], "f1_at_val_threshold": s["at_val_threshold"]["f1"]}
     if search:
         cell["chosen"] = [{"repeat": r["repeat"], "fold": r["fold"], **r["search"]} for r in cv.folds]
-    name = f"{name}_ens{ensemble}" if ensemble > 1 else name
+    name = ensemble_name(name, ensemble)
     print(f"{dataset:9s} {name:22s} acc@0.5 {cell['accuracy_at_0.5']['mean']:.3f} ± "
           f"{cell['accuracy_at_0.5']['std']:.3f}  acc@val-thr {cell['accuracy_at_val_threshold']['mean']:.3f}  "
           f"AUC {cell['roc_auc']['mean']:.3f}  ({cell['seconds']:.0f} s)", flush=True)
@@ -100,8 +102,8 @@ def main() -> None:
               "preset": preset, "repeats": repeats, "trials": args.tune, "published_accuracy": PUBLISHED,
               "environment": environment(), "results": {}}
     start = time.perf_counter()
-    sizes = (1, args.ensemble) if args.ensemble > 1 else (1,)
-    cells = [(d, m, k) for d in args.datasets.split(",") for m in args.models.split(",") for k in sizes]
+    entries = compared(args.models.split(","), TrainConfig(ensemble=args.ensemble))  # classical models alone
+    cells = [(d, m, entry_cfg.ensemble) for d in args.datasets.split(",") for _, m, entry_cfg in entries]
     threads = 1 if args.workers > 1 else None
     with ProcessPoolExecutor(args.workers) as pool:
         jobs = [pool.submit(run_cell, d, m, folds, repeats, args.tune, threads, args.space, args.calibrate, k)

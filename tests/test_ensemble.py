@@ -8,15 +8,19 @@ import onnxruntime
 import pandas as pd
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from arcmil.calibration import calibrator_from_dict, fit_calibrator
+from arcmil.calibration import Calibrator, calibrator_from_dict, fit_calibrator
 from arcmil.checkpoint import load_checkpoint
 from arcmil.cli import main
 from arcmil.config import EvalConfig, TrainConfig
 from arcmil.data import Normalizer, save_bags
 from arcmil.demo import make_demo_bags
+from arcmil.errors import ArcmilError, ConfigError
 from arcmil.export import ScoringGraph
-from arcmil.models.ensemble import Ensemble
+from arcmil.labels import BINARY
+from arcmil.models import build_model
+from arcmil.models.ensemble import Ensemble, member_seeds
 from arcmil.pipeline import run_experiment
 from arcmil.scoring import score_bags
 from arcmil.tasks import make_multiclass_task
@@ -40,7 +44,7 @@ def ensemble_run(bags):
 def test_member_zero_is_the_single_model_of_the_run_seed(bags, ensemble_run):
     single = run_experiment(bags, "attention_mil", replace(CFG, ensemble=1), evaluation=EVAL, **SMALL)
     model = ensemble_run.model
-    assert isinstance(model, Ensemble) and model.seeds == [3, 4, 5] and ensemble_run.tag.endswith("_ens3")
+    assert isinstance(model, Ensemble) and model.seeds == member_seeds(3, 3) and ensemble_run.tag.endswith("_ens3")
     test = ensemble_run.parts["test"]
     first = score_bags(model.members[0], test, ensemble_run.normalizer)
     np.testing.assert_array_equal(first.logits, score_bags(single.model, test, single.normalizer).logits)
@@ -64,11 +68,45 @@ def test_probabilities_are_the_mean_of_the_members_calibrated_ones(ensemble_run)
     assert run.threshold == pytest.approx(space.tune_threshold(run.evaluations["val"].labels, expected["val"],
                                                                EVAL.threshold_method, None), abs=1e-6)
     record = run.to_dict()
-    assert record["ensemble"]["seeds"] == [3, 4, 5] and len(record["ensemble"]["calibrations"]) == 3
+    assert record["ensemble"]["seeds"] == member_seeds(3, 3) and len(record["ensemble"]["calibrations"]) == 3
     assert record["ensemble"]["calibrations"][0]["method"] == "platt"
     assert len(record["best_epoch"]) == 3 and record["epochs_run"] == [3, 3, 3]  # patience 3: no early stop
     assert [row["member"] for row in record["history"]] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert "ece" in record["test"] and "ece_uncalibrated" not in record["test"]  # its members are calibrated
+
+
+def test_member_seeds_start_at_the_run_seed_and_neighbouring_ensembles_share_none():
+    seeds = [member_seeds(seed, 5) for seed in range(20)]
+    assert [s[0] for s in seeds] == list(range(20))
+    assert len({s for ens in seeds for s in ens}) == 100
+    assert member_seeds(7, 5) == member_seeds(7, 5)
+
+
+def _member(seed: int):
+    torch.manual_seed(seed)
+    return build_model("attention_mil", input_dim=8, hidden_dim=8)
+
+
+def _saturated_ensemble(slope: float) -> Ensemble:
+    """Two members of one initialisation (their logits agree in sign) under Platt maps of ``slope``."""
+    return Ensemble([_member(0), _member(0)], [Calibrator("platt", slope=slope, bias=1.0), Calibrator("platt", slope=slope / 2)],
+                    BINARY, [0, 1]).eval()
+
+
+def test_confident_bags_keep_distinct_scores_and_gradients():
+    """The mean is taken in log space: where every member's probability rounds to 1 in float32 the
+    ensemble's logits still order the bags and carry a gradient (integrated gradients need it)."""
+    x = torch.randn(6, 5, 8)
+    mild, steep = _saturated_ensemble(0.5), _saturated_ensemble(1e5)
+    with torch.no_grad():  # moderate logits: the log-odds of the float64 mean of the members' probabilities
+        z = torch.stack([c.calibrated_logits(m(x)[0]) for m, c in zip(mild.members, mild.calibrators)]).double()
+        np.testing.assert_allclose(mild(x)[0].numpy(), torch.logit(torch.sigmoid(z).mean(0)).numpy(), atol=1e-5)
+        logits = steep(x)[0]
+    assert torch.isfinite(logits).all() and logits.abs().min() > 20  # every probability rounds to 0 or 1
+    assert len(torch.unique(logits)) == len(logits)
+    x.requires_grad_(True)
+    steep(x)[0].sum().backward()
+    assert x.grad.abs().sum() > 0
 
 
 def test_weights_are_the_members_mean(ensemble_run):
@@ -104,7 +142,7 @@ def data_file(bags, tmp_path_factory):
 def trained(data_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "ens"
     assert main(["train", "--model", "attention_mil", "--data", str(data_file), "--out", str(out), "--ensemble", "2",
-                 *FAST]) == 0
+                 "--tracker", "tensorboard", *FAST]) == 0
     return out
 
 
@@ -113,7 +151,7 @@ def test_train_writes_one_checkpoint_that_predict_and_export_reproduce(trained, 
     assert results["tag"].endswith("_ens2") and results["ensemble"]["size"] == 2
     assert (trained / "training_curves.png").stat().st_size > 0
     model, meta = load_checkpoint(trained / "best_attention_mil.pth")
-    assert isinstance(model, Ensemble) and meta["ensemble"]["seeds"] == [0, 1]
+    assert isinstance(model, Ensemble) and meta["ensemble"]["seeds"] == member_seeds(0, 2)
     assert main(["predict", "--checkpoint", str(trained / "best_attention_mil.pth"), "--data", str(data_file),
                  "--out", str(tmp_path / "scores.csv")]) == 0
     run = pd.read_csv(trained / "predictions.csv").set_index("bag_id")
@@ -130,6 +168,12 @@ def test_train_writes_one_checkpoint_that_predict_and_export_reproduce(trained, 
     with torch.no_grad():
         expected = graph(torch.from_numpy(x), torch.from_numpy(mask))[0].numpy()
     np.testing.assert_allclose(probability, expected, atol=1e-5)
+    metadata = onnxruntime.InferenceSession(str(tmp_path / "m.onnx")).get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["arcmil.ensemble"])["seeds"] == member_seeds(0, 2)
+    # each member's epochs reach the tracker under its own prefix, on one increasing step count
+    events = EventAccumulator(str(trained / "tensorboard")).Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in ("epoch/member0/val_loss", "epoch/member1/val_loss")}
+    assert steps == {"epoch/member0/val_loss": [1, 2], "epoch/member1/val_loss": [3, 4]}
 
 
 def test_explain_averages_the_members_weights(trained, data_file, tmp_path):
@@ -144,6 +188,8 @@ def test_explain_averages_the_members_weights(trained, data_file, tmp_path):
     explained = importances[importances.bag_id == bag]
     np.testing.assert_allclose(explained["weights"], run.loc[bag].filter(like="w_").dropna().astype(float), atol=1e-6)
     assert (out / "faithfulness.json").exists()
+    for method in ("occlusion", "integrated_gradients"):  # the ensemble's own output moves with its windows
+        assert (importances.groupby("bag_id")[method].apply(lambda v: v.abs().max()) > 0).mean() > 0.9, method
 
 
 def test_compare_shows_each_model_alone_and_as_an_ensemble(data_file, tmp_path):
@@ -157,8 +203,9 @@ def test_compare_shows_each_model_alone_and_as_an_ensemble(data_file, tmp_path):
     assert {("attention_mil", "attention_mil_ens2")} <= set(zip(pairs.model_a, pairs.model_b))
     single = json.loads((out / "attention_mil" / "seed_0" / "stage3_attention_mil_results.json").read_text())
     assert "ensemble" not in single and single["train_config"]["ensemble"] == 1
-    ens = json.loads((out / "attention_mil_ens2" / "seed_1" / "stage3_attention_mil_results.json").read_text())
-    assert ens["ensemble"]["seeds"] == [1, 2]
+    ensembles = [json.loads((out / "attention_mil_ens2" / f"seed_{seed}" / "stage3_attention_mil_results.json"
+                             ).read_text())["ensemble"]["seeds"] for seed in (0, 1)]
+    assert ensembles == [member_seeds(0, 2), member_seeds(1, 2)] and not set(ensembles[0]) & set(ensembles[1])
     report = (out / "report.html").read_text()
     assert "attention_mil_ens2: training curves" in report and "attention_mil: training curves" in report
 
@@ -168,7 +215,7 @@ def test_cv_trains_an_ensemble_per_fold(data_file, tmp_path):
     assert main(["cv", "--model", "attention_mil", "--data", str(data_file), "--out", str(out), "--folds", "3",
                  "--repeats", "1", "--ensemble", "2", *FAST]) == 0
     folds = pd.read_csv(out / "cv_folds.csv")
-    assert len(folds) == 3 and folds.best_epoch.astype(str).str.startswith("[").all()
+    assert len(folds) == 3 and all(len(json.loads(epochs)) == 2 for epochs in folds.best_epoch)
 
 
 def test_an_ensemble_of_a_deterministic_model_is_refused(data_file, tmp_path, capsys):
@@ -177,14 +224,24 @@ def test_an_ensemble_of_a_deterministic_model_is_refused(data_file, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pooled_svm" in err[0] and "identical members" in err[0]
     assert not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match="identical members"):  # the Python pipeline refuses it too
+        run_experiment(make_demo_bags(n_bags=40, seed=0), "pooled_logistic", CFG, evaluation=EVAL)
 
 
-def test_a_checkpoint_whose_ensemble_record_is_inconsistent_is_refused(trained, tmp_path):
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: {**r, "calibrations": r["calibrations"][:1]}, "needs size >= 2 and that many integer seeds"),
+    (lambda r: {**r, "size": 1, "seeds": r["seeds"][:1], "calibrations": r["calibrations"][:1]}, "size 1"),
+    (lambda r: {k: v for k, v in r.items() if k != "seeds"}, "must be a mapping with size, seeds, calibrations"),
+    (lambda r: [r], "must be a mapping"),
+    (lambda r: {**r, "calibrations": [{"method": "magic"}] * 2}, "member's calibration is not valid"),
+])
+def test_a_checkpoint_whose_ensemble_record_is_inconsistent_is_refused(trained, tmp_path, damage, message):
     payload = torch.load(trained / "best_attention_mil.pth", weights_only=True)
-    payload["ensemble"]["calibrations"] = payload["ensemble"]["calibrations"][:1]
+    payload["ensemble"] = damage(payload["ensemble"])
     torch.save(payload, tmp_path / "bad.pth")
-    with pytest.raises(Exception, match=r"bad\.pth: .*2 members has 1 calibrations"):
+    with pytest.raises(ArcmilError, match=r"bad\.pth: the ensemble record|bad\.pth: an ensemble member") as error:
         load_checkpoint(tmp_path / "bad.pth")
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_the_python_api_fits_saves_and_loads_an_ensemble(bags, tmp_path):
@@ -194,7 +251,7 @@ def test_the_python_api_fits_saves_and_loads_an_ensemble(bags, tmp_path):
     assert isinstance(clf.model_, Ensemble) and clf.results_["ensemble"]["size"] == 2
     clf.save(tmp_path / "m.pth")
     again = MILClassifier.load(tmp_path / "m.pth")
-    assert again.get_params()["ensemble"] == 2
+    assert again.get_params()["ensemble"] == 2 and again.get_params()["seed"] == clf.model_.seeds[0]
     np.testing.assert_array_equal(again.predict_proba(bags), clf.predict_proba(bags))
 
 

@@ -8,12 +8,21 @@ as it takes one model, with no calibrator on top (``calibrated``).
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from arcmil.config import ensemble_name
 from arcmil.labels import LabelSpace
 
-PROBABILITY_FLOOR = 1e-7  # a mean probability of exactly 0 or 1 (an isotonic map) keeps finite logits
+
+def member_seeds(seed: int, size: int) -> list[int]:
+    """The seeds of an ensemble's members: ``seed`` first (member 0 is the single model of that seed), the
+    others drawn from (seed, i), so that ensembles of neighbouring seeds share no member."""
+    return [seed] + [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in range(1, size)]
 
 
 class Ensemble(nn.Module):
@@ -32,19 +41,25 @@ class Ensemble(nn.Module):
         self.config = members[0].config  # the members' settings: input_dim, n_outputs, positions ...
 
     def tag(self) -> str:
-        return f"{self.config.tag()}_ens{len(self.members)}"
+        return ensemble_name(self.config.tag(), len(self.members))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, N, D), mask: (B, N) -> logits of the mean calibrated probability ((B,) or (B, K)) and the
-        members' mean window weights ((B, N), or (B, K, N) with one attention per class)."""
-        probs, weights = [], []
+        members' mean window weights ((B, N), or (B, K, N) with one attention per class).
+
+        The mean is taken in log space (log-sum-exp of the members' log-probabilities), so confident bags
+        keep distinct scores and non-zero gradients where a probability would round to 0 or 1."""
+        logits, weights = [], []
         for member, calibrator in zip(self.members, self.calibrators):
-            logits, w = member(x, mask)
-            probs.append(calibrator.probabilities(logits.float()))
+            z, w = member(x, mask)
+            logits.append(calibrator.calibrated_logits(z.float()))
             weights.append(w)
-        mean = torch.stack(probs).mean(0).clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
-        logits = mean.log() if self.space.kind == "multiclass" else torch.logit(mean)
-        return logits.to(x.dtype), torch.stack(weights).mean(0)
+        z = torch.stack(logits)  # (M, B) or (M, B, K)
+        if self.space.kind == "multiclass":  # log of the mean class distribution
+            out = torch.logsumexp(F.log_softmax(z, dim=-1), dim=0) - math.log(len(self.members))
+        else:  # log-odds of the mean probability: log mean p - log mean (1 - p)
+            out = torch.logsumexp(F.logsigmoid(z), dim=0) - torch.logsumexp(F.logsigmoid(-z), dim=0)
+        return out.to(x.dtype), torch.stack(weights).mean(0)
 
     def record(self) -> dict:
         """Plain data for checkpoints and results (the weights are in the state dict)."""
