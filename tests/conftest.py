@@ -22,16 +22,16 @@ def rng():
 
 
 def fitted_pooled(name: str, input_dim: int, n_outputs: int = 1, seed: int = 0):
-    """A classical model (pooled_*) fitted on 40 random bags (its decision function is then not zero),
-    for the tests that run every registered model; one class per output beyond binary."""
+    """A classical model (pooled_*, fisher_vector) fitted on 40 random bags (its decision function is then
+    not zero), for the tests that run every registered model; one class per output beyond binary."""
     from arcmil.models import build_model
-    from arcmil.models.pooled_stats import pooled_features
 
     rng = np.random.default_rng(seed)
     model = build_model(name, input_dim=input_dim, n_outputs=n_outputs)
     bags = [torch.as_tensor(rng.normal(size=(rng.integers(3, 9), input_dim)), dtype=torch.float32) for _ in range(40)]
-    features = np.stack([pooled_features(b[None], torch.ones(1, len(b), dtype=torch.bool))[0][0].numpy()
-                         for b in bags])
+    if model.config.encoding == "fisher":
+        model.fit_mixture(torch.cat(bags).numpy())
+    features = np.stack([model.encode(b[None], torch.ones(1, len(b), dtype=torch.bool))[0].numpy() for b in bags])
     labels = np.arange(40) % max(2, n_outputs)
     model.fit_features(features, labels, "binary" if n_outputs == 1 else "multiclass")
     return model.eval()

@@ -11,6 +11,7 @@ from arcmil.checkpoint import load_checkpoint
 from arcmil.cli import main
 from arcmil.data import save_bags
 from arcmil.models import build_model
+from arcmil.models.fisher import POWER_SMOOTHING
 from arcmil.models.pooled_stats import pooled_features
 from arcmil.tasks import make_multilabel_task, make_task
 from arcmil.tune import search_space
@@ -133,3 +134,91 @@ def test_the_python_estimator_fits_scores_explains_and_reloads_a_classical_model
     assert set(clf.explain(windows[:2], methods=("weights", "occlusion"))["bag_id"]) == {"0", "1"}
     clf.save(tmp_path / "clf.pth")
     np.testing.assert_allclose(MILClassifier.load(tmp_path / "clf.pth").predict_proba(windows[:5]), probs)
+
+
+def _fisher_reference(bag: np.ndarray, model) -> np.ndarray:
+    """The normalised Fisher vector of one bag in float64 numpy, window by window (Perronnin et al. 2010)."""
+    w, mu, var = (t.double().numpy() for t in (model.log_weights.exp(), model.means, model.variances))
+    x = bag.astype(np.float64)
+    log_p = np.log(w) - 0.5 * np.log(2 * np.pi * var).sum(1) - 0.5 * ((x[:, None] - mu) ** 2 / var).sum(-1)
+    gamma = np.exp(log_p - log_p.max(1, keepdims=True))
+    gamma /= gamma.sum(1, keepdims=True)  # (N, C)
+    u = (x[:, None] - mu) / np.sqrt(var)  # (N, C, D)
+    d_mean = (gamma[..., None] * u).sum(0) / (len(x) * np.sqrt(w)[:, None])
+    d_std = (gamma[..., None] * (u ** 2 - 1)).sum(0) / (len(x) * np.sqrt(2 * w)[:, None])
+    raw = np.concatenate([d_mean, d_std]).ravel()
+    power = np.sign(raw) * (np.sqrt(np.abs(raw) + POWER_SMOOTHING) - np.sqrt(POWER_SMOOTHING))
+    return power / np.linalg.norm(power)
+
+
+def test_the_fisher_vector_is_the_mixtures_gradient_whatever_the_padding(rng):
+    model = build_model("fisher_vector", input_dim=5, n_components=3)
+    bags = [rng.normal(size=(rng.integers(2, 9), 5)).astype(np.float32) + (i % 2) for i in range(30)]
+    model.fit_mixture(np.concatenate(bags))
+    assert model.log_weights.exp().sum().item() == pytest.approx(1.0, abs=1e-5) and (model.variances > 0).all()
+    x = torch.full((3, 9, 5), float("nan"))  # padding of any value adds nothing
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    for i, bag in enumerate(bags[:3]):
+        x[i, :len(bag)], mask[i, :len(bag)] = torch.as_tensor(bag), True
+    encoded = model.encode(x, mask).numpy()
+    for i, bag in enumerate(bags[:3]):
+        np.testing.assert_allclose(encoded[i], _fisher_reference(bag, model), atol=1e-5)
+    features = np.stack([model.encode(torch.as_tensor(b)[None], torch.ones(1, len(b), dtype=torch.bool))[0].numpy()
+                         for b in bags])
+    model.fit_features(features, np.arange(30) % 2, "binary")
+    logits, weights = model(x, mask)
+    alone = torch.stack([model(torch.as_tensor(b)[None])[0][0] for b in bags[:3]])
+    torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(1), torch.ones(3))
+    assert (weights[~mask] == 0).all() and torch.isfinite(weights).all()
+
+
+def test_fisher_weights_are_each_windows_exact_share_of_the_linear_score(rng):
+    from arcmil.models.fisher import fisher_vector, window_contributions
+
+    model = build_model("fisher_vector", input_dim=4, n_components=2)
+    bags = [torch.as_tensor(rng.normal(size=(6, 4)), dtype=torch.float32) for _ in range(30)]
+    model.fit_mixture(torch.cat(bags).numpy())
+    features = np.stack([model.encode(b[None], torch.ones(1, 6, dtype=torch.bool))[0].numpy() for b in bags])
+    model.fit_features(features, np.arange(30) % 2, "binary")
+    x, mask = torch.stack(bags[:4]), torch.ones(4, 6, dtype=torch.bool)
+    logits, weights = model(x, mask)
+    normalised, raw, posterior = fisher_vector(x, mask, model.log_weights, model.means, model.variances)
+    direction = torch.where(raw != 0, normalised / raw, 0.0) * model.coef[0] / model.scale
+    terms = window_contributions(x, posterior, direction, model.means, model.variances, model.log_weights,
+                                 mask.sum(1))  # (B, N): each window's term of the score
+    offset = model.intercept[0] - (model.coef[0] * model.center / model.scale).sum()
+    torch.testing.assert_close(terms.sum(1) + offset, logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(weights, terms.abs() / terms.abs().sum(1, keepdim=True))
+
+
+def test_the_fisher_encoding_is_searched_by_its_components_and_classified_linearly():
+    from arcmil.errors import ConfigError
+    from arcmil.models.config import PooledStatsConfig
+
+    assert set(search_space("fisher_vector", {})) == {"C", "n_components"}
+    assert "n_components" not in search_space("pooled_logistic", {})
+    with pytest.raises(ConfigError, match="defined by classifier='logistic'"):
+        build_model("fisher_vector", classifier="svm")
+    with pytest.raises(ConfigError, match="classified linearly"):
+        PooledStatsConfig(encoding="fisher", classifier="svm")
+    with pytest.raises(ConfigError, match="defined by encoding='stats'"):
+        build_model("pooled_svm", encoding="fisher")
+    assert build_model("fisher_vector", n_components=4, C=0.5).config.tag() == "fisher_vector_k4_C0.5"
+
+
+def test_a_fisher_vector_model_trains_predicts_and_exports(tmp_path):
+    data = save_bags(make_task("sparse_presence", n_bags=300, dim=16, seed=1), tmp_path / "presence.npz")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "fisher_vector", "--data", str(data), "--out", str(run), "--n-components", "3",
+                 *FAST]) == 0
+    model, meta = load_checkpoint(run / "best_fisher_vector.pth")  # the mixture travels as buffers
+    assert model.means.shape == (3, 16) and meta["model_config"]["n_components"] == 3
+    assert pd.read_csv(run / "stage3_fisher_vector_results.csv").iloc[0]["test_roc_auc"] > 0.7
+    pytest.importorskip("onnxruntime")
+    graph = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(run / "best_fisher_vector.pth"), "--out", str(graph)]) == 0
+    assert main(["predict", "--checkpoint", str(graph), "--data", str(data), "--out", str(tmp_path / "o.csv")]) == 0
+    split = pd.read_csv(run / "predictions.csv").merge(pd.read_csv(tmp_path / "o.csv"), on="bag_id",
+                                                        suffixes=("_run", "_onnx"))
+    np.testing.assert_allclose(split["prob_run"], split["prob_onnx"], atol=1e-4)

@@ -17,6 +17,7 @@ INITS = ("xavier", "torch")
 POS_SCALINGS = ("constant", "content")
 POOLS = ("attention", "topk")
 CLASSIFIERS = ("logistic", "svm")
+ENCODINGS = ("stats", "fisher")  # a classical model's bag encoding (arcmil.models.pooled_stats)
 
 
 def _short(p: float) -> str:
@@ -179,30 +180,46 @@ class TransMILConfig(TransformerConfig):
 
 @dataclass(frozen=True)
 class PooledStatsConfig:
-    """A classical bag model: each bag's windows pooled into statistics (``POOLED_STATS`` per feature),
-    standardised on the training bags, and a scikit-learn classifier on them: ``classifier`` 'logistic'
-    (L2 logistic regression, inverse strength ``C``) or 'svm' (RBF support vector machine, ``C`` and kernel
-    width ``gamma`` / number of pooled features). Fitted by scikit-learn, not by epochs; ``n_support``: the
-    support vectors the fit kept (set by fitting, 0 before; a checkpoint's buffers have that many rows)."""
+    """A classical bag model: each bag's windows encoded as one vector, standardised on the training bags,
+    and a scikit-learn classifier on it. ``encoding`` 'stats': per-feature statistics (``POOLED_STATS``);
+    'fisher': the Fisher vector of a diagonal Gaussian mixture of ``n_components`` fitted on the training
+    windows (arcmil.models.fisher), classified linearly. ``classifier`` 'logistic' (L2 logistic regression,
+    inverse strength ``C``) or 'svm' (RBF support vector machine, ``C`` and kernel width ``gamma`` / number of
+    features). Fitted by scikit-learn, not by epochs; ``n_support``: the support vectors the fit kept (set
+    by fitting, 0 before; a checkpoint's buffers have that many rows)."""
 
     input_dim: int = 256
     classifier: str = "logistic"
     C: float = 1.0
     gamma: float = 1.0
+    encoding: str = "stats"
+    n_components: int = 2
     n_outputs: int = 1
     n_support: int = 0
 
     SEARCH_SPACE: ClassVar[dict] = {"C": {"low": 1e-3, "high": 1e3, "log": True},
-                                    "gamma": {"low": 0.1, "high": 10.0, "log": True}}
-    SEARCH_WHEN: ClassVar[dict] = {"gamma": lambda c: c.classifier == "svm"}
+                                    "gamma": {"low": 0.1, "high": 10.0, "log": True},
+                                    "n_components": {"choices": [1, 2, 4, 8]}}
+    SEARCH_WHEN: ClassVar[dict] = {"gamma": lambda c: c.classifier == "svm",
+                                   "n_components": lambda c: c.encoding == "fisher"}
     FITTED_BY_ESTIMATOR: ClassVar[bool] = True  # no epochs: a search leaves the training settings alone
 
     def __post_init__(self):
-        check_choices(self, {"classifier": CLASSIFIERS})
+        check_choices(self, {"classifier": CLASSIFIERS, "encoding": ENCODINGS})
         _check(self.input_dim > 0, "input_dim must be positive")
         _check(self.C > 0 and self.gamma > 0, f"C and gamma must be positive, got {self.C} and {self.gamma}")
         _check(self.n_outputs >= 1 and self.n_support >= 0, "n_outputs must be at least 1, n_support at least 0")
+        _check(self.n_components >= 1, f"n_components must be at least 1, got {self.n_components}")
+        _check(self.encoding == "stats" or self.classifier == "logistic",
+               "the fisher encoding is classified linearly: classifier must be 'logistic'")
+
+    @property
+    def n_features(self) -> int:
+        """The length of a bag's encoding."""
+        return 4 * self.input_dim if self.encoding == "stats" else 2 * self.n_components * self.input_dim
 
     def tag(self) -> str:
+        if self.encoding == "fisher":
+            return f"fisher_vector_k{self.n_components}_C{self.C:g}{_outputs(self.n_outputs)}"
         gamma = f"_g{self.gamma:g}" if self.classifier == "svm" else ""
         return f"pooled_{self.classifier}_C{self.C:g}{gamma}{_outputs(self.n_outputs)}"

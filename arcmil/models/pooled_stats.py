@@ -1,12 +1,15 @@
-"""PooledStats: a classical bag model, pooled window statistics and a scikit-learn classifier.
+"""PooledStats: a classical bag model, a bag encoding and a scikit-learn classifier.
 
 The published leaders on small MIL sets (MUSK, ELEPHANT) are bag-level encodings with kernel machines,
-not deep models. This one pools each bag's windows into their per-feature mean, max, min and standard
-deviation (F = 4 D features), standardises them with the training bags' statistics and fits a
-scikit-learn classifier: L2 logistic regression, or an RBF support vector machine (one-vs-rest beyond
-binary), classes weighted by their balance as the neural losses are. The fitted parameters live in
-buffers and the decision function is computed in torch, so the model scores, explains (occlusion,
-integrated gradients), saves (no pickled estimator) and exports to ONNX like any other.
+not deep models. This one encodes each bag as its windows' per-feature mean, max, min and standard
+deviation (``stats``, F = 4 D features; the statistic kernel of Gärtner et al. 2002 with an RBF SVM) or
+as their Fisher vector under a Gaussian mixture fitted on the training windows (``fisher``, F = 2 C D;
+miFV's family, arcmil.models.fisher), standardises the encodings with the training bags' statistics
+and fits a scikit-learn classifier: L2 logistic regression, or an RBF support vector machine
+(one-vs-rest beyond binary), classes weighted by their balance as the neural losses are. The fitted
+parameters live in buffers and the decision function is computed in torch, so the model scores,
+explains (occlusion, integrated gradients), saves (no pickled estimator) and exports to ONNX like any
+other.
 """
 from __future__ import annotations
 
@@ -16,9 +19,12 @@ from torch import nn
 
 from arcmil.errors import ArcmilError
 from arcmil.models.config import PooledStatsConfig
+from arcmil.models.fisher import fisher_vector, window_contributions
 from arcmil.models.layers import float32_forward, full_mask
 
 POOLED_STATS = ("mean", "max", "min", "std")
+MIXTURE_MAX_WINDOWS = 100_000  # training windows the Gaussian mixture is fitted on at most (a seeded sample)
+MIXTURE_REG_COVAR = 1e-3  # added to every variance (scikit-learn's reg_covar): no component collapses on a point
 
 
 def pooled_features(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,18 +45,26 @@ def pooled_features(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 class PooledStats(nn.Module):
-    """Pooled statistics -> standardise -> linear (logistic) or RBF-kernel (svm) decision function.
+    """Bag encoding -> standardise -> linear (logistic) or RBF-kernel (svm) decision function.
 
-    forward(x (B, N, D), mask (B, N)) -> (logits (B,) or (B, K), weights (B, N)): the weights are each
-    window's share of the per-feature max and min picks (which windows set the pooled extremes)."""
+    forward(x (B, N, D), mask (B, N)) -> (logits (B,) or (B, K), weights (B, N)). ``stats``: the weights
+    are each window's share of the per-feature max and min picks (which windows set the pooled extremes);
+    ``fisher``: each window's share of the decision, |its term| in the linear score over the sum of
+    them (the Fisher vector is a sum of per-window terms; see ``_fisher_weights``)."""
 
     def __init__(self, config: PooledStatsConfig = PooledStatsConfig()):
         super().__init__()
         self.config = config
+        # the Gaussian mixture of the fisher encoding (none for stats): log weights (C,), means, variances (C, D)
+        components = config.n_components if config.encoding == "fisher" else 0
+        self.register_buffer("log_weights", torch.full((components,), -float(np.log(max(components, 1)))))
+        self.register_buffer("means", torch.zeros(components, config.input_dim))
+        self.register_buffer("variances", torch.ones(components, config.input_dim))
         self._make_buffers(config)
 
     def _make_buffers(self, c: PooledStatsConfig) -> None:
-        f, k = len(POOLED_STATS) * c.input_dim, c.n_outputs
+        """The classifier's buffers (sized by the fit: ``_set`` makes them again)."""
+        f, k = c.n_features, c.n_outputs
         self.register_buffer("center", torch.zeros(f))
         self.register_buffer("scale", torch.ones(f))
         # logistic: coef (K, F); svm: support vectors (S, F) and dual coefficients (K, S), one row per output
@@ -59,10 +73,23 @@ class PooledStats(nn.Module):
         self.register_buffer("dual_coef", torch.zeros(k, c.n_support))
         self.register_buffer("intercept", torch.zeros(k))
 
+    def _mixture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.log_weights, self.means, self.variances
+
+    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, N, D), mask (B, N) -> each bag's encoding (B, F), before standardisation."""
+        if self.config.encoding == "fisher":
+            return fisher_vector(torch.where(mask.unsqueeze(-1), x, 0.0), mask, *self._mixture())[0]
+        return pooled_features(x, mask)[0]
+
     @float32_forward  # a fitted decision function: never bf16-rounded
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         mask = full_mask(x) if mask is None else mask
-        features, weights = pooled_features(x, mask)
+        if self.config.encoding == "fisher":
+            x = torch.where(mask.unsqueeze(-1), x, 0.0)  # padding of any value (NaN too) adds nothing
+            features, raw, posterior = fisher_vector(x, mask, *self._mixture())
+        else:
+            features, weights = pooled_features(x, mask)
         z = (features - self.center) / self.scale  # (B, F)
         if self.config.classifier == "logistic":
             logits = z @ self.coef.T + self.intercept
@@ -70,23 +97,59 @@ class PooledStats(nn.Module):
             gamma = self.config.gamma / z.shape[1]
             kernel = torch.exp(-gamma * torch.cdist(z, self.support).square())  # (B, S)
             logits = kernel @ self.dual_coef.T + self.intercept
+        if self.config.encoding == "fisher":
+            weights = self._fisher_weights(x, mask, features, raw, posterior)
         return (logits.squeeze(-1) if logits.shape[-1] == 1 else logits), weights
+
+    def _fisher_weights(self, x, mask, features, raw, posterior) -> torch.Tensor:
+        """(B, N) each window's share of the linear decision: the normalised Fisher vector is the raw one
+        scaled per feature (f = r * raw), and raw is a sum of per-window terms, so each output's score
+        coef / scale . f splits exactly into per-window terms (window_contributions); a window's weight is
+        |its terms| summed over the outputs, over the bag's total (uniform where every term is 0)."""
+        ratio = torch.where(raw != 0, features / torch.where(raw != 0, raw, 1.0), 0.0)  # (B, F)
+        count = mask.sum(dim=1)
+        share = sum(window_contributions(x, posterior, ratio * (coef / self.scale), self.means, self.variances,
+                                         self.log_weights, count).abs() for coef in self.coef)
+        share = torch.where(mask, share, 0.0)
+        total = share.sum(dim=1, keepdim=True)
+        uniform = mask / count.clamp(min=1).unsqueeze(1)
+        return torch.where(total > 0, share / total.clamp(min=torch.finfo(x.dtype).tiny), uniform)
 
     @torch.no_grad()
     def fit_bags(self, loader) -> None:
         """Fit on every bag of ``loader`` (a scoring loader over the training bags: normalised windows,
-        labels): their pooled features, in bag order whatever the batching."""
+        labels): the mixture on their windows (fisher), then the classifier on their encodings, in bag
+        order whatever the batching."""
+        if self.config.encoding == "fisher":
+            self.fit_mixture(np.concatenate([batch.x.float()[batch.mask].numpy() for batch in loader]))
         features, labels, order = [], [], []
         for batch in loader:
-            features.append(pooled_features(batch.x.float(), batch.mask)[0].numpy())
+            features.append(self.encode(batch.x.float(), batch.mask).numpy())
             labels.append(batch.y.numpy())
             order.append(batch.index.numpy())
         rows = np.argsort(np.concatenate(order), kind="stable")
         self.fit_features(np.concatenate(features)[rows], np.concatenate(labels)[rows], loader.bs.label_space.kind)
 
     @torch.no_grad()
+    def fit_mixture(self, windows: np.ndarray) -> None:
+        """The fisher encoding's diagonal Gaussian mixture, fitted by scikit-learn on ``windows`` (W, D), the
+        training bags' windows (a seeded sample of MIXTURE_MAX_WINDOWS beyond that many)."""
+        from sklearn.mixture import GaussianMixture
+
+        if len(windows) > MIXTURE_MAX_WINDOWS:
+            windows = windows[np.random.default_rng(0).choice(len(windows), MIXTURE_MAX_WINDOWS, replace=False)]
+        if len(windows) < self.config.n_components:
+            raise ArcmilError(f"a mixture of {self.config.n_components} components needs at least as many "
+                              f"training windows, got {len(windows)}")
+        mixture = GaussianMixture(self.config.n_components, covariance_type="diag", reg_covar=MIXTURE_REG_COVAR,
+                                  random_state=0).fit(windows.astype(np.float64))
+        self.log_weights.copy_(torch.as_tensor(np.log(mixture.weights_), dtype=torch.float32))
+        self.means.copy_(torch.as_tensor(mixture.means_, dtype=torch.float32))
+        self.variances.copy_(torch.as_tensor(mixture.covariances_, dtype=torch.float32))
+
+    @torch.no_grad()
     def fit_features(self, features: np.ndarray, labels: np.ndarray, kind: str) -> None:
-        """Fit on the training bags' pooled ``features`` (B, F) and ``labels`` of label-space ``kind``;
+        """Fit on the training bags' encodings ``features`` (B, F) and ``labels`` of label-space ``kind``;
         the buffers (and ``config.n_support``) then hold the fitted classifier."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.svm import SVC

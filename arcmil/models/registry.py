@@ -59,8 +59,9 @@ for _name, _path, _config, _preset in [
     ("transmil", "transmil:TransMIL", TransMILConfig, {}),
     ("transmil_dual", "transmil:TransMIL", TransMILConfig, {"dual": True}),
     ("transmil_nystrom", "transmil:TransMIL", TransMILConfig, {"attention": "nystrom"}),
-    ("pooled_logistic", "pooled_stats:PooledStats", PooledStatsConfig, {"classifier": "logistic"}),
-    ("pooled_svm", "pooled_stats:PooledStats", PooledStatsConfig, {"classifier": "svm"}),
+    ("pooled_logistic", "pooled_stats:PooledStats", PooledStatsConfig, {"encoding": "stats", "classifier": "logistic"}),
+    ("pooled_svm", "pooled_stats:PooledStats", PooledStatsConfig, {"encoding": "stats", "classifier": "svm"}),
+    ("fisher_vector", "pooled_stats:PooledStats", PooledStatsConfig, {"encoding": "fisher", "classifier": "logistic"}),
 ]:
     _REGISTRY[_name] = ModelEntry(_name, "arcmil.models." + _path, _config, _preset)
 
