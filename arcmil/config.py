@@ -16,8 +16,6 @@ CALIBRATIONS = ("platt", "temperature", "isotonic", "none")
 THRESHOLD_METHODS = ("f1", "youden", "fixed")
 SCORE_BATCH_SIZE = 64  # bags per scoring batch at most (predict, the Python API; arcmil.data.batching)
 
-
-
 def ensemble_name(name: str, size: int) -> str:
     """A model's name in runs and tables as an ensemble of ``size`` (``<name>_ens<size>``; itself alone)."""
     return f"{name}_ens{size}" if size > 1 else name

@@ -170,10 +170,11 @@ def _figures(runs: dict[str, Path]) -> list[dict]:
                                   (plot_calibration, "Test reliability of every model (calibrated probabilities)")):
                 figures.append({"png": _drawn_png(plot, curves, title=caption), "caption": caption})
     for name, run in runs.items():
-        ensemble = {"calibration.png": "reliability of the members' mean calibrated probability"}
-        figures += [{"png": _file_png(run / file),
-                     "caption": f"{name}: {ensemble.get(file, caption) if 'ensemble' in _results(run) else caption}"}
-                    for file, caption in own if (run / file).exists()]
+        captions = dict(own)
+        if "ensemble" in _results(run):
+            captions["calibration.png"] = "reliability of the members' mean calibrated probability"
+        figures += [{"png": _file_png(run / file), "caption": f"{name}: {caption}"}
+                    for file, caption in captions.items() if (run / file).exists()]
     return figures
 
 

@@ -3,8 +3,8 @@
 A diagonal Gaussian mixture of C components fitted on the training windows describes where windows
 fall; a bag is encoded by the mean gradient of its windows' log-likelihood with respect to the
 mixture's means and standard deviations (2 C D features), then power- (signed square root, smoothed
-near 0: see POWER_SMOOTHING) and L2-normalised. All sums over windows are taken as products of (B, N, C) posteriors with (B, N, D)
-windows, so no (B, N, C, D) tensor is formed.
+near 0: see POWER_SMOOTHING) and L2-normalised. All sums over windows are taken as products of
+(B, N, C) posteriors with (B, N, D) windows, so no (B, N, C, D) tensor is formed.
 """
 from __future__ import annotations
 
