@@ -150,3 +150,26 @@ def test_train_reports_calibration_and_predict_applies_it(tmp_path):
     scored = pd.read_csv(tmp_path / "p.csv").set_index("bag_id").loc[run_predictions.bag_id]
     np.testing.assert_allclose(scored["prob"], run_predictions["prob"], atol=1e-6)
     np.testing.assert_array_equal(scored["pred"], run_predictions["pred"])
+
+
+@pytest.mark.parametrize("method", ["platt", "temperature", "none", "isotonic"])
+def test_calibrated_logits_are_the_log_odds_of_the_calibrated_probabilities(method, rng):
+    """Ensembles average in log space through calibrated_logits: it must be the same map as probabilities."""
+    import torch
+
+    from arcmil.calibration import LOGIT_FLOOR, fit_calibrator
+    from arcmil.labels import LabelSpace
+
+    logits = rng.normal(scale=3, size=(200, 3))
+    labels = (logits + rng.normal(size=logits.shape) > 0).astype(int)
+    binary = fit_calibrator(method, labels[:, 0], logits[:, 0])
+    per_label = fit_calibrator(method, labels, logits, LabelSpace("multilabel", ("a", "b", "c")))
+    z = torch.as_tensor(logits)
+    for calibrator, x in ((binary, z[:, 0]), (per_label, z)):
+        expected = calibrator.probabilities(x)
+        if method == "isotonic":
+            expected = expected.clamp(LOGIT_FLOOR, 1 - LOGIT_FLOOR)
+        torch.testing.assert_close(torch.sigmoid(calibrator.calibrated_logits(x)), expected)
+    if method != "isotonic":
+        softmax = fit_calibrator(method, labels.argmax(1), logits, LabelSpace("multiclass", ("a", "b", "c")))
+        torch.testing.assert_close(torch.softmax(softmax.calibrated_logits(z), -1), softmax.probabilities(z))

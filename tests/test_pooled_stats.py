@@ -173,23 +173,66 @@ def test_the_fisher_vector_is_the_mixtures_gradient_whatever_the_padding(rng):
     assert (weights[~mask] == 0).all() and torch.isfinite(weights).all()
 
 
-def test_fisher_weights_are_each_windows_exact_share_of_the_linear_score(rng):
-    from arcmil.models.fisher import fisher_vector, window_contributions
+def _window_terms_reference(bag: np.ndarray, model) -> np.ndarray:
+    """(N,) each window's term of the bag's score minus its constant, float64 numpy: the score is
+    coef / scale . f with f = r * raw, raw the mean of per-window gradients, r = f / raw within the bag."""
+    w, mu, var = (t.double().numpy() for t in (model.log_weights.exp(), model.means, model.variances))
+    x = bag.astype(np.float64)
+    log_p = np.log(w) - 0.5 * np.log(2 * np.pi * var).sum(1) - 0.5 * ((x[:, None] - mu) ** 2 / var).sum(-1)
+    gamma = np.exp(log_p - log_p.max(1, keepdims=True))
+    gamma /= gamma.sum(1, keepdims=True)
+    u = (x[:, None] - mu) / np.sqrt(var)  # (N, C, D)
+    per_window = np.concatenate([gamma[..., None] * u / np.sqrt(w)[:, None],
+                                 gamma[..., None] * (u ** 2 - 1) / np.sqrt(2 * w)[:, None]], axis=1)  # (N, 2C, D)
+    per_window = per_window.reshape(len(x), -1) / len(x)
+    raw = per_window.sum(0)
+    ratio = _fisher_reference(bag, model) / raw
+    return per_window @ (ratio * model.coef[0].double().numpy() / model.scale.double().numpy())
 
+
+def test_fisher_weights_are_each_windows_share_of_the_linear_score(rng):
     model = build_model("fisher_vector", input_dim=4, n_components=2)
-    bags = [torch.as_tensor(rng.normal(size=(6, 4)), dtype=torch.float32) for _ in range(30)]
-    model.fit_mixture(torch.cat(bags).numpy())
-    features = np.stack([model.encode(b[None], torch.ones(1, 6, dtype=torch.bool))[0].numpy() for b in bags])
+    bags = [rng.normal(size=(6, 4)).astype(np.float32) for _ in range(30)]
+    model.fit_mixture(np.concatenate(bags))
+    features = np.stack([model.encode(torch.as_tensor(b)[None], torch.ones(1, 6, dtype=torch.bool))[0].numpy()
+                         for b in bags])
     model.fit_features(features, np.arange(30) % 2, "binary")
-    x, mask = torch.stack(bags[:4]), torch.ones(4, 6, dtype=torch.bool)
-    logits, weights = model(x, mask)
-    normalised, raw, posterior = fisher_vector(x, mask, model.log_weights, model.means, model.variances)
-    direction = torch.where(raw != 0, normalised / raw, 0.0) * model.coef[0] / model.scale
-    terms = window_contributions(x, posterior, direction, model.means, model.variances, model.log_weights,
-                                 mask.sum(1))  # (B, N): each window's term of the score
-    offset = model.intercept[0] - (model.coef[0] * model.center / model.scale).sum()
-    torch.testing.assert_close(terms.sum(1) + offset, logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(weights, terms.abs() / terms.abs().sum(1, keepdim=True))
+    logits, weights = model(torch.as_tensor(np.stack(bags[:4])), torch.ones(4, 6, dtype=torch.bool))
+    offset = (model.intercept[0] - (model.coef[0] * model.center / model.scale).sum()).item()
+    for i, bag in enumerate(bags[:4]):
+        terms = _window_terms_reference(bag, model)
+        assert terms.sum() + offset == pytest.approx(logits[i].item(), abs=1e-4)  # the terms make the score
+        np.testing.assert_allclose(weights[i].numpy(), np.abs(terms) / np.abs(terms).sum(), atol=1e-5)
+
+
+def test_a_mixture_needs_as_many_training_windows_as_components():
+    from arcmil.errors import ArcmilError
+
+    with pytest.raises(ArcmilError, match="mixture of 8 components needs at least as many training windows, got 5"):
+        build_model("fisher_vector", input_dim=3, n_components=8).fit_mixture(np.zeros((5, 3)))
+
+
+def test_the_mixture_sample_is_seeded_uniform_and_bounded():
+    from types import SimpleNamespace
+
+    from arcmil.models.pooled_stats import sample_windows
+
+    windows = np.arange(1000, dtype=np.float32)[:, None] * np.ones((1, 2), dtype=np.float32)
+    batches = [SimpleNamespace(x=torch.as_tensor(windows[i:i + 100])[None], mask=torch.ones(1, 100, dtype=torch.bool))
+               for i in range(0, 1000, 100)]
+    batches[-1].mask[0, -5:] = False  # padding is never sampled
+    sample = sample_windows(batches, 100)
+    assert sample.shape == (100, 2) and len(np.unique(sample[:, 0])) == 100
+    assert np.all(np.diff(sample[:, 0]) > 0) and sample[:, 0].max() < 995  # reading order, real windows only
+    np.testing.assert_array_equal(sample, sample_windows(batches, 100))
+    assert 300 < sample[:, 0].mean() < 700  # drawn from the whole set, not its first batches
+    assert len(sample_windows(batches, 5000)) == 995
+
+
+def test_a_stats_model_keeps_the_buffers_of_earlier_checkpoints():
+    """Checkpoints of pooled_* saved before the fisher encoding existed load into today's model (strict)."""
+    state = build_model("pooled_svm", input_dim=3).state_dict()
+    assert set(state) == {"center", "scale", "coef", "support", "dual_coef", "intercept"}
 
 
 def test_the_fisher_encoding_is_searched_by_its_components_and_classified_linearly():

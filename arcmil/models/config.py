@@ -18,6 +18,7 @@ POS_SCALINGS = ("constant", "content")
 POOLS = ("attention", "topk")
 CLASSIFIERS = ("logistic", "svm")
 ENCODINGS = ("stats", "fisher")  # a classical model's bag encoding (arcmil.models.pooled_stats)
+POOLED_STATS = ("mean", "max", "min", "std")  # the stats encoding, per feature
 
 
 def _short(p: float) -> str:
@@ -216,7 +217,7 @@ class PooledStatsConfig:
     @property
     def n_features(self) -> int:
         """The length of a bag's encoding."""
-        return 4 * self.input_dim if self.encoding == "stats" else 2 * self.n_components * self.input_dim
+        return (len(POOLED_STATS) if self.encoding == "stats" else 2 * self.n_components) * self.input_dim
 
     def tag(self) -> str:
         if self.encoding == "fisher":

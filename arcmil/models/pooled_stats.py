@@ -22,7 +22,6 @@ from arcmil.models.config import PooledStatsConfig
 from arcmil.models.fisher import fisher_vector, window_contributions
 from arcmil.models.layers import float32_forward, full_mask
 
-POOLED_STATS = ("mean", "max", "min", "std")
 MIXTURE_MAX_WINDOWS = 100_000  # training windows the Gaussian mixture is fitted on at most (a seeded sample)
 MIXTURE_REG_COVAR = 1e-3  # added to every variance (scikit-learn's reg_covar): no component collapses on a point
 
@@ -55,11 +54,11 @@ class PooledStats(nn.Module):
     def __init__(self, config: PooledStatsConfig = PooledStatsConfig()):
         super().__init__()
         self.config = config
-        # the Gaussian mixture of the fisher encoding (none for stats): log weights (C,), means, variances (C, D)
-        components = config.n_components if config.encoding == "fisher" else 0
-        self.register_buffer("log_weights", torch.full((components,), -float(np.log(max(components, 1)))))
-        self.register_buffer("means", torch.zeros(components, config.input_dim))
-        self.register_buffer("variances", torch.ones(components, config.input_dim))
+        if config.encoding == "fisher":  # its Gaussian mixture: log weights (C,), means and variances (C, D)
+            c = config.n_components
+            self.register_buffer("log_weights", torch.full((c,), -float(np.log(c))))
+            self.register_buffer("means", torch.zeros(c, config.input_dim))
+            self.register_buffer("variances", torch.ones(c, config.input_dim))
         self._make_buffers(config)
 
     def _make_buffers(self, c: PooledStatsConfig) -> None:
@@ -73,21 +72,21 @@ class PooledStats(nn.Module):
         self.register_buffer("dual_coef", torch.zeros(k, c.n_support))
         self.register_buffer("intercept", torch.zeros(k))
 
-    def _mixture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.log_weights, self.means, self.variances
+    def _fisher(self, x: torch.Tensor, mask: torch.Tensor):
+        """``fisher_vector`` of the bags under the fitted mixture, with x zeroed on padding (any padded value,
+        NaN too, adds nothing): (x, features, raw, posteriors)."""
+        x = torch.where(mask.unsqueeze(-1), x, 0.0)
+        return x, *fisher_vector(x, mask, self.log_weights, self.means, self.variances)
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, N, D), mask (B, N) -> each bag's encoding (B, F), before standardisation."""
-        if self.config.encoding == "fisher":
-            return fisher_vector(torch.where(mask.unsqueeze(-1), x, 0.0), mask, *self._mixture())[0]
-        return pooled_features(x, mask)[0]
+        return self._fisher(x, mask)[1] if self.config.encoding == "fisher" else pooled_features(x, mask)[0]
 
     @float32_forward  # a fitted decision function: never bf16-rounded
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         mask = full_mask(x) if mask is None else mask
         if self.config.encoding == "fisher":
-            x = torch.where(mask.unsqueeze(-1), x, 0.0)  # padding of any value (NaN too) adds nothing
-            features, raw, posterior = fisher_vector(x, mask, *self._mixture())
+            x, features, raw, posterior = self._fisher(x, mask)
         else:
             features, weights = pooled_features(x, mask)
         z = (features - self.center) / self.scale  # (B, F)
@@ -103,16 +102,16 @@ class PooledStats(nn.Module):
 
     def _fisher_weights(self, x, mask, features, raw, posterior) -> torch.Tensor:
         """(B, N) each window's share of the linear decision: the normalised Fisher vector is the raw one
-        scaled per feature (f = r * raw), and raw is a sum of per-window terms, so each output's score
-        coef / scale . f splits exactly into per-window terms (window_contributions); a window's weight is
-        |its terms| summed over the outputs, over the bag's total (uniform where every term is 0)."""
+        scaled per feature within the bag (f = r * raw), and raw is a sum of per-window terms, so each
+        output's score minus its constant (intercept - coef . center / scale) splits exactly into
+        per-window terms of coef / scale . r * raw (window_contributions); a window's weight is |its
+        terms| summed over the outputs, over the bag's total (uniform where every term is 0). A term is
+        the window's part of the bag's score, not the change from removing it (r depends on the bag)."""
         ratio = torch.where(raw != 0, features / torch.where(raw != 0, raw, 1.0), 0.0)  # (B, F)
-        count = mask.sum(dim=1)
-        share = sum(window_contributions(x, posterior, ratio * (coef / self.scale), self.means, self.variances,
-                                         self.log_weights, count).abs() for coef in self.coef)
-        share = torch.where(mask, share, 0.0)
+        share = sum(window_contributions(x, mask, posterior, ratio * (coef / self.scale), self.log_weights,
+                                         self.means, self.variances).abs() for coef in self.coef)
         total = share.sum(dim=1, keepdim=True)
-        uniform = mask / count.clamp(min=1).unsqueeze(1)
+        uniform = mask / mask.sum(dim=1, keepdim=True).clamp(min=1)
         return torch.where(total > 0, share / total.clamp(min=torch.finfo(x.dtype).tiny), uniform)
 
     @torch.no_grad()
@@ -121,7 +120,7 @@ class PooledStats(nn.Module):
         labels): the mixture on their windows (fisher), then the classifier on their encodings, in bag
         order whatever the batching."""
         if self.config.encoding == "fisher":
-            self.fit_mixture(np.concatenate([batch.x.float()[batch.mask].numpy() for batch in loader]))
+            self.fit_mixture(sample_windows(loader, MIXTURE_MAX_WINDOWS))
         features, labels, order = [], [], []
         for batch in loader:
             features.append(self.encode(batch.x.float(), batch.mask).numpy())
@@ -132,12 +131,9 @@ class PooledStats(nn.Module):
 
     @torch.no_grad()
     def fit_mixture(self, windows: np.ndarray) -> None:
-        """The fisher encoding's diagonal Gaussian mixture, fitted by scikit-learn on ``windows`` (W, D), the
-        training bags' windows (a seeded sample of MIXTURE_MAX_WINDOWS beyond that many)."""
+        """The fisher encoding's diagonal Gaussian mixture, fitted by scikit-learn on ``windows`` (W, D)."""
         from sklearn.mixture import GaussianMixture
 
-        if len(windows) > MIXTURE_MAX_WINDOWS:
-            windows = windows[np.random.default_rng(0).choice(len(windows), MIXTURE_MAX_WINDOWS, replace=False)]
         if len(windows) < self.config.n_components:
             raise ArcmilError(f"a mixture of {self.config.n_components} components needs at least as many "
                               f"training windows, got {len(windows)}")
@@ -199,3 +195,27 @@ class PooledStats(nn.Module):
         self.intercept.copy_(as_tensor(intercept))
         self.center.copy_(as_tensor(center))
         self.scale.copy_(as_tensor(scale))
+
+
+def sample_windows(loader, limit: int, seed: int = 0) -> np.ndarray:
+    """(W, D) the real windows of ``loader``'s bags, or a seeded uniform sample of ``limit`` of them (each
+    window's random key among the ``limit`` smallest), holding at most 2 ``limit`` windows at a time."""
+    rng = np.random.default_rng(seed)
+    kept, keys, held = [], [], 0  # lists of arrays, joined only when they pass 2 limit
+    for batch in loader:
+        windows = batch.x.float()[batch.mask].numpy()
+        kept.append(windows)
+        keys.append(rng.random(len(windows)))
+        held += len(windows)
+        if held > 2 * limit:
+            kept, keys = _smallest_keys(np.concatenate(kept), np.concatenate(keys), limit)
+            kept, keys, held = [kept], [keys], limit
+    return _smallest_keys(np.concatenate(kept), np.concatenate(keys), limit)[0]
+
+
+def _smallest_keys(windows: np.ndarray, keys: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The windows (and keys) of the ``limit`` smallest keys, in reading order; all of them when fewer."""
+    if len(keys) <= limit:
+        return windows, keys
+    rows = np.sort(np.argpartition(keys, limit)[:limit])
+    return windows[rows], keys[rows]
