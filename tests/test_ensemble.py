@@ -23,7 +23,7 @@ from arcmil.models import build_model
 from arcmil.models.ensemble import Ensemble, member_seeds
 from arcmil.pipeline import run_experiment
 from arcmil.scoring import score_bags
-from arcmil.tasks import make_multiclass_task
+from arcmil.tasks import make_multiclass_task, make_multilabel_task
 
 SMALL = {"hidden_dim": 16}
 CFG = TrainConfig(seed=3, epochs=3, progress=False, ensemble=3)
@@ -120,11 +120,14 @@ def test_weights_are_the_members_mean(ensemble_run):
     torch.testing.assert_close(weights.sum(-1), torch.ones(4))
 
 
-def test_multiclass_ensemble_averages_distributions():
-    bags = make_multiclass_task(3, n_bags=150, seed=2)
+@pytest.mark.parametrize("kind", ["multiclass", "multilabel"])
+def test_beyond_binary_an_ensemble_averages_each_classs_probability(kind):
+    bags = (make_multiclass_task(3, n_bags=150, seed=2) if kind == "multiclass"
+            else make_multilabel_task(3, n_bags=150, seed=2))
     run = run_experiment(bags, "attention_mil", replace(CFG, ensemble=2, epochs=2), evaluation=EVAL, **SMALL)
     probs = run.evaluations["test"].probs
-    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    if kind == "multiclass":
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     members = []
     for member in run.model.members:
         val = score_bags(member, run.parts["val"], run.normalizer)
