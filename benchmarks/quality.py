@@ -130,9 +130,10 @@ def print_table(report: dict) -> None:
             cells.append(f"{c['accuracy_at_0.5']['mean']:.3f} ± {c['accuracy_at_0.5'][spread]:.3f}"
                          if c else "")
         print(f"| arcmil {m} | " + " | ".join(cells) + " |")
+    index = {d: i for i, d in enumerate(DATASETS)}  # the published figures cover these sets only
     for name, accs in report["published_accuracy"].items():
-        index = {d: i for i, d in enumerate(DATASETS)}
-        print(f"| {name} | " + " | ".join(f"{accs[index[d]]:.3f}" for d in datasets) + " |")
+        if any(d in index for d in datasets):
+            print(f"| {name} | " + " | ".join(f"{accs[index[d]]:.3f}" if d in index else "" for d in datasets) + " |")
 
 
 if __name__ == "__main__":
