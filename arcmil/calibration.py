@@ -103,7 +103,10 @@ class Calibrator(_LogitMap):
         if self.method == "temperature":
             return logits / self.temperature
         if self.method == "isotonic":
-            return torch.logit(self.probabilities(logits), eps=LOGIT_FLOOR)
+            # log p - log(1 - p) spelled out: torch.logit(eps=) twice in one exported graph (an ensemble's
+            # members) gives two ONNX nodes of one name, which onnxruntime refuses to load
+            p = self.probabilities(logits).clamp(LOGIT_FLOOR, 1 - LOGIT_FLOOR)
+            return torch.log(p) - torch.log1p(-p)
         return logits
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

@@ -172,6 +172,8 @@ def compare_models(bags: BagSet, names: list[str], cfg: TrainConfig, overrides: 
                         *tuning)
              if folds else _seed_runs(bags, name, entry_cfg, evaluation, overrides[name], seeds, world, *tuning))
         m.name = entry  # <model>_ens<K> for an ensemble: its directory and its row
+        if m.row is not None:  # one seed: the table is its run's row
+            m.row = {**m.row, "model": entry}
         if on_model is not None:
             on_model(m)
         models.append(m)

@@ -21,6 +21,12 @@ def ensemble_name(name: str, size: int) -> str:
     return f"{name}_ens{size}" if size > 1 else name
 
 
+def ensemble_curve_name(member_calibration: str) -> str:
+    """What an ensemble's probabilities are, named by its members' calibration (reliability figures)."""
+    calibrated = "uncalibrated" if member_calibration == "none" else f"{member_calibration}-calibrated"
+    return f"mean of {calibrated} members"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a model is trained (the model block and the evaluation aside: see ``EvalConfig``); identical for

@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from arcmil import __version__
-from arcmil.config import ensemble_name
+from arcmil.config import ensemble_curve_name, ensemble_name
 from arcmil.errors import ArcmilError
 
 REPORT_FILE = "report.html"
@@ -170,9 +170,10 @@ def _figures(runs: dict[str, Path]) -> list[dict]:
                                   (plot_calibration, "Test reliability of every model (calibrated probabilities)")):
                 figures.append({"png": _drawn_png(plot, curves, title=caption), "caption": caption})
     for name, run in runs.items():
-        captions = dict(own)
-        if "ensemble" in _results(run):
-            captions["calibration.png"] = "reliability of the members' mean calibrated probability"
+        captions, ensemble = dict(own), _results(run).get("ensemble")
+        if ensemble:
+            members = ensemble["calibrations"][0]["method"]
+            captions["calibration.png"] = f"reliability of the {ensemble_curve_name(members)}"
         figures += [{"png": _file_png(run / file), "caption": f"{name}: {caption}"}
                     for file, caption in captions.items() if (run / file).exists()]
     return figures

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from arcmil.checkpoint import save_checkpoint
+from arcmil.config import ensemble_curve_name
 from arcmil.models.ensemble import Ensemble
 from arcmil.plots import plot_calibration, plot_pr, plot_roc, plot_training_curves, plot_window_heatmap
 from arcmil.scoring import window_weights_frame
@@ -96,11 +97,8 @@ def write_run(directory: str | os.PathLike, result, n_attention_bags: int = 16) 
     plot_pr(curves, directory / "pr.png", title=f"Precision-recall — {tag}")
     method = result.calibrator.method
     # an ensemble's probabilities are its members' calibrated ones, averaged: one curve, named so
-    if isinstance(result.model, Ensemble):
-        members = result.model.calibrators[0].method
-        raw = f"mean of {'uncalibrated' if members == 'none' else members + '-calibrated'} members"
-    else:
-        raw = "uncalibrated"
+    raw = ensemble_curve_name(result.model.calibrators[0].method) if isinstance(result.model, Ensemble) \
+        else "uncalibrated"
     reliability = {f"{name}, {kind}": space.reliability_pairs(ev.labels, probs)
                    for name, ev in result.evaluations.items() if name in ("val", "test")
                    for kind, probs in ((raw, space.probabilities(torch.from_numpy(ev.logits)).numpy()),

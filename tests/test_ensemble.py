@@ -296,3 +296,34 @@ def test_an_interrupted_ensemble_run_resumes_by_training_again(trained, tmp_path
     (run / "run_state.json").write_text(json.dumps({**state, "status": "running"}))
     assert main(["train", "--resume", str(run)]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(run / "predictions.csv"), pd.read_csv(trained / "predictions.csv"))
+
+
+def test_an_isotonic_ensemble_exports_a_graph_onnxruntime_loads(tmp_path):
+    """Every member's isotonic map in one graph: its log-odds are spelled out (torch.logit(eps=) exported
+    twice gave duplicate node names that onnxruntime refused)."""
+    from arcmil.checkpoint import save_checkpoint
+    from arcmil.export import export_onnx
+
+    calibrators = [Calibrator("isotonic", knots_x=(0.1, 0.5, 0.9), knots_y=(0.0, 0.4 + i / 10, 1.0)) for i in range(2)]
+    model = Ensemble([_member(0), _member(1)], calibrators, BINARY, [0, 1]).eval()
+    normalizer = Normalizer.from_dict({"kind": "none", "mean": None, "std": None})
+    save_checkpoint(tmp_path / "m.pth", model, "attention_mil", threshold=0.5, threshold_method="f1",
+                    normalizer=normalizer)
+    export_onnx(tmp_path / "m.pth", tmp_path / "m.onnx")
+    x = np.random.default_rng(0).normal(size=(4, 6, 8)).astype(np.float32)
+    mask = np.arange(6)[None, :] < np.array([6, 2, 4, 1])[:, None]
+    probability, logit, _ = onnxruntime.InferenceSession(str(tmp_path / "m.onnx")).run(
+        None, {"embeddings": x, "mask": mask})
+    with torch.no_grad():
+        expected = ScoringGraph(model, normalizer, Calibrator())(torch.from_numpy(x), torch.from_numpy(mask))
+    np.testing.assert_allclose(probability, expected[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(logit, expected[1].numpy(), atol=1e-4)
+
+
+def test_a_one_seed_comparison_names_the_ensembles_row(data_file, tmp_path):
+    out = tmp_path / "cmp1"
+    assert main(["compare", "--models", "attention_mil", "--data", str(data_file), "--out", str(out),
+                 "--seeds", "0", "--ensemble", "2", *FAST]) == 0
+    assert list(pd.read_csv(out / "comparison.csv").model) == ["attention_mil", "attention_mil_ens2"]
+    report = (out / "report.html").read_text()
+    assert "attention_mil_ens2: reliability of the mean of platt-calibrated members" in report

@@ -136,7 +136,7 @@ class PooledStats(nn.Module):
 
         if len(windows) < self.config.n_components:
             raise ArcmilError(f"a mixture of {self.config.n_components} components needs at least as many "
-                              f"training windows, got {len(windows)}")
+                              f"training windows, got {len(windows)} (lower n_components)")
         mixture = GaussianMixture(self.config.n_components, covariance_type="diag", reg_covar=MIXTURE_REG_COVAR,
                                   random_state=0).fit(windows.astype(np.float64))
         self.log_weights.copy_(torch.as_tensor(np.log(mixture.weights_), dtype=torch.float32))
