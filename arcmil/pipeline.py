@@ -150,8 +150,9 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     """Calibrate and tune the threshold on validation, report test metrics (with bootstrap intervals);
     predictions of the validation and test bags (and the training bags with ``evaluation.score_train``)."""
     scored = [name for name in SPLITS if name != "train" or evaluation.score_train]
-    raw = {name: score_bags(model, data.parts[name], data.normalizer, device=device,
-                            precision=cfg.precision, world=world, criterion=criterion)
+    raw = {name: fit.best_val if name == "val" and fit.best_val is not None
+           else score_bags(model, data.parts[name], data.normalizer, device=device, precision=cfg.precision,
+                           world=world, criterion=criterion)
            for name in scored}
     space = data.bags.label_space
     # an ensemble's members are calibrated each, its mean is not mapped again (nor reported as uncalibrated)
@@ -241,8 +242,8 @@ def train_ensemble(bags: BagSet, model_name: str, cfg: TrainConfig, world: World
         member_epoch = None if on_epoch is None else (lambda state, i=i: on_epoch({**state, "member": i}))
         t = train_run(bags, model_name, replace(cfg, seed=seed, ensemble=1), world, evaluation=evaluation, data=data,
                       on_epoch=member_epoch, **model_overrides)
-        val = score_bags(t.model, data.parts["val"], data.normalizer, device=t.device, precision=cfg.precision,
-                         world=world)
+        val = t.fit.best_val if t.fit.best_val is not None else score_bags(
+            t.model, data.parts["val"], data.normalizer, device=t.device, precision=cfg.precision, world=world)
         calibrators.append(fit_calibrator(evaluation.calibrate, val.labels, val.logits, bags.label_space))
         members.append(t.model)
         fits.append(t.fit)

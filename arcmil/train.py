@@ -142,10 +142,15 @@ def _own_rng_state(saved, world: World) -> dict:
 
 @dataclass
 class FitResult:
+    """``best_val``: the validation bags as scored by the best state (finalize reuses them rather than
+    scoring again); None where that scoring is not the final model's own (compiled or DDP runner, or a
+    best epoch from before a resume)."""
+
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     seconds: float = 0.0
+    best_val: Evaluation | None = None
 
 
 def _val_metrics(val: Evaluation) -> dict:
@@ -168,7 +173,7 @@ def fit_estimator(model, train_loader, val_loader, criterion, device) -> FitResu
     val = evaluate(model, val_loader, criterion, device)
     row = {"epoch": 1, "train_loss": train.loss, **_val_metrics(val), "lr": 0.0,
            "seconds": time.perf_counter() - start}
-    return FitResult(1, [row], stopped_early=False, seconds=row["seconds"])
+    return FitResult(1, [row], stopped_early=False, seconds=row["seconds"], best_val=val)
 
 
 def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler, cfg: TrainConfig,
@@ -184,6 +189,7 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
     runner = model if runner is None else runner
     sign = 1.0 if MONITORS[cfg.monitor] == "min" else -1.0
     best_score, best_state, best_epoch, waited, history, done = float("inf"), None, 0, 0, [], 0
+    best_val = None
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -219,6 +225,7 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
         if improved:
             best_score, best_epoch, waited = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
+            best_val = val if runner is model else None
         else:
             waited += 1
         bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{row['val_loss']:.4f}")
@@ -234,4 +241,4 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
                       "best_epoch": best_epoch, "waited": waited, "history": history})
     model.load_state_dict(best_state)
     return FitResult(best_epoch, history, stopped_early=len(history) < cfg.epochs,
-                     seconds=time.perf_counter() - start)
+                     seconds=time.perf_counter() - start, best_val=best_val)

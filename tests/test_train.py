@@ -189,3 +189,29 @@ def test_training_bags_are_scored_only_when_asked(small_bags):
     assert (scored.predictions.split == "train").sum() == len(scored.parts["train"])
     held_out = scored.predictions[scored.predictions.split != "train"].reset_index(drop=True)
     assert held_out.equals(default.predictions) and scored.test == default.test and scored.threshold == default.threshold
+
+
+@pytest.mark.parametrize("name", ["transformer_mil", "pooled_logistic"])
+def test_the_best_epochs_validation_scores_are_the_final_models_own(small_bags, name):
+    """finalize reuses the validation scores of the best epoch instead of scoring again: they must be
+    exactly what the final (best-state) model scores, window weights and loss included."""
+    from arcmil.pipeline import train_run
+    from arcmil.scoring import score_bags
+
+    trained = train_run(small_bags, name, TrainConfig(epochs=4, patience=4, progress=False))
+    kept = trained.fit.best_val
+    fresh = score_bags(trained.model, trained.data.parts["val"], trained.data.normalizer, criterion=trained.criterion)
+    np.testing.assert_array_equal(kept.logits, fresh.logits)
+    np.testing.assert_array_equal(kept.index, fresh.index)
+    assert kept.loss == fresh.loss
+    for a, b in zip(kept.weights, fresh.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_compiled_runner_keeps_no_validation_scores(small_bags, monkeypatch):
+    """Scores computed by another module than the model (compiled, DDP) are not the final model's own."""
+    import arcmil.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "runner_for", lambda model, *args: copy.copy(model))
+    trained = pipeline.train_run(small_bags, "attention_mil", TrainConfig(epochs=2, progress=False), hidden_dim=16)
+    assert trained.fit.best_val is None
