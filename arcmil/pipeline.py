@@ -24,6 +24,7 @@ from arcmil.data import (
     SPLITS,
     BagSet,
     Normalizer,
+    ResidentBags,
     assign_split,
     make_loader,
     scoring_loader,
@@ -68,13 +69,17 @@ def prepare_data(bags: BagSet, cfg: TrainConfig, evaluation: EvalConfig = EvalCo
     return PreparedData(bags, raw, Normalizer.fit(evaluation.normalize, raw["train"]), origin)
 
 
-def make_loaders(data: PreparedData, cfg: TrainConfig, world: World = SINGLE) -> dict:
+def make_loaders(data: PreparedData, cfg: TrainConfig, world: World = SINGLE, device="cpu") -> dict:
     """'train' is shuffled with the run's seed in batches of ``cfg.batch_size``; val and test are scored
     (see scoring_loader) in batches of up to SCORE_BATCH_SIZE bags, as ``predict`` scores, whatever the
-    training batch (larger batches score faster; a bag's score moves only by float rounding)."""
+    training batch (larger batches score faster; a bag's score moves only by float rounding). Training
+    and validation bags that fit on a GPU ``device`` stay there (ResidentBags)."""
+    def resident(name):
+        return device if name != "test" and ResidentBags.fits(data.parts[name], device) else None
+
     return {name: make_loader(part, cfg.batch_size, shuffle=True, seed=cfg.seed, normalizer=data.normalizer,
-                              bucket=cfg.bucket_by_length, world=world)
-            if name == "train" else scoring_loader(part, SCORE_BATCH_SIZE, data.normalizer, world)
+                              bucket=cfg.bucket_by_length, world=world, resident_on=resident(name))
+            if name == "train" else scoring_loader(part, SCORE_BATCH_SIZE, data.normalizer, world, resident(name))
             for name, part in data.parts.items()}
 
 
@@ -220,7 +225,7 @@ def train_run(bags: BagSet, model_name: str, cfg: TrainConfig = TrainConfig(), w
         fit = fit_estimator(model, *(scoring_loader(data.parts[name], SCORE_BATCH_SIZE, data.normalizer)
                                      for name in ("train", "val")), criterion, device)
         return Trained(model, data, criterion, fit, device)
-    loaders = make_loaders(data, cfg, world)
+    loaders = make_loaders(data, cfg, world, device)
     optimizer, scheduler = make_optimizer(model, cfg, len(loaders["train"]))
     fit = train_model(model, loaders["train"], loaders["val"], criterion, optimizer, scheduler, cfg, device,
                       desc=model.config.tag(), runner=runner_for(model, cfg, world, device), resume=resume,

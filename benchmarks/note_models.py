@@ -46,10 +46,11 @@ def _xavier(linear: nn.Linear) -> nn.Linear:
 class NoteTransformerMIL(nn.Module):
     """Section 1-2 of the note: Xavier projection, sin positions, nn.TransformerEncoder (pre-norm), pooler."""
 
-    def __init__(self, input_dim=256, d_model=128, nhead=4, num_layers=2, dim_feedforward=256, dropout_p=0.1):
+    def __init__(self, input_dim=256, d_model=128, nhead=4, num_layers=2, dim_feedforward=256, dropout_p=0.1,
+                 max_len=128):
         super().__init__()
         self.proj = _xavier(nn.Linear(input_dim, d_model))
-        self.pos = NoteSinusoidal(d_model, dropout_p)
+        self.pos = NoteSinusoidal(d_model, dropout_p, max_len)  # the note's 128; longer bags need a longer table
         layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout_p, batch_first=True,
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
@@ -98,26 +99,29 @@ class NoteTransMIL(nn.Module):
 
 
 @torch.no_grad()
-def note_scores(model: nn.Module, loader, criterion) -> tuple:
-    """(probabilities, labels, loss) of every bag of ``loader``, in eval mode."""
+def note_scores(model: nn.Module, loader, criterion, device="cpu") -> tuple:
+    """(probabilities, labels, loss) of every bag of ``loader``, in eval mode (batches moved to ``device``)."""
     model.eval()
-    logits = torch.cat([model(x)[0] for x, _ in loader])
+    logits = torch.cat([model(x.to(device))[0].cpu() for x, _ in loader])
     y = torch.cat([y for _, y in loader])
     return torch.sigmoid(logits).numpy(), y.numpy(), criterion(logits, y).item()
 
 
-def train_note_loop(model: nn.Module, loaders: dict, criterion, epochs: int = 10, patience: int | None = 3) -> int:
+def train_note_loop(model: nn.Module, loaders: dict, criterion, epochs: int = 10, patience: int | None = 3,
+                    device="cpu", optimizer=None) -> int:
     """The note's loop: Adam lr 1e-3, validation loss after each epoch, early stopping after ``patience``
-    epochs without improvement (None: never), the best state restored. Returns the best epoch."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    epochs without improvement (None: never), the best state restored. Returns the best epoch.
+    ``device``: each batch is moved there as it comes (``.to(device)``), as the note does on a GPU.
+    ``optimizer``: the note's Adam, made beforehand (its first construction imports torch._dynamo)."""
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
     best, best_state, best_epoch, waited = float("inf"), None, 0, 0
     for epoch in range(1, epochs + 1):
         model.train()
         for x, y in loaders["train"]:
             optimizer.zero_grad()
-            criterion(model(x)[0], y).backward()
+            criterion(model(x.to(device))[0], y.to(device)).backward()
             optimizer.step()
-        val_loss = note_scores(model, loaders["val"], criterion)[2]
+        val_loss = note_scores(model, loaders["val"], criterion, device)[2]
         if val_loss < best:
             best, best_epoch, waited = val_loss, epoch, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -65,3 +65,61 @@ def test_bf16_autocast_scores_close_to_fp32():
     fp32, bf16 = evaluate(model, loader), evaluate(model, loader, precision="bf16")
     assert bf16.probs.dtype == np.float64 and not np.array_equal(fp32.probs, bf16.probs), "autocast must engage"
     np.testing.assert_allclose(bf16.probs, fp32.probs, atol=0.02)
+
+
+def ragged_demo(n_bags=60, seed=3):
+    bags = make_demo_bags(n_bags=n_bags, seed=seed)
+    keep = np.random.default_rng(0).integers(3, 11, size=n_bags)
+    return bags.with_bags([b[:k] for b, k in zip(bags.bags, keep)])
+
+
+@pytest.mark.parametrize("kind", ["l2", "standardize", "none"])
+@pytest.mark.parametrize("ragged", [True, False])
+def test_resident_batches_equal_the_host_batches(kind, ragged):
+    """Bags held on the device (here the CPU stands in for a GPU) give exactly the batches the host
+    collates: windows, zero padding, mask, labels and positions, for shuffled and scoring loaders."""
+    from arcmil.data import ResidentBags
+
+    bags = ragged_demo() if ragged else make_demo_bags(n_bags=60, seed=3)
+    part = bags.subset(np.arange(5, 55))  # a split: its bags are not the file's first rows
+    norm = Normalizer.fit(kind, part)
+    for shuffle in (True, False):
+        host = make_loader(part, 8, shuffle=shuffle, seed=2, normalizer=norm, bucket=True)
+        resident = make_loader(part, 8, shuffle=shuffle, seed=2, normalizer=norm, bucket=True, resident_on="cpu")
+        pairs = list(zip(host, resident, strict=True))
+        assert len(pairs) == len(host)
+        for a, b in pairs:
+            torch.testing.assert_close(b.x, a.x, rtol=0, atol=0)
+            assert torch.equal(a.mask, b.mask) and torch.equal(a.y, b.y) and torch.equal(a.index, b.index)
+        assert ragged == any(not bool(a.mask.all()) for a, _ in pairs)
+    assert isinstance(resident._resident, ResidentBags)
+    assert len(resident._resident.windows) == int(part.lengths.sum()) + 1  # and the zero row
+
+
+def test_a_resident_training_run_matches_the_host_run():
+    """Same seed, same model: training from device-held bags gives the host path's losses exactly."""
+    bags = ragged_demo(80)
+    train, val = bags.subset(np.arange(60)), bags.subset(np.arange(60, 80))
+    norm, cfg = Normalizer("l2"), TrainConfig(batch_size=8)
+    criterion = BINARY.criterion(train.labels)
+    losses = {}
+    for resident_on in (None, "cpu"):
+        torch.manual_seed(0)
+        model = build_model("transformer_mil", input_dim=bags.dim, d_model=32, nhead=2)
+        loader = make_loader(train, 8, shuffle=True, seed=1, normalizer=norm, bucket=True, resident_on=resident_on)
+        optimizer, scheduler = make_optimizer(model, cfg, len(loader))
+        val_loader = make_loader(val, 16, normalizer=norm, bucket=True, resident_on=resident_on)
+        losses[resident_on] = [(train_one_epoch(model, loader, criterion, optimizer, "cpu", batch_scheduler=scheduler),
+                                evaluate(model, val_loader, criterion).loss) for _ in range(2)]
+    assert losses[None] == losses["cpu"]
+
+
+def test_bags_stay_on_the_host_without_a_gpu_or_from_a_store(tmp_path):
+    from arcmil.data import ResidentBags, save_bags
+    from arcmil.data.store import convert_to_store, open_store
+
+    bags = make_demo_bags(n_bags=20, seed=1)
+    assert not ResidentBags.fits(bags, "cpu")
+    convert_to_store(save_bags(bags, tmp_path / "bags.npz"), tmp_path / "store")
+    store = open_store(tmp_path / "store")
+    assert not ResidentBags.fits(store, "cuda")  # decided before asking CUDA for its free memory
