@@ -17,6 +17,13 @@ TransformerMIL in a plain per-item DataLoader loop, the same epochs, validation 
 fresh process with ``--threads`` threads, alternated, median of ``--repeats``; imports included.
 
     python benchmarks/speed.py --whole-process --threads 1 --repeats 3
+
+``--ops``: operators per training step (torch.profiler) of arcmil's transformer_mil step and of the
+note's loop step (its TransformerMIL, a batch moved with ``.to``, Adam), counting the operators that
+compute (not views, allocations or host reads): on a GPU each launches at least one kernel, and at
+batch 16 x 10 windows launches, not arithmetic, bound a step (writes speed_ops.json).
+
+    python benchmarks/speed.py --ops
 """
 from __future__ import annotations
 
@@ -207,6 +214,77 @@ def whole_process(args) -> dict:
     return row
 
 
+# operators that only describe or allocate tensors (or read a host scalar): no kernel of their own
+METADATA_OPS = {"aten::" + name for name in (
+    "as_strided", "view", "_unsafe_view", "_reshape_alias", "resolve_conj", "resolve_neg", "empty", "empty_strided",
+    "empty_like", "lift_fresh", "resize_", "to", "detach", "alias", "t", "transpose", "expand", "permute",
+    "unsqueeze", "squeeze", "slice", "select", "reshape", "contiguous", "_local_scalar_dense", "item",
+    "scalar_tensor", "is_nonzero")}
+
+
+def compute_ops(fn) -> dict[str, int]:
+    """Operators that compute in one call of ``fn`` (after one warm-up call): each profiled aten operator
+    outside METADATA_OPS none of whose children computes (a composite operator counts through the
+    operators it calls)."""
+    from torch.profiler import profile
+
+    fn()
+    with profile() as prof:
+        fn()
+    counts: dict[str, int] = {}
+    for event in prof.events():
+        if not event.name.startswith("aten::") or event.name in METADATA_OPS:
+            continue
+        if any(child.name.startswith("aten::") and child.name not in METADATA_OPS for child in event.cpu_children):
+            continue
+        counts[event.name] = counts.get(event.name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def operator_counts(batch_size: int = 16, windows: int = 10, dim: int = 256, steps: int = 20) -> dict:
+    """Per training step of ``steps`` on random bags: arcmil's transformer_mil step (its loader, loss,
+    fused AdamW and schedule) against the note's (its TransformerMIL, batches moved with ``.to``, Adam);
+    and each model's forward + backward alone on one batch, where the optimizers do not count."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from note_models import NoteTransformerMIL
+
+    rng = np.random.default_rng(0)
+    n = batch_size * steps
+    bags = BagSet([rng.standard_normal((windows, dim)).astype(np.float32) for _ in range(n)],
+                  rng.integers(0, 2, n), np.array([f"b{i}" for i in range(n)]))
+    torch.manual_seed(0)
+    model = build_model("transformer_mil", input_dim=dim)
+    criterion = BINARY.criterion(bags.labels)
+    optimizer, scheduler = make_optimizer(model, TrainConfig(batch_size=batch_size), steps)
+    loader = make_loader(bags, batch_size, shuffle=True, normalizer=Normalizer("l2"))
+    note = NoteTransformerMIL(input_dim=dim)
+    note_optimizer, note_criterion = torch.optim.Adam(note.parameters(), lr=1e-3), torch.nn.BCEWithLogitsLoss()
+    x = torch.from_numpy(np.stack(Normalizer("l2")(bags).bags))
+    y = torch.as_tensor(bags.labels, dtype=torch.float32)
+    mask = torch.ones(x.shape[:2], dtype=torch.bool)
+
+    def note_epoch():
+        note.train()
+        for s in range(0, n, batch_size):
+            note_optimizer.zero_grad()
+            note_criterion(note(x[s:s + batch_size].to("cpu"))[0], y[s:s + batch_size].to("cpu")).backward()
+            note_optimizer.step()
+
+    counts = {
+        "arcmil_step": compute_ops(lambda: train_one_epoch(model, loader, criterion, optimizer, "cpu",
+                                                           batch_scheduler=scheduler)),
+        "note_step": compute_ops(note_epoch),
+        "arcmil_forward_backward": compute_ops(
+            lambda: criterion(model(x[:batch_size], mask[:batch_size])[0], y[:batch_size]).backward()),
+        "note_forward_backward": compute_ops(
+            lambda: note_criterion(note(x[:batch_size])[0], y[:batch_size]).backward()),
+    }
+    per_step = {key: {op: v / steps for op, v in ops.items()} if key.endswith("_step") else ops
+                for key, ops in counts.items()}
+    return {"batch_size": batch_size, "windows": windows, "torch": torch.__version__,
+            "totals": {key: sum(ops.values()) for key, ops in per_step.items()}, "operators": per_step}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -219,11 +297,27 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true", help="also profile where a training step's time goes")
     parser.add_argument("--whole-process", action="store_true", help="time arcmil train and the notebook loop as "
                         "whole processes (writes speed_whole_process.json)")
+    parser.add_argument("--ops", action="store_true", help="count the operators of one training step, arcmil's "
+                        "and the note's (writes speed_ops.json)")
     parser.add_argument("--whole-bags", type=int, default=20_000)
     parser.add_argument("--epochs", type=int, default=4, help="--whole-process: epochs of each run")
     parser.add_argument("--out", help="JSON to write (default benchmarks/results/speed[_whole_process].json)")
     args = parser.parse_args(argv)
     results = Path(__file__).parent / "results"
+    if args.ops:
+        counts = operator_counts()
+        print(f"operators that compute, batch {counts['batch_size']} x {counts['windows']} windows, "
+              f"torch {counts['torch']}, CPU")
+        print("| | arcmil transformer_mil | the note's TransformerMIL |")
+        print("|---|---|---|")
+        for part in ("step", "forward_backward"):
+            print(f"| {part.replace('_', ' + ')} | {counts['totals']['arcmil_' + part]:.0f} | "
+                  f"{counts['totals']['note_' + part]:.0f} |")
+        for key, ops in counts["operators"].items():
+            print(f"  {key}: " + ", ".join(f"{name[6:]} {v:.0f}" for name, v in list(ops.items())[:8]))
+        out = Path(args.out or results / "speed_ops.json")
+        out.write_text(json.dumps(counts, indent=2))
+        return 0
     if args.whole_process:
         out = Path(args.out or results / "speed_whole_process.json")
         out.write_text(json.dumps(whole_process(args), indent=2))
