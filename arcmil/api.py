@@ -1,7 +1,6 @@
 """A scikit-learn-shaped estimator for notebooks, over the same pipeline as the command line."""
 from __future__ import annotations
 
-import itertools
 import os
 
 import numpy as np
@@ -115,8 +114,9 @@ class MILClassifier:
 
     @property
     def _device(self):
-        """Where the fitted model's tensors live (a classical model has buffers only, no parameters)."""
-        return next(itertools.chain(self.model_.parameters(), self.model_.buffers())).device
+        from arcmil.scoring import model_device
+
+        return model_device(self.model_)
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         """A checkpoint that ``MILClassifier.load`` and ``arcmil predict`` read, written whole; an existing

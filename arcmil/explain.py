@@ -76,7 +76,7 @@ def integrated_gradients(model, x: torch.Tensor, steps: int = IG_STEPS, baseline
 
 
 def explain_bags(model, bags: BagSet, methods=METHODS, *, normalizer=None, calibrator=None, steps: int = IG_STEPS,
-                 device="cpu", classes=None) -> pd.DataFrame:
+                 device=None, classes=None) -> pd.DataFrame:
     """One row per window: bag_id, window, [label], [instance_label], prob, and one column per method.
 
     ``bags``: raw windows from any source (an on-disk store included), normalised by ``normalizer``
@@ -85,8 +85,9 @@ def explain_bags(model, bags: BagSet, methods=METHODS, *, normalizer=None, calib
     Beyond binary (``bags.label_space``, the model's) one row per window and explained class: ``class``
     and its ``prob``; ``classes``: the class names to explain, or None for each bag's most probable
     class (multi-class) or every label (multi-label)."""
-    from arcmil.scoring import score_bags
+    from arcmil.scoring import model_device, score_bags
 
+    device = model_device(model) if device is None else device
     model.eval()
     space = bags.label_space
     if classes and space.binary:

@@ -80,12 +80,14 @@ def bag_faithfulness(model, x: torch.Tensor, importances: dict[str, np.ndarray],
     return rows, {**{m: curves[i] for i, m in enumerate(methods)}, "random": curves[len(methods):].mean(axis=0)}
 
 
-def faithfulness_frame(model, bags, frame: pd.DataFrame, methods, normalizer=None, device="cpu") -> tuple:
+def faithfulness_frame(model, bags, frame: pd.DataFrame, methods, normalizer=None, device=None) -> tuple:
     """Every (bag[, class]) group of an explanation frame (``explain_bags``'s rows) scored: per-bag rows
     (bag_id[, class], method, aopc, aopc_random, aopcr) and the mean deletion curve (logit drops) of each
     method and of the random orders. ``bags``: those the frame explains, in its order."""
     from arcmil.data import collate
+    from arcmil.scoring import model_device
 
+    device = model_device(model) if device is None else device
     position = {str(b): i for i, b in enumerate(bags.bag_ids)}
     space = bags.label_space
     key = ["bag_id", "class"] if "class" in frame else ["bag_id"]

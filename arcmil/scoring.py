@@ -3,6 +3,7 @@ tables and the check that data fits a model. Imports neither scikit-learn nor sc
 predict`` pays for torch, numpy and pandas only."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,15 +57,22 @@ def _window_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's tensors live (a classical model has buffers only, no parameters)."""
+    return next(itertools.chain(model.parameters(), model.buffers())).device
+
+
 @torch.inference_mode()
-def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32",
+def evaluate(model, loader, criterion=None, device=None, precision: str = "fp32",
              space: LabelSpace | None = None) -> Evaluation:
     """Score every bag of ``loader.bs`` in eval mode (dropout off), restoring the model's mode after.
-    ``space``: the model's label space (default: the bags' own).
+    ``device``: where batches go (default: the model's). ``space``: the model's label space (default:
+    the bags' own).
     Under DDP each rank scores its shards and every rank receives all scores.
 
     Results go into arrays allocated once up front: many small long-lived per-batch objects would
     fragment the heap and hold on to memory in proportion to the data scanned."""
+    device = model_device(model) if device is None else device
     was_training = model.training
     model.eval()
     space = space or loader.bs.label_space
@@ -110,12 +118,12 @@ def evaluate(model, loader, criterion=None, device="cpu", precision: str = "fp32
 
 
 def score_bags(model: nn.Module, bags: BagSet, normalizer: Normalizer | None = None, *,
-               batch_size: int = SCORE_BATCH_SIZE, device="cpu", precision: str = "fp32", world: World = SINGLE,
+               batch_size: int = SCORE_BATCH_SIZE, device=None, precision: str = "fp32", world: World = SINGLE,
                criterion=None, calibrator: Calibrator | None = None, space: LabelSpace | None = None) -> Evaluation:
     """The one scoring path (validation and test, ``predict``, the Python API, ``explain``): bags of any
     source (an on-disk store included) normalised batch by batch, grouped by length under a token
     budget, scored in eval mode; probabilities from ``calibrator`` when given; results in ``bags`` order.
-    ``space``: the model's label space (default: the bags' own)."""
+    ``device``: default the model's. ``space``: the model's label space (default: the bags' own)."""
     scored = evaluate(model, scoring_loader(bags, batch_size, normalizer, world), criterion, device, precision,
                       space)
     return scored if calibrator is None else calibrator.apply(scored)

@@ -113,3 +113,16 @@ def test_a_store_is_read_from_the_host_even_on_a_gpu(tmp_path):
     convert_to_store(save_bags(make_demo_bags(n_bags=20, seed=1), tmp_path / "bags.npz"), tmp_path / "store")
     assert not ResidentBags.fits(open_store(tmp_path / "store"), "cuda")
     assert ResidentBags.fits(make_demo_bags(n_bags=20, seed=1), "cuda")
+
+
+def test_a_model_on_the_gpu_is_scored_and_explained_there_by_default():
+    from arcmil.explain import explain_bags
+
+    bags = make_demo_bags(n_bags=12, seed=1)
+    torch.manual_seed(0)
+    model = build_model("attention_mil", input_dim=bags.dim, hidden_dim=16)
+    on_cpu = score_bags(model, bags, Normalizer("l2"))
+    on_gpu = score_bags(model.cuda(), bags, Normalizer("l2"))  # no device named: the model's
+    np.testing.assert_allclose(on_gpu.probs, on_cpu.probs, atol=1e-5)
+    frame = explain_bags(model, bags, ["weights", "occlusion"], normalizer=Normalizer("l2"))
+    assert len(frame) == int(bags.lengths.sum())

@@ -200,7 +200,8 @@ def test_the_best_epochs_validation_scores_are_the_final_models_own(small_bags, 
 
     trained = train_run(small_bags, name, TrainConfig(epochs=4, patience=4, progress=False))
     kept = trained.fit.best_val
-    fresh = score_bags(trained.model, trained.data.parts["val"], trained.data.normalizer, criterion=trained.criterion)
+    fresh = score_bags(trained.model, trained.data.parts["val"], trained.data.normalizer, device=trained.device,
+                       criterion=trained.criterion)
     np.testing.assert_array_equal(kept.logits, fresh.logits)
     np.testing.assert_array_equal(kept.index, fresh.index)
     assert kept.loss == fresh.loss

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from arcmil.data.bagset import BagSet
-from arcmil.data.packed import PackedBags, bag_chunks
+from arcmil.data.packed import PackedBags, WindowFile, bag_chunks
 from arcmil.distributed import SINGLE, World
 
 BUCKET_BATCHES = 50  # length bucketing in training sorts the bags of this many batches at a time
@@ -91,10 +91,10 @@ class ResidentBags:
         """Whether ``bs`` may be held on ``device``: a CUDA device, windows in memory (not a store) taking
         at most RESIDENT_SHARE of its free memory."""
         device = torch.device(device)
-        if device.type != "cuda" or not isinstance(bs.bags.windows, np.ndarray):
+        if device.type != "cuda" or isinstance(getattr(bs.bags, "windows", None), WindowFile):
             return False
         free, _ = torch.cuda.mem_get_info(device)
-        return 4 * bs.bags.dim * (int(bs.bags.lengths.sum()) + 1) <= RESIDENT_SHARE * free
+        return 4 * bs.dim * (int(bs.lengths.sum()) + 1) <= RESIDENT_SHARE * free
 
     def collate(self, index: np.ndarray, loss_scale: float = 1.0) -> Batch:
         slots, mask = padded_slots(self.starts[index], self.lengths[index], len(self.windows) - 1)
