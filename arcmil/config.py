@@ -9,6 +9,9 @@ from arcmil.errors import ConfigError, check_choices
 
 MONITORS = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
 PRECISIONS = ("fp32", "bf16")
+# torch.compile's modes: 'reduce-overhead' replays CUDA graphs (one per batch shape), which removes the launch
+# cost that bounds a small-batch GPU step
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LR_SCHEDULES = ("cosine", "plateau")
 DECAY_SCOPES = ("all", "weights")  # weight decay on every parameter, or on weight matrices only
 NORMALIZATIONS = ("l2", "standardize", "none")
@@ -48,12 +51,15 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False
+    compile_mode: str = "default"  # with compile (COMPILE_MODES)
     progress: bool = True
     ensemble: int = 1  # > 1: that many members, one seed each (member 0: seed), averaged (arcmil.models.ensemble)
 
     def __post_init__(self):
         check_choices(self, {"monitor": tuple(MONITORS), "precision": PRECISIONS, "lr_schedule": LR_SCHEDULES,
-                             "weight_decay_on": DECAY_SCOPES})
+                             "weight_decay_on": DECAY_SCOPES, "compile_mode": COMPILE_MODES})
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(f"compile_mode {self.compile_mode!r} applies to a compiled model: add --compile")
         for name in ("epochs", "batch_size", "patience", "ensemble"):
             if getattr(self, name) < 1:
                 hint = " (to train every epoch, set it to epochs or more)" if name == "patience" else ""

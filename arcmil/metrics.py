@@ -155,6 +155,8 @@ def bootstrap_ci(y_true, scores, threshold, *, n_boot: int = 1000, seed: int = 0
     if n_boot <= 0:
         return None
     truth, scores, decision = (space or BINARY).one_vs_rest(y_true, scores, threshold)  # (n, K) each
+    if not np.isfinite(scores).all():  # a NaN has no rank (scikit-learn's metrics refuse it too)
+        raise ValueError(f"bootstrap_ci: {int((~np.isfinite(scores)).sum())} scores are not finite")
     truth, decision = truth.astype(np.int64), decision.astype(np.int64)
     n, rng = len(truth), np.random.default_rng(seed)
     aucs, f1s = [], []

@@ -74,12 +74,12 @@ def make_loaders(data: PreparedData, cfg: TrainConfig, world: World = SINGLE, de
     (see scoring_loader) in batches of up to SCORE_BATCH_SIZE bags, as ``predict`` scores, whatever the
     training batch (larger batches score faster; a bag's score moves only by float rounding). Training
     and validation bags that fit on a GPU ``device`` stay there (ResidentBags)."""
-    def resident(name):
-        return device if name != "test" and ResidentBags.fits(data.parts[name], device) else None
-
+    held = [name for name in ("train", "val") if name in data.parts]
+    on = device if ResidentBags.fits([data.parts[name] for name in held], device) else None
     return {name: make_loader(part, cfg.batch_size, shuffle=True, seed=cfg.seed, normalizer=data.normalizer,
-                              bucket=cfg.bucket_by_length, world=world, resident_on=resident(name))
-            if name == "train" else scoring_loader(part, SCORE_BATCH_SIZE, data.normalizer, world, resident(name))
+                              bucket=cfg.bucket_by_length, world=world, resident_on=on)
+            if name == "train" else scoring_loader(part, SCORE_BATCH_SIZE, data.normalizer, world,
+                                                   on if name in held else None)
             for name, part in data.parts.items()}
 
 
@@ -155,7 +155,9 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     """Calibrate and tune the threshold on validation, report test metrics (with bootstrap intervals);
     predictions of the validation and test bags (and the training bags with ``evaluation.score_train``)."""
     scored = [name for name in SPLITS if name != "train" or evaluation.score_train]
-    raw = {name: fit.best_val if name == "val" and fit.best_val is not None
+    # the best epoch's validation scores, unless they are of other bags (a caller's own validation loader)
+    reuse = fit.best_val is not None and len(fit.best_val.probs) == len(data.parts["val"])
+    raw = {name: fit.best_val if name == "val" and reuse
            else score_bags(model, data.parts[name], data.normalizer, device=device, precision=cfg.precision,
                            world=world, criterion=criterion)
            for name in scored}

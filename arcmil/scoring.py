@@ -15,6 +15,7 @@ from torch import nn
 from arcmil.config import SCORE_BATCH_SIZE
 from arcmil.data.bagset import BagSet
 from arcmil.data.batching import scoring_loader
+from arcmil.data.packed import bag_starts
 from arcmil.distributed import SINGLE, World
 from arcmil.errors import DataError
 from arcmil.labels import BINARY, LabelSpace
@@ -58,8 +59,10 @@ def _window_rows(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """Where a model's tensors live (a classical model has buffers only, no parameters)."""
-    return next(itertools.chain(model.parameters(), model.buffers())).device
+    """Where a model's tensors live (a classical model has buffers only, no parameters); the CPU for a
+    module without tensors (an onnxruntime graph: arcmil.predict.OnnxModel)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 @torch.inference_mode()
@@ -77,7 +80,7 @@ def evaluate(model, loader, criterion=None, device=None, precision: str = "fp32"
     model.eval()
     space = space or loader.bs.label_space
     lengths = loader.bs.lengths
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    starts = bag_starts(lengths)
     outputs = () if space.n_outputs == 1 else (space.n_outputs,)
     logits_out, flat = np.zeros((len(lengths), *outputs)), None
     scored, total = np.zeros(len(lengths), dtype=bool), 0.0

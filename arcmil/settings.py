@@ -12,6 +12,7 @@ import yaml
 
 from arcmil.config import (
     CALIBRATIONS,
+    COMPILE_MODES,
     DECAY_SCOPES,
     LR_SCHEDULES,
     MONITORS,
@@ -49,7 +50,7 @@ DEFAULTS = {f.name: f.default for f, _ in _settable(*config_classes(), TrainConf
 CHOICES = {"monitor": tuple(MONITORS), "normalize": NORMALIZATIONS, "calibrate": CALIBRATIONS,
            "threshold_method": THRESHOLD_METHODS,
            "pos_enc": POS_ENCODINGS, "pos_scale_by": POS_SCALINGS, "pool": POOLS, "attention": ATTENTIONS,
-           "precision": PRECISIONS,
+           "precision": PRECISIONS, "compile_mode": COMPILE_MODES,
            "lr_schedule": LR_SCHEDULES, "init": INITS, "weight_decay_on": DECAY_SCOPES}
 ALL_KEYS = {**RUN_KEYS, **MODEL_FIELDS, **TRAIN_FIELDS, **EVAL_FIELDS}
 

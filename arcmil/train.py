@@ -63,7 +63,7 @@ def runner_for(model: nn.Module, cfg: "TrainConfig", world: World, device: torch
     if not cfg.compile:
         return runner
     torch.use_deterministic_algorithms(True, warn_only=True)  # the compiler's flag too (see seed_everything)
-    return torch.compile(runner)
+    return torch.compile(runner, mode=cfg.compile_mode)
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int) -> float:

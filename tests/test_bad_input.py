@@ -160,6 +160,7 @@ def test_no_traceback_unless_debug(tmp_path):
     (["cv", "--val-fraction", "1.5"], "val_fraction must be between 0 and 1"),
     (["compare", "--val-fraction", "0"], "val_fraction must be between 0 and 1"),
     (["cv", "--folds", "1"], "folds must be at least 2, got 1"),
+    (["--compile-mode", "reduce-overhead"], "compile_mode 'reduce-overhead' applies to a compiled model: add --compile"),
     (["train", "--lr", "1e30"], "training diverged in epoch 1"),
 ])
 def test_bad_settings_exit_2_with_one_line_and_write_nothing(flags, message, tmp_path, capsys):

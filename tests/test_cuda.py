@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -45,13 +46,12 @@ def test_a_seeded_cuda_run_repeats_and_agrees_with_the_cpu_run():
     cfg = TrainConfig(seed=3, epochs=3, progress=False, device="cuda")
     a = run_experiment(bags, "transformer_mil", cfg, **SMALL)
     b = run_experiment(bags, "transformer_mil", cfg, **SMALL)
-    assert [r["val_loss"] for r in a.history] == [r["val_loss"] for r in b.history]
-    np.testing.assert_array_equal(a.predictions["prob"], b.predictions["prob"])
+    # within float error, not bit for bit: memory-efficient attention's backward adds in no fixed order
+    np.testing.assert_allclose([r["val_loss"] for r in a.history], [r["val_loss"] for r in b.history], rtol=1e-5)
+    np.testing.assert_allclose(a.predictions["prob"], b.predictions["prob"], atol=1e-5)
     assert a.environment["device"].startswith("cuda")
-    plain = run_experiment(bags, "transformer_mil", TrainConfig(seed=3, epochs=3, progress=False, device="cuda",
-                                                                 dropout_p=0.0), **SMALL)
-    cpu = run_experiment(bags, "transformer_mil", TrainConfig(seed=3, epochs=3, progress=False, device="cpu",
-                                                               dropout_p=0.0), **SMALL)
+    plain = run_experiment(bags, "transformer_mil", cfg, dropout_p=0.0, **SMALL)
+    cpu = run_experiment(bags, "transformer_mil", replace(cfg, device="cpu"), dropout_p=0.0, **SMALL)
     np.testing.assert_allclose([r["val_loss"] for r in plain.history], [r["val_loss"] for r in cpu.history],
                                rtol=1e-3)
 
@@ -86,11 +86,13 @@ def test_a_long_bag_scores_on_the_gpu_with_short_batch_mates():
     np.testing.assert_allclose([w.sum() for w in scored.weights], 1.0, atol=1e-4)
 
 
-def test_compile_on_cuda_gives_eager_losses_without_dropout():
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compile_on_cuda_gives_eager_losses_without_dropout(mode):
     bags = make_demo_bags(n_bags=120, seed=1)
-    cfg = dict(seed=0, epochs=2, progress=False, device="cuda", dropout_p=0.0)
-    eager = run_experiment(bags, "transformer_mil", TrainConfig(**cfg), **SMALL)
-    compiled = run_experiment(bags, "transformer_mil", TrainConfig(compile=True, **cfg), **SMALL)
+    cfg = dict(seed=0, epochs=2, progress=False, device="cuda")
+    eager = run_experiment(bags, "transformer_mil", TrainConfig(**cfg), dropout_p=0.0, **SMALL)
+    compiled = run_experiment(bags, "transformer_mil", TrainConfig(compile=True, compile_mode=mode, **cfg),
+                              dropout_p=0.0, **SMALL)
     np.testing.assert_allclose([r["val_loss"] for r in compiled.history], [r["val_loss"] for r in eager.history],
                                rtol=1e-4)
 
@@ -111,8 +113,8 @@ def test_a_store_is_read_from_the_host_even_on_a_gpu(tmp_path):
     from arcmil.data.store import convert_to_store, open_store
 
     convert_to_store(save_bags(make_demo_bags(n_bags=20, seed=1), tmp_path / "bags.npz"), tmp_path / "store")
-    assert not ResidentBags.fits(open_store(tmp_path / "store"), "cuda")
-    assert ResidentBags.fits(make_demo_bags(n_bags=20, seed=1), "cuda")
+    assert not ResidentBags.fits([open_store(tmp_path / "store")], "cuda")
+    assert ResidentBags.fits([make_demo_bags(n_bags=20, seed=1)], "cuda")
 
 
 def test_a_model_on_the_gpu_is_scored_and_explained_there_by_default():

@@ -120,12 +120,15 @@ def test_bags_stay_on_the_gpu_only_when_in_memory_and_small_enough(tmp_path, mon
     from arcmil.data.store import convert_to_store, open_store
 
     bags = make_demo_bags(n_bags=20, seed=1)  # a list of arrays
+    packed = bags.with_bags(PackedBags.from_list(bags.bags))
     size = 4 * bags.dim * (int(bags.lengths.sum()) + 1)  # float32 windows and the zero row
-    assert not ResidentBags.fits(bags, "cpu")
+    assert not ResidentBags.fits([bags], "cpu")
     convert_to_store(save_bags(bags, tmp_path / "bags.npz"), tmp_path / "store")
     store = open_store(tmp_path / "store")
-    assert not ResidentBags.fits(store, "cuda")  # decided before asking CUDA for its free memory
-    for free, fits in ((4 * size, True), (4 * size - 1, False)):  # at most a quarter of the free memory
-        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 2 * free))
-        assert ResidentBags.fits(bags, "cuda") is fits
-        assert ResidentBags.fits(bags.with_bags(PackedBags.from_list(bags.bags)), "cuda:0") is fits
+    assert not ResidentBags.fits([packed, store], "cuda")  # decided before asking CUDA for its free memory
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3 * size)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2 * size)  # one size cached, unused
+    for free, fits in ((7 * size, True), (7 * size - 1, False)):  # both parts in a quarter of free + cached
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 10 * free))
+        assert ResidentBags.fits([bags, packed], "cuda") is fits
+        assert ResidentBags.fits([packed], "cuda:0")

@@ -107,3 +107,10 @@ def test_bootstrap_equals_scikit_learn_on_every_resample(rng, ties, chunk_elemen
     ci = bootstrap_ci(y, s, 0.5, n_boot=400, seed=7)
     np.testing.assert_allclose(ci["roc_auc"], np.percentile(aucs, [2.5, 97.5]), rtol=0, atol=1e-12)
     np.testing.assert_allclose(ci["f1"], np.percentile(f1s, [2.5, 97.5]), rtol=0, atol=1e-12)
+
+
+def test_bootstrap_refuses_scores_that_have_no_rank(rng):
+    y, s = scored(rng, n=50, ties=False)
+    s[3] = np.nan
+    with pytest.raises(ValueError, match="1 scores are not finite"):
+        bootstrap_ci(y, s, 0.5, n_boot=10)

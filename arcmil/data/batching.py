@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from arcmil.data.bagset import BagSet
-from arcmil.data.packed import PackedBags, WindowFile, bag_chunks
+from arcmil.data.packed import PackedBags, WindowFile, bag_chunks, bag_starts
 from arcmil.distributed import SINGLE, World
 
 BUCKET_BATCHES = 50  # length bucketing in training sorts the bags of this many batches at a time
@@ -57,26 +57,25 @@ def collate(bs: BagSet, index, normalizer=None, loss_scale: float = 1.0) -> Batc
     return Batch(x, mask, y, torch.from_numpy(index), loss_scale)
 
 
-def padded_slots(starts: np.ndarray, lengths: np.ndarray, fill: int) -> tuple[np.ndarray, np.ndarray]:
-    """For bags whose windows are rows ``starts[i] : starts[i] + lengths[i]``: (B, N) row numbers of each
-    padded slot (``fill`` on padding) and the (B, N) bool mask of real windows, N the longest length."""
+def padded_slots(starts: np.ndarray, lengths: np.ndarray, fill: int) -> np.ndarray:
+    """For bags whose windows are rows ``starts[i] : starts[i] + lengths[i]``: the (B, N) row number of
+    each padded slot, ``fill`` on padding, N the longest length."""
     columns = np.arange(int(lengths.max()))
-    mask = columns[None, :] < lengths[:, None]
-    return np.where(mask, starts[:, None] + columns[None, :], fill), mask
+    return np.where(columns[None, :] < lengths[:, None], starts[:, None] + columns[None, :], fill)
 
 
 class ResidentBags:
     """A split's windows, normalised, held on ``device`` with one zero row after them: a batch is one
     gather there (``index_select`` of its padded slots, padding reading the zero row), so windows cross
     from the host once, not every epoch, and no step waits on a mask-driven scatter. The host computes
-    only the (B, N) slot numbers. Batches equal ``collate``'s (tested)."""
+    only the bag positions and (B, N) slot numbers and sends them in one copy; the mask is derived on
+    the device. Batches equal ``collate``'s (tested)."""
 
     def __init__(self, bs: BagSet, normalizer, device):
         bags = bs.bags
-        self.device, self.lengths = torch.device(device), bags.lengths
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-        total = int(self.lengths.sum())
-        self.windows = torch.zeros(total + 1, bags.dim, device=self.device)  # row ``total``: padding
+        self.device, self.lengths, self.starts = torch.device(device), bags.lengths, bag_starts(bags.lengths)
+        self.padding_row = int(self.lengths.sum())
+        self.windows = torch.zeros(self.padding_row + 1, bags.dim, device=self.device)
         for chunk in bag_chunks(self.lengths, RESIDENT_CHUNK):
             windows = torch.from_numpy(bags.gather(chunk))
             if normalizer is not None:
@@ -87,24 +86,26 @@ class ResidentBags:
                                                                       device=self.device)
 
     @staticmethod
-    def fits(bs: BagSet, device) -> bool:
-        """Whether ``bs`` may be held on ``device``: a CUDA device, windows in memory (not a store) taking
-        at most RESIDENT_SHARE of its free memory."""
+    def fits(parts: list[BagSet], device) -> bool:
+        """Whether ``parts`` may be held on ``device`` together: a CUDA device, windows in memory (not a
+        store) taking at most RESIDENT_SHARE of its free memory (memory cached by torch but unused counts
+        as free)."""
         device = torch.device(device)
-        if device.type != "cuda" or isinstance(getattr(bs.bags, "windows", None), WindowFile):
+        if device.type != "cuda" or any(isinstance(getattr(bs.bags, "windows", None), WindowFile) for bs in parts):
             return False
         free, _ = torch.cuda.mem_get_info(device)
-        return 4 * bs.dim * (int(bs.lengths.sum()) + 1) <= RESIDENT_SHARE * free
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return sum(4 * bs.dim * (int(bs.lengths.sum()) + 1) for bs in parts) <= RESIDENT_SHARE * free
 
     def collate(self, index: np.ndarray, loss_scale: float = 1.0) -> Batch:
-        slots, mask = padded_slots(self.starts[index], self.lengths[index], len(self.windows) - 1)
-        non_blocking = self.device.type == "cuda"
-        rows = torch.from_numpy(slots.reshape(-1)).to(self.device, non_blocking=non_blocking)
+        index = np.asarray(index, dtype=np.int64)
+        slots = padded_slots(self.starts[index], self.lengths[index], self.padding_row)
+        sent = torch.from_numpy(np.concatenate([index, slots.reshape(-1)]))
+        sent = sent.to(self.device, non_blocking=self.device.type == "cuda")  # the batch's one copy
+        rows = sent[len(index):]
         x = self.windows.index_select(0, rows).view(*slots.shape, self.windows.shape[1])
-        index = torch.from_numpy(np.asarray(index, dtype=np.int64))
-        y = None if self.labels is None else self.labels.index_select(
-            0, index.to(self.device, non_blocking=non_blocking))
-        return Batch(x, torch.from_numpy(mask).to(self.device, non_blocking=non_blocking), y, index, loss_scale)
+        y = None if self.labels is None else self.labels.index_select(0, sent[:len(index)])
+        return Batch(x, rows.view(slots.shape) != self.padding_row, y, torch.from_numpy(index), loss_scale)
 
 
 def length_batches(lengths: np.ndarray, batch_size: int, max_tokens: int = SCORING_TOKENS) -> list[np.ndarray]:

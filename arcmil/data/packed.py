@@ -32,6 +32,11 @@ class WindowFile:
             os.close(self._fd)
 
 
+def bag_starts(lengths: np.ndarray) -> np.ndarray:
+    """(B,) int64: where each bag starts when bags of ``lengths`` lie back to back from row 0."""
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
 def bag_chunks(lengths: np.ndarray, max_windows: int):
     """Consecutive runs of whole bags holding about ``max_windows`` windows each (at least one bag):
     yields the bag positions of each run."""
@@ -62,7 +67,7 @@ class PackedBags(Sequence):
         if isinstance(bags, PackedBags):
             return bags
         lengths = np.array([len(b) for b in bags], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        offsets = bag_starts(lengths)
         return cls(np.concatenate(bags).astype(np.float32, copy=False), offsets, lengths)
 
     def __len__(self) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from arcmil.data.bagset import BagSet, validate
-from arcmil.data.packed import PackedBags, WindowFile, bag_chunks
+from arcmil.data.packed import PackedBags, WindowFile, bag_chunks, bag_starts
 from arcmil.data.tables import CSV_TEXT_COLUMNS
 from arcmil.errors import ArcmilError, DataError
 from arcmil.labels import LabelSpace, infer, merge
@@ -175,7 +175,7 @@ class _StoreWriter:
         if chunk.instance_labels is not None:
             self.instance = self.instance or open(self.directory / "instance_labels.bin", "wb")
             self.instance.write(np.concatenate(chunk.instance_labels).astype(np.int8).tobytes())
-        offsets = self.n_windows + np.concatenate([[0], np.cumsum(packed.lengths)[:-1]])
+        offsets = self.n_windows + bag_starts(packed.lengths)
         self.as_read &= "labels_as_read" in chunk.meta
         labels = "" if chunk.labels is None else chunk.meta.get("labels_as_read", chunk.label_space.names(chunk.labels))
         self.index.append(pd.DataFrame({

@@ -32,7 +32,7 @@ data = prepare_data(bags, cfg, evaluation)  # stored or stratified 70/15/15 spli
 print(bags.summary())
 
 # %% 3. Dataset / DataLoader (padded batches with masks)
-loaders = make_loaders(data, cfg)
+loaders = make_loaders(data, cfg, device=device)  # training and validation bags stay on a GPU that holds them
 
 # %% Model block: AttentionMIL
 from arcmil.models import AttentionMIL, AttentionMILConfig
