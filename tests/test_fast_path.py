@@ -132,3 +132,13 @@ def test_bags_stay_on_the_gpu_only_when_in_memory_and_small_enough(tmp_path, mon
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 10 * free))
         assert ResidentBags.fits([bags, packed], "cuda") is fits
         assert ResidentBags.fits([packed], "cuda:0")
+
+
+def test_scoring_runs_where_the_model_is_and_on_the_cpu_for_a_module_without_tensors():
+    from arcmil.scoring import model_device, score_bags
+
+    bags = make_demo_bags(n_bags=6, seed=1)
+    model = build_model("attention_mil", input_dim=bags.dim, hidden_dim=8)
+    assert model_device(model) == torch.device("cpu") == model_device(torch.nn.Identity())
+    explicit = score_bags(model, bags, Normalizer("l2"), device="cpu")
+    np.testing.assert_array_equal(score_bags(model, bags, Normalizer("l2")).probs, explicit.probs)
