@@ -14,7 +14,7 @@ BUCKET_BATCHES = 50  # length bucketing in training sorts the bags of this many 
 SCORING_TOKENS = 2**15  # at most this many padded windows (bags x longest) per scoring batch
 FREE_PADDING = 1024  # below this many padded windows a batch is cheap whatever its padding
 PADDING_RATIO = 1.5  # above it, padded windows may exceed the real ones by at most this factor
-RESIDENT_SHARE = 0.25  # a split's windows stay on a GPU when they take at most this share of its free memory
+RESIDENT_SHARE = 0.25  # train + validation windows stay on a GPU when they take at most this share of its free memory
 RESIDENT_CHUNK = 2**16  # windows normalised and copied to the device at a time
 
 
