@@ -155,12 +155,16 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     """Calibrate and tune the threshold on validation, report test metrics (with bootstrap intervals);
     predictions of the validation and test bags (and the training bags with ``evaluation.score_train``)."""
     scored = [name for name in SPLITS if name != "train" or evaluation.score_train]
-    # the best epoch's validation scores, unless they are of other bags (a caller's own validation loader)
-    reuse = fit.best_val is not None and len(fit.best_val.probs) == len(data.parts["val"])
-    raw = {name: fit.best_val if name == "val" and reuse
+    kept = fit.validation_scores(data.parts["val"], data.normalizer)  # the best epoch's, if of these bags
+    raw = {name: kept if name == "val" and kept is not None
            else score_bags(model, data.parts[name], data.normalizer, device=device, precision=cfg.precision,
                            world=world, criterion=criterion)
            for name in scored}
+    for name, scores in raw.items():
+        bad = int((~np.isfinite(scores.logits)).any(axis=tuple(range(1, scores.logits.ndim))).sum())
+        if bad:
+            raise ArcmilError(f"the model's scores of {bad} {name} bag(s) are not finite (their windows hold values "
+                              "the model overflows on); check those bags or use --normalize l2")
     space = data.bags.label_space
     # an ensemble's members are calibrated each, its mean is not mapped again (nor reported as uncalibrated)
     ensemble = getattr(model, "calibrated", False)
@@ -249,8 +253,10 @@ def train_ensemble(bags: BagSet, model_name: str, cfg: TrainConfig, world: World
         member_epoch = None if on_epoch is None else (lambda state, i=i: on_epoch({**state, "member": i}))
         t = train_run(bags, model_name, replace(cfg, seed=seed, ensemble=1), world, evaluation=evaluation, data=data,
                       on_epoch=member_epoch, **model_overrides)
-        val = t.fit.best_val if t.fit.best_val is not None else score_bags(
-            t.model, data.parts["val"], data.normalizer, device=t.device, precision=cfg.precision, world=world)
+        val = t.fit.validation_scores(data.parts["val"], data.normalizer)
+        if val is None:
+            val = score_bags(t.model, data.parts["val"], data.normalizer, device=t.device, precision=cfg.precision,
+                             world=world)
         calibrators.append(fit_calibrator(evaluation.calibrate, val.labels, val.logits, bags.label_space))
         members.append(t.model)
         fits.append(t.fit)

@@ -142,15 +142,24 @@ def _own_rng_state(saved, world: World) -> dict:
 
 @dataclass
 class FitResult:
-    """``best_val``: the validation bags as scored by the best state (finalize reuses them rather than
-    scoring again); None where that scoring is not the final model's own (compiled or DDP runner, or a
-    best epoch from before a resume)."""
+    """``best_val``: the validation bags as scored by the best state, and ``best_val_of`` which bags
+    (their ids) under which normaliser (``validation_scores`` hands them to finalize instead of scoring
+    again); None where that scoring is not the final model's own (compiled or DDP runner, or a best
+    epoch from before a resume)."""
 
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     seconds: float = 0.0
     best_val: Evaluation | None = None
+    best_val_of: tuple | None = None
+
+    def validation_scores(self, bags, normalizer) -> Evaluation | None:
+        """``best_val`` if it scored exactly ``bags`` (a BagSet) under ``normalizer``, else None."""
+        if self.best_val is None or self.best_val_of is None:
+            return None
+        ids, used = self.best_val_of
+        return self.best_val if used == normalizer and np.array_equal(ids, bags.bag_ids) else None
 
 
 def _val_metrics(val: Evaluation) -> dict:
@@ -173,7 +182,8 @@ def fit_estimator(model, train_loader, val_loader, criterion, device) -> FitResu
     val = evaluate(model, val_loader, criterion, device)
     row = {"epoch": 1, "train_loss": train.loss, **_val_metrics(val), "lr": 0.0,
            "seconds": time.perf_counter() - start}
-    return FitResult(1, [row], stopped_early=False, seconds=row["seconds"], best_val=val)
+    return FitResult(1, [row], stopped_early=False, seconds=row["seconds"], best_val=val,
+                     best_val_of=(val_loader.bs.bag_ids, val_loader.normalizer))
 
 
 def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler, cfg: TrainConfig,
@@ -241,4 +251,5 @@ def train_model(model, train_loader, val_loader, criterion, optimizer, scheduler
                       "best_epoch": best_epoch, "waited": waited, "history": history})
     model.load_state_dict(best_state)
     return FitResult(best_epoch, history, stopped_early=len(history) < cfg.epochs,
-                     seconds=time.perf_counter() - start, best_val=best_val)
+                     seconds=time.perf_counter() - start, best_val=best_val,
+                     best_val_of=(val_loader.bs.bag_ids, val_loader.normalizer))

@@ -16,7 +16,7 @@ rate at the same thread count.
 TransformerMIL in a plain per-item DataLoader loop, the same epochs, validation each epoch), each as a
 fresh process with ``--threads`` threads, alternated, median of ``--repeats``; imports included.
 
-    python benchmarks/speed.py --whole-process --threads 1 --repeats 3
+    python benchmarks/speed.py --whole-process --threads 1 --repeats 5
 
 ``--ops``: operators per training step (torch.profiler) of arcmil's transformer_mil step and of the
 note's loop step (its TransformerMIL, a batch moved with ``.to``, Adam), counting the operators that
@@ -203,7 +203,7 @@ def whole_process(args) -> dict:
     subprocess.run([sys.executable, "-m", "arcmil", "--help"], check=True, env=env, capture_output=True)
     row = {key: statistics.median(v) for key, v in walls.items()}
     row.update(runs=walls, help_seconds=time.perf_counter() - tic, speedup=row["notebook"] / row["arcmil"],
-               n_bags=n, epochs=args.epochs, threads=args.threads, torch=torch.__version__)
+               n_bags=n, epochs=args.epochs, threads=args.threads, repeats=args.repeats, torch=torch.__version__)
     print(f"{n} bags of {args.windows} x {args.dim}, {args.epochs} epochs, {args.threads} thread(s), median of "
           f"{args.repeats} fresh processes each")
     print("| process | wall s | of which training s |")

@@ -86,13 +86,17 @@ def test_a_long_bag_scores_on_the_gpu_with_short_batch_mates():
     np.testing.assert_allclose([w.sum() for w in scored.weights], 1.0, atol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def eager_cuda_run():
+    cfg = TrainConfig(seed=0, epochs=2, progress=False, device="cuda")
+    return cfg, run_experiment(make_demo_bags(n_bags=120, seed=1), "transformer_mil", cfg, dropout_p=0.0, **SMALL)
+
+
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compile_on_cuda_gives_eager_losses_without_dropout(mode):
-    bags = make_demo_bags(n_bags=120, seed=1)
-    cfg = dict(seed=0, epochs=2, progress=False, device="cuda")
-    eager = run_experiment(bags, "transformer_mil", TrainConfig(**cfg), dropout_p=0.0, **SMALL)
-    compiled = run_experiment(bags, "transformer_mil", TrainConfig(compile=True, compile_mode=mode, **cfg),
-                              dropout_p=0.0, **SMALL)
+def test_compile_on_cuda_gives_eager_losses_without_dropout(eager_cuda_run, mode):
+    cfg, eager = eager_cuda_run
+    compiled = run_experiment(make_demo_bags(n_bags=120, seed=1), "transformer_mil",
+                              replace(cfg, compile=True, compile_mode=mode), dropout_p=0.0, **SMALL)
     np.testing.assert_allclose([r["val_loss"] for r in compiled.history], [r["val_loss"] for r in eager.history],
                                rtol=1e-4)
 

@@ -134,11 +134,20 @@ def test_bags_stay_on_the_gpu_only_when_in_memory_and_small_enough(tmp_path, mon
         assert ResidentBags.fits([packed], "cuda:0")
 
 
-def test_scoring_runs_where_the_model_is_and_on_the_cpu_for_a_module_without_tensors():
+def test_scoring_runs_where_the_model_is_and_on_the_cpu_for_a_module_without_tensors(monkeypatch):
+    """No device named: batches go to the model's device (here 'meta', which no default could guess)."""
+    from arcmil.data import Batch
     from arcmil.scoring import model_device, score_bags
+
+    class Sent(Exception):
+        pass
+
+    def record(batch, device):
+        raise Sent(str(device))
 
     bags = make_demo_bags(n_bags=6, seed=1)
     model = build_model("attention_mil", input_dim=bags.dim, hidden_dim=8)
     assert model_device(model) == torch.device("cpu") == model_device(torch.nn.Identity())
-    explicit = score_bags(model, bags, Normalizer("l2"), device="cpu")
-    np.testing.assert_array_equal(score_bags(model, bags, Normalizer("l2")).probs, explicit.probs)
+    monkeypatch.setattr(Batch, "to", record)
+    with pytest.raises(Sent, match="^meta$"):
+        score_bags(model.to("meta"), bags, Normalizer("l2"))

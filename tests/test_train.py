@@ -216,3 +216,48 @@ def test_a_compiled_runner_keeps_no_validation_scores(small_bags, monkeypatch):
     monkeypatch.setattr(pipeline, "runner_for", lambda model, *args: copy.copy(model))
     trained = pipeline.train_run(small_bags, "attention_mil", TrainConfig(epochs=2, progress=False), hidden_dim=16)
     assert trained.fit.best_val is None
+
+
+def test_validation_scores_of_other_bags_are_never_reused(small_bags):
+    """A caller who validates on other bags (here the test part: the same count) gets the run's own
+    validation bags scored for calibration and the threshold."""
+    from arcmil.config import EvalConfig
+    from arcmil.pipeline import finalize, make_loaders
+    from arcmil.scoring import score_bags
+    from arcmil.train import make_optimizer, train_model
+
+    cfg = TrainConfig(epochs=2, progress=False)
+    data = prepare_data(small_bags, cfg)
+    assert len(data.parts["val"]) == len(data.parts["test"])
+    loaders = make_loaders(data, cfg)
+    torch.manual_seed(0)
+    model = build_model("attention_mil", input_dim=small_bags.dim, hidden_dim=16)
+    criterion = BINARY.criterion(data.parts["train"].labels)
+    optimizer, scheduler = make_optimizer(model, cfg, len(loaders["train"]))
+    fit = train_model(model, loaders["train"], loaders["test"], criterion, optimizer, scheduler, cfg, "cpu")
+    assert fit.best_val is not None and fit.validation_scores(data.parts["val"], data.normalizer) is None
+    assert fit.validation_scores(data.parts["test"], data.normalizer) is fit.best_val
+    result = finalize("attention_mil", model, data, criterion, fit, cfg, EvalConfig(n_bootstrap=0), "cpu")
+    own = score_bags(model, data.parts["val"], data.normalizer, criterion=criterion)
+    np.testing.assert_array_equal(result.evaluations["val"].logits, own.logits)
+
+
+def test_non_finite_test_scores_are_one_line_errors(small_bags, monkeypatch):
+    """Scores that overflow on the test bags alone stop the run with one line (not scikit-learn's
+    traceback from the metrics)."""
+    import arcmil.pipeline as pipeline
+    from arcmil.config import EvalConfig
+
+    score_bags = pipeline.score_bags
+
+    def overflowing_on_test(model, bags, *args, **kwargs):
+        scored = score_bags(model, bags, *args, **kwargs)
+        if set(bags.bag_ids) == test_ids:
+            scored.logits[:3] = np.inf
+        return scored
+
+    test_ids = set(prepare_data(small_bags, TrainConfig()).parts["test"].bag_ids)  # the run's own split
+    monkeypatch.setattr(pipeline, "score_bags", overflowing_on_test)
+    with pytest.raises(ArcmilError, match=r"^the model's scores of 3 test bag\(s\) are not finite"):
+        run_experiment(small_bags, "attention_mil", TrainConfig(epochs=1, progress=False), hidden_dim=16,
+                       evaluation=EvalConfig(n_bootstrap=0))
