@@ -155,11 +155,7 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
     """Calibrate and tune the threshold on validation, report test metrics (with bootstrap intervals);
     predictions of the validation and test bags (and the training bags with ``evaluation.score_train``)."""
     scored = [name for name in SPLITS if name != "train" or evaluation.score_train]
-    kept = fit.validation_scores(data.parts["val"], data.normalizer)  # the best epoch's, if of these bags
-    raw = {name: kept if name == "val" and kept is not None
-           else score_bags(model, data.parts[name], data.normalizer, device=device, precision=cfg.precision,
-                           world=world, criterion=criterion)
-           for name in scored}
+    raw = {name: split_scores(name, model, data, fit, device, cfg.precision, world, criterion) for name in scored}
     for name, scores in raw.items():
         bad = int((~np.isfinite(scores.logits)).any(axis=tuple(range(1, scores.logits.ndim))).sum())
         if bad:
@@ -190,6 +186,17 @@ def finalize(model_name: str, model: nn.Module, data: PreparedData, criterion, f
         train_config=cfg, eval_config=evaluation, data=summary,
         environment={**environment(), "processes": world.size, "device": str(device), "precision": cfg.precision},
         predictions=predictions, evaluations=evaluations, parts=data.parts)
+
+
+def split_scores(name: str, model: nn.Module, data: PreparedData, fit: FitResult, device, precision: str,
+                 world: World = SINGLE, criterion=None) -> Evaluation:
+    """The scores of split ``name`` by the trained ``model``: for validation the best epoch's, which are
+    the model's own (``FitResult.validation_scores``), else scored now."""
+    kept = fit.validation_scores(data.parts["val"], data.normalizer) if name == "val" else None
+    if kept is not None:
+        return kept
+    return score_bags(model, data.parts[name], data.normalizer, device=device, precision=precision, world=world,
+                      criterion=criterion)
 
 
 def _calibration_report(raw: Evaluation, calibrated: Evaluation, with_raw: bool = True) -> dict:
@@ -253,10 +260,7 @@ def train_ensemble(bags: BagSet, model_name: str, cfg: TrainConfig, world: World
         member_epoch = None if on_epoch is None else (lambda state, i=i: on_epoch({**state, "member": i}))
         t = train_run(bags, model_name, replace(cfg, seed=seed, ensemble=1), world, evaluation=evaluation, data=data,
                       on_epoch=member_epoch, **model_overrides)
-        val = t.fit.validation_scores(data.parts["val"], data.normalizer)
-        if val is None:
-            val = score_bags(t.model, data.parts["val"], data.normalizer, device=t.device, precision=cfg.precision,
-                             world=world)
+        val = split_scores("val", t.model, data, t.fit, t.device, cfg.precision, world)
         calibrators.append(fit_calibrator(evaluation.calibrate, val.labels, val.logits, bags.label_space))
         members.append(t.model)
         fits.append(t.fit)

@@ -64,6 +64,13 @@ class TensorBags(Dataset):
         return self.bags[i], self.labels[i]
 
 
+def random_bags(n: int, windows: int, dim: int, seed: int = 0) -> BagSet:
+    """``n`` bags of ``windows`` x ``dim`` standard-normal windows with random binary labels."""
+    rng = np.random.default_rng(seed)
+    return BagSet([rng.standard_normal((windows, dim)).astype(np.float32) for _ in range(n)],
+                  rng.integers(0, 2, n), np.array([f"b{i}" for i in range(n)]))
+
+
 def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3):
@@ -179,10 +186,8 @@ def whole_process(args) -> dict:
     here = Path(__file__).resolve().parent
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONPATH": str(here)}
-    rng = np.random.default_rng(0)
     n = args.whole_bags
-    bags = BagSet([rng.standard_normal((args.windows, args.dim)).astype(np.float32) for _ in range(n)],
-                  rng.integers(0, 2, n), np.array([f"b{i}" for i in range(n)]))
+    bags = random_bags(n, args.windows, args.dim)
     walls = {"arcmil": [], "notebook": [], "arcmil_train_seconds": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = save_bags(bags, Path(tmp) / "bags.npz")
@@ -248,10 +253,8 @@ def operator_counts(batch_size: int = 16, windows: int = 10, dim: int = 256, ste
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from note_models import NoteTransformerMIL
 
-    rng = np.random.default_rng(0)
     n = batch_size * steps
-    bags = BagSet([rng.standard_normal((windows, dim)).astype(np.float32) for _ in range(n)],
-                  rng.integers(0, 2, n), np.array([f"b{i}" for i in range(n)]))
+    bags = random_bags(n, windows, dim)
     torch.manual_seed(0)
     model = build_model("transformer_mil", input_dim=dim)
     criterion = BINARY.criterion(bags.labels)
@@ -323,9 +326,7 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(whole_process(args), indent=2))
         return 0
     torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    bags = BagSet([rng.standard_normal((args.windows, args.dim)).astype(np.float32) for _ in range(args.n_bags)],
-                  rng.integers(0, 2, args.n_bags), np.array([f"b{i}" for i in range(args.n_bags)]))
+    bags = random_bags(args.n_bags, args.windows, args.dim)
     cfg = TrainConfig(batch_size=16)
     peak = matmul_gflops()
     rows = [bench_model(m, bags, cfg, args.score_batch, args.repeats, seed=0) for m in args.models.split(",")]
